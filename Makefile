@@ -1,0 +1,31 @@
+# Two entry points (see README): `make reproduce` and `make test`. Both build .venv themselves,
+# installing torch==2.13.0 first (a plain `torch` requirement would pull a multi-GB CUDA build).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test reproduce benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[notebooks,dev]"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+reproduce: setup
+	$(BIN)/python -m analysis_lib reproduce
+
+benchmark: setup
+	$(BIN)/python -m analysis_lib.benchmarks.prefill
+
+clean:
+	rm -rf $(VENV) runs
