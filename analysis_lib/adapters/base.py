@@ -1,0 +1,135 @@
+"""The architecture adapter: one object that knows where things live inside a Hugging Face VLM.
+
+Everything else in analysis_lib reads the adapter and never a module path, so a new architecture
+(Qwen2-VL, a SigLIP tower, ...) is one new adapter class registered in ``adapters/__init__.py``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..layout import VisualLayout
+
+
+@dataclass(frozen=True)
+class AttentionGeometry:
+    """Head layout of an attention block (what is needed to rebuild scores from q/k projections)."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scaling: float
+
+
+class ModelAdapter(ABC):
+    """Canonical names for the parts of a VLM that capture and pruning touch."""
+
+    family: str = ""
+    #: the chat/prompt template of the family; ``{question}`` is replaced, ``{image}`` is the image token text
+    prompt_template: str = "{image}\n{question}"
+    #: whether the vision tower has a [CLS] token (VisPruner falls back to mean received attention if not)
+    has_cls: bool = True
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+
+    # ---- language model -------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def language_model(self) -> nn.Module: ...
+
+    @property
+    @abstractmethod
+    def decoder_layers(self) -> nn.ModuleList: ...
+
+    @property
+    @abstractmethod
+    def rotary_embedding(self) -> nn.Module: ...
+
+    @abstractmethod
+    def apply_rotary(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q, k of shape [B, heads, S, D] as the model does with (cos, sin) of shape [B, S, D]."""
+
+    def decoder_attention(self, layer: int) -> nn.Module:
+        return self.decoder_layers[layer].self_attn
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    @property
+    def text_config(self):
+        return self.config.text_config
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.text_config._attn_implementation or "eager"
+
+    def decoder_geometry(self) -> AttentionGeometry:
+        attn = self.decoder_attention(0)
+        cfg = self.text_config
+        return AttentionGeometry(cfg.num_attention_heads, cfg.num_key_value_heads, attn.head_dim, attn.scaling)
+
+    # ---- vision tower ---------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def vision_layers(self) -> nn.ModuleList: ...
+
+    def vision_attention(self, layer: int) -> nn.Module:
+        return self.vision_layers[layer].self_attn
+
+    def vision_geometry(self) -> AttentionGeometry:
+        attn = self.vision_attention(0)
+        return AttentionGeometry(attn.num_heads, attn.num_heads, attn.head_dim, attn.scale)
+
+    @property
+    @abstractmethod
+    def projector(self) -> nn.Module: ...
+
+    @property
+    def vision_feature_encoder_layer(self) -> int:
+        """Index of the encoder layer whose output is the feature layer fed to the projector."""
+        feature_layer = self.config.vision_feature_layer
+        if not isinstance(feature_layer, int):
+            raise ValueError(f"vision_feature_layer={feature_layer!r}: only a single feature layer is supported")
+        n = len(self.vision_layers)
+        # hidden_states[0] is the embedding output, hidden_states[i] the output of encoder layer i-1
+        return (n + feature_layer) if feature_layer < 0 else feature_layer - 1
+
+    @property
+    def patches_per_crop(self) -> int:
+        v = self.config.vision_config
+        return (v.image_size // v.patch_size) ** 2
+
+    @property
+    def image_token_id(self) -> int:
+        return self.config.image_token_id
+
+    # ---- inputs ---------------------------------------------------------------------------
+    @abstractmethod
+    def layout(self, input_ids: torch.Tensor, image_sizes: torch.Tensor | None = None) -> VisualLayout:
+        """Where the visual tokens of each sample are, and where each lies in its image."""
+
+    @abstractmethod
+    def num_visual_tokens(self, image_size: tuple[int, int] | None = None) -> int:
+        """How many image tokens the processor expands one image of this (height, width) into."""
+
+    def format_prompt(self, question: str, image_token: str = "<image>") -> str:
+        """The family's single-turn prompt with one image placeholder."""
+        return self.prompt_template.format(image=image_token, question=question)
+
+    def visual_positions(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Sequence positions of the image tokens, per sample; errors if a sample has none."""
+        is_image = input_ids == self.image_token_id
+        counts = is_image.sum(dim=1)
+        if (counts == 0).any():
+            missing = (counts == 0).nonzero().flatten().tolist()
+            raise ValueError(
+                f"input_ids: samples {missing} contain no image token (image_token_id={self.image_token_id}); "
+                "pruning and visual attention capture need every sample to have an image")
+        return [row.nonzero().flatten() for row in is_image]

@@ -1,0 +1,155 @@
+"""Attention rows rebuilt from the q/k projections, so any attention backend (SDPA, flash) can run.
+
+Hooks on a layer's q_proj/k_proj keep their outputs for one call; the rows are computed right after
+the layer's attention ran and the tensors are dropped. Text→visual rows take the options of the
+papers: query = last token or mean over instruction tokens; RoPE as applied, removed (FEATHER's φ-R)
+or with every visual key at one shared position (VisPruner's "equi last attention"); softmax over
+the whole causal row or over the visual keys only.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapters import ModelAdapter
+from .hooks import HookSet
+from .tracking import SlotView
+from .validation import check_choice
+
+QUERIES = ("last", "instruction")
+ROPES = ("applied", "removed", "equi")
+SOFTMAXES = ("full", "visual")
+
+
+@dataclass(frozen=True)
+class TextAttentionSpec:
+    """Which text→visual attention to compute.
+
+    ``rope="equi"`` rotates every visual key with the position of the sample's first visual token
+    (the image start), so all visual tokens are equally far from the query; text keys keep theirs.
+    """
+
+    query: str = "last"
+    rope: str = "applied"
+    softmax: str = "full"
+
+    def __post_init__(self):
+        check_choice("query", self.query, QUERIES)
+        check_choice("rope", self.rope, ROPES)
+        check_choice("softmax", self.softmax, SOFTMAXES)
+
+    @property
+    def name(self) -> str:
+        return f"{self.query}/{self.rope}/{self.softmax}"
+
+
+def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[B, S, H*D] -> [B, H, S, D]."""
+    b, s, _ = x.shape
+    return x.view(b, s, -1, head_dim).transpose(1, 2)
+
+
+def _query_slots(view: SlotView, query: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slot indices [B, Q] of the query tokens and their validity [B, Q]."""
+    batch, length = view.index.shape
+    if query == "last":
+        return (torch.full((batch, 1), length - 1, device=view.index.device),
+                torch.ones(batch, 1, dtype=torch.bool, device=view.index.device))
+    last_visual = torch.where(view.visual >= 0, view.index, -1).max(dim=1, keepdim=True).values
+    is_query = (view.index > last_visual) & view.valid
+    count = int(is_query.sum(dim=1).max())
+    if count == 0:
+        raise ValueError("query='instruction': no text token follows the image in some sample")
+    order = torch.argsort((~is_query).to(torch.int8), dim=1, stable=True)[:, :count]
+    return order, torch.gather(is_query, 1, order)
+
+
+def text_visual_rows(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: SlotView,
+                     adapter: ModelAdapter, spec: TextAttentionSpec) -> torch.Tensor:
+    """Attention probabilities [B, heads, S] from the spec's query over the slots of ``view``.
+
+    ``q``/``k`` are the raw projection outputs [B, S, heads*dim]; (cos, sin) are what the layer applied.
+    """
+    geo = adapter.decoder_geometry()
+    qh, kh = _heads(q, geo.head_dim).float(), _heads(k, geo.head_dim).float()
+    cos, sin = cos.float(), sin.float()
+    if spec.rope != "removed":
+        q_rot, k_rot = adapter.apply_rotary(qh, kh, cos, sin)
+        if spec.rope == "equi":
+            first = torch.where(view.visual >= 0, torch.arange(view.length, device=q.device), view.length)
+            first = first.min(dim=1).values.clamp(max=view.length - 1)
+            rows = torch.arange(cos.shape[0], device=q.device)
+            cos0 = cos[rows, first][:, None].expand_as(cos)
+            sin0 = sin[rows, first][:, None].expand_as(sin)
+            _, k_equi = adapter.apply_rotary(qh, kh, cos0, sin0)
+            k_rot = torch.where((view.visual >= 0)[:, None, :, None], k_equi, k_rot)
+        qh, kh = q_rot, k_rot
+    slots, q_valid = _query_slots(view, spec.query)
+    q_sel = torch.gather(qh, 2, slots[:, None, :, None].expand(-1, qh.shape[1], -1, qh.shape[-1]))
+    kh = kh.repeat_interleave(geo.num_heads // geo.num_kv_heads, dim=1)
+    logits = torch.matmul(q_sel, kh.transpose(-1, -2)) * geo.scaling  # [B, H, Q, S]
+    q_index = torch.gather(view.index, 1, slots)
+    allowed = view.valid[:, None, :] & (view.index[:, None, :] <= q_index[:, :, None])
+    if spec.softmax == "visual":
+        allowed = allowed & (view.visual >= 0)[:, None, :]
+    probs = torch.softmax(logits.masked_fill(~allowed[:, None], float("-inf")), dim=-1)
+    weights = q_valid[:, None, :, None].float()
+    return (probs * weights).sum(2) / weights.sum(2)
+
+
+def rows_to_visual(rows: torch.Tensor, view: SlotView, num_visual: int) -> torch.Tensor:
+    """Slot rows [B, H, S] -> [B, H, num_visual] over original visual tokens (NaN where absent)."""
+    batch, heads, _ = rows.shape
+    out = torch.full((batch, heads, num_visual + 1), float("nan"), device=rows.device)
+    target = torch.where(view.visual >= 0, view.visual, num_visual)
+    out.scatter_(2, target[:, None, :].expand(-1, heads, -1), rows)
+    return out[:, :, :num_visual]
+
+
+@dataclass
+class VisionRows:
+    """Per vision-tower layer, per image crop: [CLS]→patch row, mean received attention, optional map."""
+
+    cls: torch.Tensor | None  # [crops, H, P]
+    received: torch.Tensor  # [crops, H, P]
+    map: torch.Tensor | None  # [crops, T, T] head-mean
+
+
+def vision_rows(q: torch.Tensor, k: torch.Tensor, adapter: ModelAdapter, with_map: bool) -> VisionRows:
+    """Full self-attention of one vision layer (no mask, no RoPE) reduced to what analyses need."""
+    geo = adapter.vision_geometry()
+    qh, kh = _heads(q, geo.head_dim).float(), _heads(k, geo.head_dim).float()
+    attn = torch.softmax(torch.matmul(qh, kh.transpose(-1, -2)) * geo.scaling, dim=-1)
+    first_patch = 1 if adapter.has_cls else 0
+    return VisionRows(cls=attn[:, :, 0, 1:] if adapter.has_cls else None,
+                      received=attn[:, :, :, first_patch:].mean(dim=2),
+                      map=attn.mean(dim=1) if with_map else None)
+
+
+def watch_qk(hooks: HookSet, attention: nn.Module, armed: Callable[[], bool],
+             on_rows: Callable[[torch.Tensor, torch.Tensor, tuple | None], None]) -> None:
+    """Call ``on_rows(q, k, position_embeddings)`` after ``attention`` ran, while ``armed()`` is true."""
+    store: dict = {}
+
+    def keep(name):
+        def hook(_m, _a, _k, out):
+            if armed():
+                store[name] = out
+        return hook
+
+    def before(_m, _a, kwargs):
+        store.clear()
+        store["pe"] = kwargs.get("position_embeddings")
+
+    def after(_m, _a, _k, _out):
+        if "q" in store:
+            on_rows(store.pop("q"), store.pop("k"), store.pop("pe", None))
+        store.clear()
+
+    hooks.pre(attention, before)
+    hooks.post(attention.q_proj, keep("q"))
+    hooks.post(attention.k_proj, keep("k"))
+    hooks.post(attention, after)

@@ -1,0 +1,69 @@
+"""Where the visual tokens sit in each sample's sequence, and where each one lies in the image.
+
+Every pruning result is reported in these coordinates, so positional analyses (which rows of the
+image survive) work the same for LLaVA-1.5's single grid and LLaVA-NeXT's base image + crops.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A rectangular block of visual tokens: LLaVA-1.5's image grid, or LLaVA-NeXT's base / high-res grid."""
+
+    name: str
+    rows: int
+    cols: int
+
+
+@dataclass
+class SampleGrid:
+    """Per visual token of one sample (index = visual-token index in sequence order).
+
+    ``patch`` indexes the flattened vision-tower output of the batch (image-crop * patches + patch), so
+    vision-side scores ([CLS] attention, features) map onto the token; it is -1 for tokens that come
+    from no patch (LLaVA-NeXT's row-end newline tokens). ``y``/``x`` are the token centre in
+    normalised image coordinates (0 = top/left, 1 = bottom/right).
+    """
+
+    positions: torch.Tensor  # [N] position of the token in the input sequence
+    patch: torch.Tensor  # [N] flat patch index or -1
+    image: torch.Tensor  # [N] which image of the sample
+    segment: torch.Tensor  # [N] index into VisualLayout.segments
+    row: torch.Tensor  # [N] row in its segment grid
+    col: torch.Tensor  # [N] column in its segment grid (newline tokens: the column after the last)
+    y: torch.Tensor  # [N] float
+    x: torch.Tensor  # [N] float
+    segments: list[Segment]  # grid shape of each segment of this sample
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.positions.numel())
+
+    @property
+    def is_patch(self) -> torch.Tensor:
+        return self.patch >= 0
+
+    def records(self, kept: torch.Tensor) -> list[dict]:
+        """Rows (visual index, image, segment, row, col, y, x) for the kept visual-token indices."""
+        kept = kept.cpu()
+        cols = {k: getattr(self, k).cpu()[kept].tolist() for k in ("image", "segment", "row", "col", "y", "x")}
+        return [{"visual_index": int(v), **{k: cols[k][i] for k in cols}} for i, v in enumerate(kept.tolist())]
+
+
+@dataclass
+class VisualLayout:
+    """The visual tokens of a batch: one SampleGrid per sample."""
+
+    samples: list[SampleGrid]
+    sequence_length: int
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.samples)
+
+    def counts(self) -> list[int]:
+        return [s.num_tokens for s in self.samples]

@@ -1,0 +1,113 @@
+"""Tiny random-weight VLMs built from configs, offline, and inputs for them.
+
+Real transformers classes with small shapes: what the tests, the benchmark and the CPU default of
+``make reproduce`` run on when no checkpoint is around. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+)
+
+from .adapters import adapter_for
+from .validation import check_choice
+
+IMAGE_TOKEN_ID = 3
+PAD_TOKEN_ID = 0
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shapes of a tiny LLaVA-family model."""
+
+    text_layers: int = 4
+    hidden: int = 64
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 128
+    vocab: int = 128
+    vision_layers: int = 3
+    vision_hidden: int = 32
+    vision_heads: int = 4
+    image_size: int = 32
+    patch_size: int = 8
+    rope_theta: float = 10000.0
+
+
+def _configs(spec: TinySpec, attn_implementation: str):
+    vision = CLIPVisionConfig(hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
+                              num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
+                              image_size=spec.image_size, patch_size=spec.patch_size)
+    text = LlamaConfig(vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+                       num_hidden_layers=spec.text_layers, num_attention_heads=spec.heads,
+                       num_key_value_heads=spec.kv_heads, max_position_embeddings=4096,
+                       rope_theta=spec.rope_theta, pad_token_id=PAD_TOKEN_ID, bos_token_id=1, eos_token_id=2)
+    vision._attn_implementation = attn_implementation
+    text._attn_implementation = attn_implementation
+    return vision, text
+
+
+def tiny_vlm(family: str = "llava", spec: TinySpec = TinySpec(), seed: int = 0,
+             attn_implementation: str = "sdpa") -> torch.nn.Module:
+    """A random-weight LLaVA-1.5 ("llava") or LLaVA-NeXT ("llava_next") model in eval mode."""
+    check_choice("family", family, ("llava", "llava_next"))
+    check_choice("attn_implementation", attn_implementation, ("sdpa", "eager"))
+    vision, text = _configs(spec, attn_implementation)
+    grid = spec.image_size // spec.patch_size
+    common = dict(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN_ID,
+                  vision_feature_layer=-2, vision_feature_select_strategy="default")
+    torch.manual_seed(seed)
+    if family == "llava":
+        config = LlavaConfig(image_seq_length=grid * grid, **common)
+        model = LlavaForConditionalGeneration(config)
+    else:
+        s = spec.image_size
+        config = LlavaNextConfig(image_grid_pinpoints=[[s, 2 * s], [2 * s, s], [2 * s, 2 * s]],
+                                 image_seq_length=grid * grid, **common)
+        model = LlavaNextForConditionalGeneration(config)
+    model.config._attn_implementation = attn_implementation
+    return model.eval()
+
+
+def tiny_inputs(model: torch.nn.Module, text_before: list[int], text_after: list[int],
+                image_sizes: list[tuple[int, int]] | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A left-padded batch: random system tokens, one image, random question tokens per sample.
+
+    ``text_before[b]`` / ``text_after[b]`` are the numbers of text tokens before / after sample b's
+    image. For LLaVA-NeXT, ``image_sizes`` gives each image's (height, width).
+    """
+    adapter = adapter_for(model)
+    batch = len(text_before)
+    if len(text_after) != batch:
+        raise ValueError("text_after: must have one entry per sample, like text_before")
+    gen = torch.Generator().manual_seed(seed)
+    vocab = model.config.text_config.vocab_size
+    size = model.config.vision_config.image_size
+    rows = []
+    for b in range(batch):
+        n_img = adapter.num_visual_tokens(image_sizes[b] if image_sizes else None)
+        before = torch.randint(4, vocab, (text_before[b],), generator=gen)
+        after = torch.randint(4, vocab, (text_after[b],), generator=gen)
+        rows.append(torch.cat([before, torch.full((n_img,), IMAGE_TOKEN_ID), after]))
+    length = max(r.numel() for r in rows)
+    input_ids = torch.full((batch, length), PAD_TOKEN_ID, dtype=torch.long)
+    attention_mask = torch.zeros(batch, length, dtype=torch.long)
+    for b, r in enumerate(rows):
+        input_ids[b, length - r.numel():] = r
+        attention_mask[b, length - r.numel():] = 1
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if adapter.family == "llava_next":
+        crops = [adapter._crops(s) for s in image_sizes]
+        pixel = torch.randn(batch, max(crops), 3, size, size, generator=gen)
+        inputs.update(pixel_values=pixel, image_sizes=torch.tensor(image_sizes))
+    else:
+        inputs["pixel_values"] = torch.randn(batch, 3, size, size, generator=gen)
+    return inputs
