@@ -101,5 +101,6 @@ def capture_attention(model: nn.Module, layers: Sequence[int] | str | None = "al
         for layer in vis_layers:
             def on_vision(q, k, _pe, layer=layer):
                 cap.vision[layer] = vision_rows(q, k, adapter, vision_maps)
-            watch_qk(hooks, adapter.vision_attention(layer), armed, on_vision)
+            # the tower runs once per new image set, inside forward or before it (generate pre-encodes images)
+            watch_qk(hooks, adapter.vision_attention(layer), lambda: True, on_vision)
         yield cap

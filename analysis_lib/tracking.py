@@ -7,6 +7,7 @@ the ``SlotView`` of the layer they are at, so attention rows always map back to 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -110,7 +111,23 @@ class Tracker:
         self._listeners: list = []
         self.hooks = HookSet()
         self.hooks.pre(model, self._on_forward, prepend=True)
+        self._image_sizes = None
+        self._watch_image_features()
         self.users = 0
+
+    def _watch_image_features(self) -> None:
+        """Remember the image sizes of the last image encoding: ``generate`` encodes images before calling
+        forward (``mm_encoder_outputs``), so forward itself may not receive them (LLaVA-NeXT needs them)."""
+        owner = self.adapter.image_feature_owner
+        original = owner.get_image_features
+
+        @functools.wraps(original)
+        def get_image_features(*args, **kwargs):
+            self._image_sizes = kwargs.get("image_sizes")
+            return original(*args, **kwargs)
+
+        owner.get_image_features = get_image_features
+        self._owner = owner
 
     # ---- views ---------------------------------------------------------------------------
     def set_stage_views(self, starts: list[int], views: list[SlotView]) -> None:
@@ -143,7 +160,8 @@ class Tracker:
                 kwargs["position_ids"] = padded_position_ids(full)
             self.new_prompt = self.prompt is None or not self.prompt.continues_with(input_ids)
             if self.new_prompt:
-                layout = self.adapter.layout(input_ids, kwargs.get("image_sizes"))
+                sizes = kwargs.get("image_sizes")
+                layout = self.adapter.layout(input_ids, self._image_sizes if sizes is None else sizes)
                 self.prompt = Prompt(input_ids, full, kwargs["position_ids"], layout)
                 self._starts, self._views = [0], [self.prompt.identity_view()]
             self.call = Call(0, length, full, kwargs["position_ids"])
@@ -166,6 +184,7 @@ class Tracker:
 
     def close(self) -> None:
         self.hooks.remove()
+        del self._owner.get_image_features  # drop the instance attribute: the class method is back
 
 
 class tracker_for:

@@ -92,6 +92,10 @@ class ModelAdapter(ABC):
     def projector(self) -> nn.Module: ...
 
     @property
+    @abstractmethod
+    def image_feature_owner(self) -> nn.Module: ...
+
+    @property
     def vision_feature_encoder_layer(self) -> int:
         """Index of the encoder layer whose output is the feature layer fed to the projector."""
         feature_layer = self.config.vision_feature_layer

@@ -43,6 +43,11 @@ class LlavaAdapter(ModelAdapter):
         return self._core.vision_tower.encoder.layers
 
     @property
+    def image_feature_owner(self) -> nn.Module:
+        """The module whose ``get_image_features`` encodes images (called by forward and by generate)."""
+        return self._core
+
+    @property
     def projector(self) -> nn.Module:
         return self._core.multi_modal_projector
 

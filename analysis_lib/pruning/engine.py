@@ -107,7 +107,8 @@ class PruningEngine:
         if any(stage.scorer.vision_kind for _, stage in self.stages):
             def on_vision(q, k, _pe):
                 self._vision_rows = vision_rows(q, k, adapter, with_map=False)
-            watch_qk(hooks, adapter.vision_attention(adapter.vision_feature_encoder_layer), armed, on_vision)
+            # the tower runs once per new image set, inside forward or before it (generate pre-encodes images)
+            watch_qk(hooks, adapter.vision_attention(adapter.vision_feature_encoder_layer), lambda: True, on_vision)
 
         first = self.stages[0][0] if self.stages else None
         if first is None:
@@ -126,7 +127,7 @@ class PruningEngine:
         n_in = counts
         for _, stage in self.stages:
             n_in = [stage.budget(n, n0) for n, n0 in zip(n_in, counts)]
-        self._text_rows, self._vision_rows = {}, None
+        self._text_rows = {}
         self._views = [tracker.prompt.identity_view()]
         self._starts = [0]
         self.records.append(PruneRecord(self.schedule.name, self.mode, self.positions, counts,

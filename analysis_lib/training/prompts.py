@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 IMAGE_TOKEN = "<image>"
-SYSTEM = "A chat between a curious user and an assistant. The assistant answers with one word or a box."
+SYSTEM = "A chat between a user and an assistant."
 END_OF_TURN = "</s>"
 
 
