@@ -75,7 +75,8 @@ class VisionAttentionScorer:
 
 @dataclass(frozen=True)
 class RandomScorer:
-    """Uniform random scores from a seeded generator (the same seed gives the same kept sets)."""
+    """Uniform random scores, drawn per sample from the seed alone: a sample gets the same kept set
+    whether it runs alone or in a batch."""
 
     seed: int = 0
     name: str = "random"
@@ -83,8 +84,9 @@ class RandomScorer:
     vision_kind: str | None = None
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed)
-        return torch.rand(inputs.candidates.shape, generator=gen)
+        width = inputs.candidates.shape[1]
+        return torch.stack([torch.rand(width, generator=torch.Generator().manual_seed(self.seed))
+                            for _ in inputs.num_visual])
 
 
 @dataclass(frozen=True)

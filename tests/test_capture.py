@@ -1,0 +1,148 @@
+"""Attention capture: rows rebuilt from q/k equal the eager attention weights; hooks never leak."""
+import pytest
+import torch
+
+from analysis_lib.attention import TextAttentionSpec
+from analysis_lib.capture import capture_attention
+from analysis_lib.hooks import hook_count
+
+from tiny_setup import FAMILIES, batch_inputs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_rows_equal_eager_weights(models, family):
+    model = models[(family, "eager")]
+    inputs = batch_inputs(model, family)
+    with torch.no_grad():
+        eager = model(**inputs, output_attentions=True).attentions
+        with capture_attention(model, layers="all") as cap:
+            model(**inputs)
+    spec = TextAttentionSpec()
+    for layer in range(len(eager)):
+        rows = cap.text[(spec.name, layer)]
+        for b, grid in enumerate(cap.layout.samples):
+            expected = eager[layer][b, :, -1, grid.positions]
+            torch.testing.assert_close(rows[b, :, : grid.num_tokens], expected, atol=1e-6, rtol=1e-5)
+            assert torch.isnan(rows[b, :, grid.num_tokens:]).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_under_sdpa_matches_eager(models, family):
+    """The model runs with SDPA (nothing forced to eager) and gives the same rows and logits."""
+    specs = [TextAttentionSpec(q, r, s) for q in ("last", "instruction") for r in ("applied", "removed", "equi")
+             for s in ("full", "visual")]
+    results = {}
+    for impl in ("sdpa", "eager"):
+        model = models[(family, impl)]
+        inputs = batch_inputs(model, family)
+        with torch.no_grad(), capture_attention(model, layers=[0, 3], specs=specs) as cap:
+            logits = model(**inputs).logits
+        results[impl] = (cap.text, logits[inputs["attention_mask"].bool()])  # padding rows differ by backend
+    assert models[(family, "sdpa")].config.text_config._attn_implementation == "sdpa"
+    torch.testing.assert_close(results["sdpa"][1], results["eager"][1], atol=1e-5, rtol=1e-4)
+    for key, rows in results["eager"][0].items():
+        torch.testing.assert_close(results["sdpa"][0][key], rows, atol=1e-6, rtol=1e-5, equal_nan=True)
+
+
+def test_row_options_behave_as_defined(models):
+    model = models[("llava", "sdpa")]
+    inputs = batch_inputs(model, "llava")
+    specs = {name: TextAttentionSpec(**kw) for name, kw in {
+        "full": {}, "visual": {"softmax": "visual"}, "norope": {"rope": "removed"},
+        "instr": {"query": "instruction"}, "equi": {"rope": "equi", "softmax": "visual"},
+        "norope_visual": {"rope": "removed", "softmax": "visual"}}.items()}
+    with torch.no_grad(), capture_attention(model, layers=[2], specs=list(specs.values())) as cap:
+        model(**inputs)
+    row = {k: cap.text[(s.name, 2)] for k, s in specs.items()}
+    n = cap.layout.samples[0].num_tokens
+    # visual-only softmax sums to one over the visual tokens; the full row sums to less (text takes some)
+    torch.testing.assert_close(row["visual"][..., :n].sum(-1), torch.ones(2, 4))
+    assert (row["full"][..., :n].sum(-1) < 1).all()
+    # the visual-only softmax is the full row renormalised over visual keys
+    full = row["full"][..., :n]
+    torch.testing.assert_close(full / full.sum(-1, keepdim=True), row["visual"][..., :n])
+    # removing RoPE and the instruction-mean query change the rows
+    assert not torch.allclose(row["norope"], row["full"], equal_nan=True)
+    assert not torch.allclose(row["instr"], row["full"], equal_nan=True)
+    # with all visual keys at one shared position, visual-only equi rows depend only on content: they equal
+    # the RoPE-free rows when the query is rotated by the same offset for all keys -> same ranking as a
+    # rotation of q alone; check that equi differs from both the applied and the removed rows
+    assert not torch.allclose(row["equi"], row["visual"], equal_nan=True)
+
+
+def test_equi_rows_ignore_visual_token_order(models):
+    """Equi-position attention is position-free among visual tokens: permuting the image's patches
+    permutes the rows the same way (RoPE as applied does not have this property)."""
+    model = models[("llava", "sdpa")]
+    inputs = batch_inputs(model, "llava")
+    spec_equi = TextAttentionSpec(rope="equi", softmax="visual")
+    spec_applied = TextAttentionSpec(softmax="visual")
+    captured = []
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    hook_features = model.model.multi_modal_projector.register_forward_hook(
+        lambda m, a, out: out[:, perm] if captured else out)
+    try:
+        for _ in range(2):
+            with torch.no_grad(), capture_attention(model, layers=[0], specs=[spec_equi, spec_applied]) as cap:
+                model(**inputs)
+            captured.append({s.name: cap.text[(s.name, 0)] for s in (spec_equi, spec_applied)})
+    finally:
+        hook_features.remove()
+    first, permuted = captured
+    torch.testing.assert_close(permuted[spec_equi.name], first[spec_equi.name][..., perm], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(permuted[spec_applied.name], first[spec_applied.name][..., perm], atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vision_rows_equal_eager_weights(models, family):
+    model = models[(family, "eager")]
+    inputs = batch_inputs(model, family)
+    with torch.no_grad(), capture_attention(model, layers=None, vision_layers="all", vision_maps=True) as cap:
+        model(**inputs)
+    pixel = inputs["pixel_values"]
+    with torch.no_grad():
+        if family == "llava_next":
+            from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+            cfg = model.config
+            crops = [image_size_to_num_patches(s.tolist(), cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+                     for s in inputs["image_sizes"]]
+            pixel = torch.cat([p[:c] for p, c in zip(pixel, crops)])
+        eager = model.model.vision_tower(pixel, output_attentions=True).attentions
+    for layer, attn in enumerate(eager):
+        torch.testing.assert_close(cap.vision[layer].cls, attn[:, :, 0, 1:], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(cap.vision[layer].received, attn[:, :, :, 1:].mean(2), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(cap.vision[layer].map, attn.mean(1), atol=1e-6, rtol=1e-5)
+    per_token = cap.vision_per_token(cap.feature_layer)
+    grid = cap.layout.samples[0]
+    flat_cls = eager[cap.feature_layer][:, :, 0, 1:].mean(1).flatten()
+    real = grid.patch >= 0
+    torch.testing.assert_close(per_token[0][real], flat_cls[grid.patch[real]], atol=1e-6, rtol=1e-5)
+    assert torch.isnan(per_token[0][~real]).all()
+
+
+def test_hooks_removed_after_exit_and_after_error(models):
+    model = models[("llava", "sdpa")]
+    before = hook_count(model)
+    with capture_attention(model, layers="all", vision_layers="all"):
+        assert hook_count(model) > before
+    assert hook_count(model) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture_attention(model, layers="all", vision_layers="all"):
+            raise RuntimeError("boom")
+    assert hook_count(model) == before
+    assert "get_image_features" not in vars(model.model)
+
+
+def test_capture_bad_input(models):
+    model = models[("llava", "sdpa")]
+    with pytest.raises(ValueError, match=r"layers=\[99\].*allowed: 0\.\.5"):
+        with capture_attention(model, layers=[99]):
+            pass
+    with pytest.raises(ValueError, match="rope='none'.*'applied', 'removed', 'equi'"):
+        TextAttentionSpec(rope="none")
+    inputs = batch_inputs(model, "llava")
+    inputs["input_ids"] = torch.where(inputs["input_ids"] == model.config.image_token_id, 5, inputs["input_ids"])
+    inputs.pop("pixel_values")
+    with pytest.raises(ValueError, match="contain no image token"):
+        with capture_attention(model):
+            model(**inputs)

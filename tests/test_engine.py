@@ -1,0 +1,184 @@
+"""The pruning engine's invariants on tiny LLaVA-1.5 and LLaVA-NeXT models."""
+import pytest
+import torch
+
+from analysis_lib.attention import TextAttentionSpec
+from analysis_lib.hooks import hook_count
+from analysis_lib.pruning import (FixedScorer, PruningEngine, RandomScorer, Schedule, Stage, TextAttentionScorer,
+                                  VisionAttentionScorer)
+from tiny_setup import FAMILIES, batch_inputs, sample_inputs
+
+THREE_STAGES = Schedule((Stage(0, VisionAttentionScorer(), 0.75),
+                         Stage(2, TextAttentionScorer(TextAttentionSpec(rope="removed")), 0.5),
+                         Stage(4, RandomScorer(seed=3), 0.5)), name="three-stage")
+FASTV = Schedule((Stage(2, TextAttentionScorer(), 0.5),), name="fastv")
+
+
+def run(model, inputs, schedule, **options):
+    with torch.no_grad(), PruningEngine(model, schedule, **options) as engine:
+        logits = model(**inputs).logits
+    return logits, engine.records[-1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["remove", "mask"])
+@pytest.mark.parametrize("positions", ["keep", "reindex"])
+def test_keeping_everything_gives_the_plain_model(models, family, mode, positions):
+    model = models[(family, "sdpa")]
+    inputs = batch_inputs(model, family)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+    keep_all = Schedule((Stage(0, VisionAttentionScorer(), 1.0), Stage(3, TextAttentionScorer(), 1.0)))
+    logits, record = run(model, inputs, keep_all, mode=mode, positions=positions)
+    valid = inputs["attention_mask"].bool()
+    torch.testing.assert_close(logits[valid], plain[valid], atol=1e-5, rtol=1e-5)
+    assert [len(k) for k in record.stages[1].kept] == record.num_visual
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("positions", ["keep", "reindex"])
+@pytest.mark.parametrize("schedule", [FASTV, THREE_STAGES], ids=lambda s: s.name)
+def test_removal_equals_masking(models, family, impl, positions, schedule):
+    model = models[(family, impl)]
+    inputs = batch_inputs(model, family)
+    removed, rec_r = run(model, inputs, schedule, mode="remove", positions=positions)
+    masked, rec_m = run(model, inputs, schedule, mode="mask", positions=positions)
+    torch.testing.assert_close(removed[:, -1], masked[:, -1], atol=2e-6, rtol=1e-5)
+    for stage_r, stage_m in zip(rec_r.stages, rec_m.stages):
+        for kept_r, kept_m in zip(stage_r.kept, stage_m.kept):
+            assert torch.equal(kept_r, kept_m)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+    assert not torch.allclose(removed[:, -1], plain[:, -1], atol=1e-3)  # pruning did something
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("positions", ["keep", "reindex"])
+def test_generation_cache_batch_and_mask_agree(models, family, positions):
+    model = models[(family, "sdpa")]
+    inputs = batch_inputs(model, family)
+    prompt_len = inputs["input_ids"].shape[1]
+
+    def generate(inp, mode="remove", cache=True):
+        with torch.no_grad(), PruningEngine(model, THREE_STAGES, mode=mode, positions=positions):
+            out = model.generate(**inp, max_new_tokens=5, do_sample=False, use_cache=cache, pad_token_id=0)
+        return out[:, inp["input_ids"].shape[1]:]
+
+    cached = generate(inputs)
+    assert cached.shape == (2, 5)
+    assert torch.equal(cached, generate(inputs, cache=False))
+    assert torch.equal(cached, generate(inputs, mode="mask"))
+    singles = [generate({k: v for k, v in sample_inputs(inputs, b).items() if k != "position_ids"})[0]
+               for b in range(2)]
+    assert torch.equal(cached, torch.stack(singles))
+    assert prompt_len == inputs["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_equals_samples_one_by_one(models, family):
+    model = models[(family, "sdpa")]
+    inputs = batch_inputs(model, family)
+    logits, record = run(model, inputs, THREE_STAGES)
+    for b in range(2):
+        single_logits, single = run(model, sample_inputs(inputs, b), THREE_STAGES)
+        torch.testing.assert_close(logits[b, -1], single_logits[0, -1], atol=2e-6, rtol=1e-5)
+        for stage, single_stage in zip(record.stages, single.stages):
+            assert torch.equal(stage.kept[b], single_stage.kept[0])
+
+
+def test_kv_cache_really_shrinks(models):
+    model = models[("llava", "sdpa")]
+    inputs = batch_inputs(model, "llava")
+    with torch.no_grad(), PruningEngine(model, THREE_STAGES) as engine:
+        cache = model(**inputs, use_cache=True).past_key_values
+    record = engine.records[-1]
+    length = inputs["input_ids"].shape[1]
+    n = record.num_visual[0]
+    kept = [len(s.kept[0]) for s in record.stages]
+    assert kept == [12, 6, 3]  # floor(0.75*16), then halves of the survivors
+    expected = [length - n + kept[0]] * 2 + [length - n + kept[1]] * 2 + [length - n + kept[2]] * 2
+    assert [layer.keys.shape[2] for layer in cache.layers] == expected
+
+
+def test_records_are_nested_and_in_grid_coordinates(models):
+    model = models[("llava_next", "sdpa")]
+    _, record = run(model, batch_inputs(model, "llava_next"), THREE_STAGES)
+    assert record.mode == "remove" and record.positions == "keep" and record.schedule == "three-stage"
+    for b in range(2):
+        previous = set(range(record.num_visual[b]))
+        for stage in record.stages:
+            kept = stage.kept[b].tolist()
+            assert kept == sorted(kept) and set(kept) <= previous
+            previous = set(kept)
+    coords = record.kept_coordinates(0, 1)
+    assert {"visual_index", "segment", "row", "col", "y", "x"} <= set(coords[0])
+    assert {c["segment"] for c in coords} <= {0, 1}
+
+
+@pytest.mark.parametrize("positions", ["keep", "reindex"])
+def test_pre_llm_removal_equals_a_shorter_prompt(models, positions):
+    """Dropping tokens before the LLM = running the language model on the kept embeddings, with the
+    original position ids ("keep") or contiguous ones ("reindex")."""
+    model = models[("llava", "sdpa")]
+    inputs = sample_inputs(batch_inputs(model, "llava"), 1)
+    kept = (0, 5, 6, 15)
+    schedule = Schedule((Stage(0, FixedScorer((kept,)), len(kept)),))
+    logits, _ = run(model, inputs, schedule, positions=positions)
+    embeds = {}
+    handle = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: embeds.update(x=kw["inputs_embeds"]), with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    image = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
+    drop = set(image.tolist()) - {int(image[i]) for i in kept}
+    keep_pos = torch.tensor([p for p in range(inputs["input_ids"].shape[1]) if p not in drop])
+    position_ids = keep_pos[None] if positions == "keep" else torch.arange(len(keep_pos))[None]
+    with torch.no_grad():
+        hidden = model.model.language_model(inputs_embeds=embeds["x"][:, keep_pos], position_ids=position_ids)
+        reference = model.lm_head(hidden.last_hidden_state)
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_hooks_and_patches_are_gone_after_exit_and_error(models):
+    model = models[("llava_next", "sdpa")]
+    before = hook_count(model)
+    inputs = batch_inputs(model, "llava_next")
+    with PruningEngine(model, THREE_STAGES):
+        assert hook_count(model) > before
+    assert hook_count(model) == before
+    too_many = Schedule((Stage(2, TextAttentionScorer(), 10_000),))
+    with pytest.raises(ValueError, match="exceeds the .* visual tokens"):
+        with torch.no_grad(), PruningEngine(model, too_many):
+            model(**inputs)
+    assert hook_count(model) == before
+    assert "get_image_features" not in vars(model.model)
+    with torch.no_grad():  # the model works as before
+        model(**inputs)
+
+
+def test_bad_schedules_and_options(models):
+    model = models[("llava", "sdpa")]
+    text = TextAttentionScorer()
+    cases = [
+        (lambda: Stage(2, text, 0.0), r"keep=0.0 is outside the allowed range \(0, 1\]"),
+        (lambda: Stage(2, text, 1.5), r"keep=1.5 is outside"),
+        (lambda: Stage(2, text, 0.5, keep_of="all"), "keep_of='all'.*'input', 'original'"),
+        (lambda: PruningEngine(model, Schedule((Stage(6, text, 0.5),))), r"layer=6 is outside the model; allowed: 0\.\.5"),
+        (lambda: PruningEngine(model, Schedule((Stage(3, text, 0.5), Stage(2, text, 0.5)))), "strictly increasing"),
+        (lambda: PruningEngine(model, Schedule((Stage(0, text, 0.5),))), "cannot run before the language model"),
+        (lambda: PruningEngine(model, FASTV, mode="drop"), "mode='drop'.*'remove', 'mask'"),
+        (lambda: PruningEngine(model, FASTV, positions="shift"), "positions='shift'.*'keep', 'reindex'"),
+        (lambda: VisionAttentionScorer(kind="patch"), "kind='patch'"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValueError, match=message):
+            make()
+
+
+def test_fraction_layers_scale_with_depth(models):
+    model = models[("llava", "sdpa")]  # 6 layers: 3/32 of depth -> layer 1, 0.5 -> layer 3
+    schedule = Schedule((Stage(3 / 32, text := TextAttentionScorer(), 0.5), Stage(0.5, text, 0.5)))
+    assert [k for k, _ in schedule.resolve(6)] == [1, 3]
+    assert [k for k, _ in schedule.resolve(32)] == [3, 16]
