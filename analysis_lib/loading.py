@@ -1,0 +1,48 @@
+"""Load a VLM by Hugging Face id or local path and wrap it in its adapter.
+
+    model, processor, adapter = load_vlm("llava-hf/llava-1.5-7b-hf", device="cuda", dtype="float16")
+    model, processor, adapter = load_vlm("/models/llava-1.5-7b-hf")          # local: never touches the network
+
+The model class comes from the config's model_type (LLaVA-1.5 -> LlavaForConditionalGeneration,
+LLaVA-NeXT -> LlavaNextForConditionalGeneration). ``attn_implementation="flash_attention_2"`` falls
+back to "sdpa" when flash-attn is not installed. Capture works with any backend; in-LLM pruning
+needs "sdpa" or "eager".
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+from .adapters import ADAPTERS, ModelAdapter, adapter_for
+from .validation import check_choice
+
+MODEL_CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
+def resolve_attention(requested: str) -> str:
+    """The attention backend to use: flash-attention only if the package is importable."""
+    check_choice("attn_implementation", requested, ATTENTION)
+    if requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        return "sdpa"
+    return requested
+
+
+def load_vlm(name_or_path: str | Path, device: str = "cpu", dtype: str = "float32", attn_implementation: str = "sdpa",
+             load_processor: bool = True) -> tuple[torch.nn.Module, object | None, ModelAdapter]:
+    """(model in eval mode, processor or None, adapter) for a hub id or a local checkpoint folder."""
+    check_choice("dtype", dtype, DTYPES)
+    local = Path(name_or_path).expanduser().is_dir()
+    if not local and Path(name_or_path).expanduser().exists():
+        raise ValueError(f"name_or_path={str(name_or_path)!r} is a file; give a checkpoint folder or a hub id")
+    config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
+    check_choice("model_type", config.model_type, ADAPTERS)
+    model = MODEL_CLASSES[config.model_type].from_pretrained(
+        name_or_path, dtype=DTYPES[dtype], attn_implementation=resolve_attention(attn_implementation),
+        local_files_only=local).to(device).eval()
+    processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=local) if load_processor else None
+    return model, processor, adapter_for(model)
