@@ -29,3 +29,9 @@ benchmark: setup
 
 clean:
 	rm -rf $(VENV) runs
+
+# Train the embedded default model (analysis_lib.training, recipe "default") into runs/train-default,
+# resuming from its checkpoint when one exists. HOURS=2 stops (after checkpointing) after two hours.
+.PHONY: train-default
+train-default: setup
+	nice -n 19 $(BIN)/python -m analysis_lib.training train --recipe default --out runs/train-default $(if $(HOURS),--hours $(HOURS))

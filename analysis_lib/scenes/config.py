@@ -49,6 +49,15 @@ class SceneConfig:
         if not self.clutter or any(not 1 <= lo <= hi for lo, hi in self.clutter.values()):
             raise ValueError(f"clutter must map level names to (fewest, most) with 1 <= fewest <= most, got {self.clutter!r}")
 
+    def to_dict(self) -> dict:
+        """JSON-ready form; SceneConfig.from_dict inverts it."""
+        return {**self.__dict__, "object_size": list(self.object_size), "clutter": {k: list(v) for k, v in self.clutter.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SceneConfig":
+        return cls(**{**data, "object_size": tuple(data["object_size"]),
+                      "clutter": {k: tuple(v) for k, v in data["clutter"].items()}})
+
     @property
     def grid(self) -> int:
         """Number of patches along one side of the image."""

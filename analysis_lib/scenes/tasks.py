@@ -302,6 +302,6 @@ def follow_up_questions(
         if len(pairs) == count:
             break
         pair = _follow_up(rng, objects, config, _choice(rng, FOLLOW_UP_TASKS))
-        if pair is not None:
+        if pair is not None and pair not in pairs:
             pairs.append(pair)
     return pairs

@@ -4,9 +4,11 @@ saving/loading them together."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoProcessor,
     CLIPImageProcessor,
@@ -42,8 +44,6 @@ class ModelShape:
 
 def build_model(shape: ModelShape, scene: SceneConfig, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlavaForConditionalGeneration:
     """A randomly initialised LLaVA with one visual token per patch of `scene`'s grid."""
-    import torch
-
     vision = CLIPVisionConfig(
         image_size=scene.image_size,
         patch_size=scene.patch_size,
@@ -100,12 +100,19 @@ def build_processor(scene: SceneConfig, tokenizer: PreTrainedTokenizerFast) -> L
     )
 
 
-def save_pretrained(directory: str | Path, model: LlavaForConditionalGeneration, processor: LlavaProcessor) -> None:
+SCENE_CONFIG_FILE = "scene_config.json"
+
+
+def save_pretrained(directory: str | Path, model: LlavaForConditionalGeneration, processor: LlavaProcessor, scene: SceneConfig) -> None:
     """Write model and processor so that LlavaForConditionalGeneration.from_pretrained(directory) and
-    AutoProcessor.from_pretrained(directory) load them offline."""
+    AutoProcessor.from_pretrained(directory) load them offline, plus the scene suite's configuration
+    (box bins and geometry the answers use) as scene_config.json."""
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
+    (Path(directory) / SCENE_CONFIG_FILE).write_text(json.dumps(scene.to_dict(), indent=1))
 
 
-def load_pretrained(directory: str | Path) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    return LlavaForConditionalGeneration.from_pretrained(directory), AutoProcessor.from_pretrained(directory)
+def load_pretrained(directory: str | Path) -> tuple[LlavaForConditionalGeneration, LlavaProcessor, SceneConfig]:
+    """Inverse of save_pretrained."""
+    scene = SceneConfig.from_dict(json.loads((Path(directory) / SCENE_CONFIG_FILE).read_text()))
+    return LlavaForConditionalGeneration.from_pretrained(directory), AutoProcessor.from_pretrained(directory), scene

@@ -3,14 +3,13 @@ Hugging Face fast tokenizer (AutoTokenizer / AutoProcessor load it)."""
 
 from __future__ import annotations
 
+import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from ..scenes import SPLITS, TASKS, SceneConfig, generate_sample
 from ..scenes.tasks import follow_up_questions
 from .prompts import END_OF_TURN, IMAGE_TOKEN, SYSTEM
-
-import numpy as np
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", END_OF_TURN, IMAGE_TOKEN)
 _CORPUS_PER_TASK = 200
@@ -49,4 +48,5 @@ def build_tokenizer(config: SceneConfig) -> PreTrainedTokenizerFast:
         pad_token="<pad>",
         extra_special_tokens={"image_token": IMAGE_TOKEN},
         model_max_length=1024,
+        padding_side="left",  # for batched generation; training pads itself
     )

@@ -1,0 +1,91 @@
+"""Command line: ``python -m analysis_lib {flops,methods,reproduce}``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .flops import FFN_MATRICES, PRESETS, preset_or_config, schedule_flops
+from .pruning.methods import METHODS, get_method
+from .pruning.schedule import Schedule
+
+
+def parse_params(pairs: list[str], defaults: dict[str, object]) -> dict[str, object]:
+    """``["K=3", "R=0.75"]`` -> {"K": 3, "R": 0.75}, typed like the defaults (an int default accepts a float
+    fraction of depth)."""
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"method parameter {pair!r}: write NAME=VALUE, e.g. R=0.75")
+        key, value = pair.split("=", 1)
+        default = defaults.get(key)
+        if isinstance(default, int) and not isinstance(default, bool):
+            params[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        elif isinstance(default, float):
+            params[key] = float(value)
+        else:
+            params[key] = value
+    return params
+
+
+def kept_per_stage(schedule: Schedule, num_layers: int, n_visual: int) -> list[tuple[int, int]]:
+    """(layer, kept visual tokens) of each stage for an image of ``n_visual`` tokens."""
+    out, n_in = [], n_visual
+    for layer, stage in schedule.resolve(num_layers):
+        n_in = stage.budget(n_in, n_visual)
+        out.append((layer, n_in))
+    return out
+
+
+def flops_command(args: argparse.Namespace) -> None:
+    preset = preset_or_config(args.model, n_system=args.system_tokens)
+    method = get_method(args.method)
+    schedule = method.schedule(**parse_params(args.params, method.parameters))
+    stages = kept_per_stage(schedule, preset.dims.layers, preset.n_visual)
+    n_text = preset.n_system + args.text_tokens
+    report = schedule_flops(preset.dims, preset.n_visual, n_text, stages, ffn_matrices=args.ffn_matrices)
+    print(f"model: {args.model} (d={preset.dims.hidden}, m={preset.dims.intermediate}, T={preset.dims.layers}, "
+          f"{preset.n_visual} visual + {n_text} text tokens)")
+    print(f"method: {args.method} {' '.join(args.params)}".rstrip())
+    for layer, kept in stages:
+        where = "before the LLM" if layer == 0 else f"after layer {layer}"
+        print(f"  {where}: keep {kept} of {preset.n_visual} visual tokens")
+    print(f"FFN term: {args.ffn_matrices}·n·d·m")
+    print(f"FLOPs: {report.total_flops / 1e12:.3f} T of {report.baseline_flops / 1e12:.3f} T "
+          f"-> reduction {100 * report.reduction:.1f}%")
+
+
+def methods_command(_args: argparse.Namespace) -> None:
+    for name, method in METHODS.items():
+        params = ", ".join(f"{k}={v}" for k, v in method.parameters.items())
+        print(f"{name}({params})\n    {method.summary}")
+
+
+def reproduce_command(args: argparse.Namespace) -> None:
+    from .reproduce import reproduce
+    reproduce(args.root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis_lib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("flops", help="theoretical FLOPs reduction of a method on a model")
+    p.add_argument("--model", required=True, help=f"a preset ({', '.join(PRESETS)}) or a local config.json/folder")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("params", nargs="*", help="method parameters NAME=VALUE (see `methods`)")
+    p.add_argument("--ffn-matrices", type=int, default=2, choices=FFN_MATRICES,
+                   help="2: FastV/FEATHER eq. 1; 3: PyramidDrop/SparseVLM (SwiGLU)")
+    p.add_argument("--system-tokens", type=int, default=None, help="override the preset's system-token count")
+    p.add_argument("--text-tokens", type=int, default=0, help="question tokens counted in n (default 0)")
+    p.set_defaults(fn=flops_command)
+    p = sub.add_parser("methods", help="list the pruning methods with their parameters and defaults")
+    p.set_defaults(fn=methods_command)
+    p = sub.add_parser("reproduce", help="run the main job on the embedded default (CPU, minutes)")
+    p.add_argument("--root", default=".", help="repository root: figures/ and data/results/ are written under it")
+    p.set_defaults(fn=reproduce_command)
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,39 @@
+"""python -m analysis_lib.training train --recipe default --out runs/train-default [--hours H]
+python -m analysis_lib.training evaluate --model runs/train-default/model [--split test] [--per-task N]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from .evaluate import evaluate_checkpoint
+from .recipe import RECIPES
+from .train import train
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m analysis_lib.training")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("train", help="train a recipe, resuming from OUT/checkpoint.pt if present")
+    run.add_argument("--recipe", choices=sorted(RECIPES), default="default")
+    run.add_argument("--out", required=True)
+    run.add_argument("--hours", type=float, default=None, help="stop (after checkpointing) after this long")
+    score = commands.add_parser("evaluate", help="score a saved model on a split, per task")
+    score.add_argument("--model", required=True)
+    score.add_argument("--split", default="test")
+    score.add_argument("--per-task", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.command == "train":
+        result = train(args.recipe, args.out, None if args.hours is None else args.hours * 3600)
+        print(json.dumps({"step": result["step"], "train_seconds": result["train_seconds"],
+                          "last_probe": result["probes"][-1] if result["probes"] else None}))
+    else:
+        print(json.dumps(evaluate_checkpoint(args.model, args.split, args.per_task), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The command line: flops, methods, and clear errors."""
+import subprocess
+import sys
+
+import pytest
+
+from analysis_lib.cli import main
+
+
+def test_flops_command_prints_the_reduction(capsys):
+    assert main(["flops", "--model", "llava-1.5-7b", "--method", "fastv", "K=3", "R=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "after layer 3: keep 288 of 576 visual tokens" in out
+    assert "reduction 43.4%" in out  # = 1 - 0.566 (DESIGN.md's ≈57% of FLOPs kept)
+
+
+def test_flops_accepts_every_registered_method(capsys):
+    from analysis_lib.pruning.methods import METHODS
+    for name in METHODS:
+        assert main(["flops", "--model", "feather-siglip-llama2-7b", "--method", name]) == 0
+        assert "729 visual" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["flops", "--model", "llava-1.5-7b", "--method", "fastv", "R=1.0"], r"R=1.0 is outside the allowed range \[0.0, 1.0\)"),
+    (["flops", "--model", "llava-1.5-7b", "--method", "nope"], "method='nope'.*'fastv'"),
+    (["flops", "--model", "llava-1.5-7b", "--method", "fastv", "K=40"], r"layer=40 is outside the model"),
+    (["flops", "--model", "gpt-9", "--method", "fastv"], "presets: llava-1.5-7b"),
+])
+def test_bad_input_names_the_parameter(capsys, argv, message):
+    import re
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_methods_lists_parameters_and_defaults():
+    out = subprocess.run([sys.executable, "-m", "analysis_lib", "methods"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "fastv(K=2, R=0.5)" in out and "random(K=0, R=0.5, seed=0)" in out

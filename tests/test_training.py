@@ -1,0 +1,97 @@
+"""Tests of the embedded model's training (analysis_lib.training) on the tiny recipe (seconds)."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
+
+from analysis_lib.scenes import TASKS, generate_split
+from analysis_lib.training import RECIPES, Stage, build_model, build_processor, build_tokenizer, evaluate_checkpoint, generate_answers, train
+from analysis_lib.training.data import conversation_ids, training_batch
+from analysis_lib.training.prompts import answer, prompt
+from analysis_lib.training.train import CHECKPOINT, MODEL_DIR
+
+torch.set_num_threads(1)
+TINY = RECIPES["tiny"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    return out, train("tiny", out, progress=False)
+
+
+def test_loss_decreases(trained):
+    _, result = trained
+    for stage in TINY.stages:
+        losses = [loss for _, name, loss in result["loss_history"] if name == stage.name]
+        assert len(losses) == stage.steps
+        assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_saved_directory_loads_back_with_identical_logits(trained):
+    out, _ = trained
+    model = LlavaForConditionalGeneration.from_pretrained(out / MODEL_DIR).eval()
+    processor = AutoProcessor.from_pretrained(out / MODEL_DIR)
+    reference = build_model(TINY.model, TINY.scene, build_tokenizer(TINY.scene)).eval()
+    reference.load_state_dict(torch.load(out / CHECKPOINT, weights_only=False)["model"])
+    reference_processor = build_processor(TINY.scene, build_tokenizer(TINY.scene))
+    samples = generate_split("test", 1, config=TINY.scene)
+    texts, images = [prompt(s.question) for s in samples], [s.pil_image() for s in samples]
+    inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    reference_inputs = reference_processor(images=images, text=texts, padding=True, return_tensors="pt")
+    assert all(torch.equal(inputs[k], reference_inputs[k]) for k in reference_inputs)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, reference(**reference_inputs).logits)
+    assert inputs["input_ids"].eq(model.config.image_token_index).sum(1).eq(TINY.scene.grid**2).all()
+
+
+def test_interrupted_training_resumes_exactly(trained, tmp_path):
+    _, uninterrupted = trained
+    first = train("tiny", tmp_path, time_limit_s=0, progress=False)
+    assert first["step"] == 1
+    resumed = train("tiny", tmp_path, progress=False)
+    assert resumed["loss_history"] == uninterrupted["loss_history"]
+    assert (tmp_path / "train.log").read_text().count("resumed at step 1") == 1
+
+
+def test_evaluation_scores_every_task(trained):
+    out, _ = trained
+    scores = evaluate_checkpoint(out / MODEL_DIR, "test", per_task=2)
+    assert set(scores) == set(TASKS) and all(0 <= v <= 1 for v in scores.values())
+
+
+def test_batched_generation_matches_one_by_one(trained):
+    out, _ = trained
+    model = LlavaForConditionalGeneration.from_pretrained(out / MODEL_DIR)
+    processor = AutoProcessor.from_pretrained(out / MODEL_DIR)
+    samples = generate_split("validation", 1, config=TINY.scene)
+    batched = generate_answers(model, processor, samples, batch_size=len(samples))
+    assert batched == [a for s in samples for a in generate_answers(model, processor, [s], batch_size=1)]
+
+
+def test_tokenizer_covers_the_suite_and_matches_the_processor(trained):
+    out, _ = trained
+    tokenizer = AutoTokenizer.from_pretrained(out / MODEL_DIR)
+    processor = AutoProcessor.from_pretrained(out / MODEL_DIR)
+    for sample in generate_split("test", 20):
+        assert tokenizer.unk_token_id not in tokenizer(sample.question + " " + sample.answer)["input_ids"]
+    sample = generate_split("test", 1, config=TINY.scene)[0]
+    ids, labels = conversation_ids(tokenizer, [(sample.question, sample.answer)], TINY.scene.grid**2)
+    full = processor(images=[sample.pil_image()], text=[prompt(sample.question) + answer(sample.answer)])["input_ids"][0]
+    assert list(full) == ids
+    kept = [t for t in labels if t != -100]
+    assert tokenizer.decode(kept, skip_special_tokens=True).replace(" ", "") == sample.answer.replace(" ", "")
+    assert kept[-1] == tokenizer.eos_token_id
+
+
+def test_training_batches_are_reproducible():
+    processor = build_processor(TINY.scene, build_tokenizer(TINY.scene))
+    a, b = (training_batch(processor, 3, 4, TINY.scene, 2, 0) for _ in range(2))
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.pixel_values, b.pixel_values)
+    assert not torch.equal(a.input_ids, training_batch(processor, 4, 4, TINY.scene, 2, 0).input_ids)
+
+
+def test_bad_stage_raises():
+    with pytest.raises(ValueError, match=r"trains must be one of \('tower', 'language'\)"):
+        Stage("x", 1, "projector", lr=1e-3)
