@@ -144,6 +144,13 @@ class Tracker:
         """``fn(tracker)`` runs after a new prompt is registered, before the model computes anything."""
         self._listeners.append(fn)
 
+    def remove_listener(self, fn) -> None:
+        self._listeners.remove(fn)
+
+    def forget_prompt(self) -> None:
+        """Treat the next cache-less call as a new prompt (its views start unpruned)."""
+        self.prompt, self._starts = None, [0]
+
     # ---- the hook ------------------------------------------------------------------------
     def _on_forward(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)

@@ -182,3 +182,26 @@ def test_fraction_layers_scale_with_depth(models):
     schedule = Schedule((Stage(3 / 32, text := TextAttentionScorer(), 0.5), Stage(0.5, text, 0.5)))
     assert [k for k, _ in schedule.resolve(6)] == [1, 3]
     assert [k for k, _ in schedule.resolve(32)] == [3, 16]
+
+
+def test_capture_under_the_engine_sees_pruned_layers(models):
+    """Rows of layers after a stage cover only kept tokens (NaN elsewhere) and equal the mask-mode rows."""
+    from analysis_lib.capture import capture_attention
+    model = models[("llava", "sdpa")]
+    inputs = batch_inputs(model, "llava")
+    rows = {}
+    for mode in ("remove", "mask"):
+        with torch.no_grad(), capture_attention(model, layers=[1, 4]) as cap:
+            with PruningEngine(model, FASTV, mode=mode) as engine:
+                model(**inputs)
+            rows[mode] = dict(cap.text)
+            model(**inputs)  # after the engine left: an unpruned prompt again
+            assert not torch.isnan(cap.head_mean(TextAttentionSpec(), 4)[:, :16]).any()
+    kept = engine.records[-1].stages[0].kept
+    removed = rows["remove"][("last/applied/full", 4)]
+    for b, k in enumerate(kept):
+        present = ~torch.isnan(removed[b, 0, :16])
+        assert present.nonzero().flatten().tolist() == k.tolist()
+    torch.testing.assert_close(removed[:, :, :16].nan_to_num(), rows["mask"][("last/applied/full", 4)][:, :, :16]
+                               .masked_fill(torch.isnan(removed[:, :, :16]), 0), atol=1e-6, rtol=1e-5)
+    assert not torch.isnan(rows["remove"][("last/applied/full", 1)][:, :, :16]).any()

@@ -84,6 +84,8 @@ class PruningEngine:
 
     def __exit__(self, *exc) -> None:
         self.hooks.remove()
+        self.tracker.remove_listener(self._on_new_prompt)
+        self.tracker.forget_prompt()  # an enclosing capture must not reuse this engine's pruned views
         self._tracker_cm.__exit__(*exc)
 
     def _install(self) -> None:
