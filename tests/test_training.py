@@ -1,5 +1,7 @@
 """Tests of the embedded model's training (analysis_lib.training) on the tiny recipe (seconds)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -95,3 +97,14 @@ def test_training_batches_are_reproducible():
 def test_bad_stage_raises():
     with pytest.raises(ValueError, match=r"trains must be one of \('tower', 'language'\)"):
         Stage("x", 1, "projector", lr=1e-3)
+
+
+def test_pointer_recipe_starts_from_another_runs_tower(trained, tmp_path, monkeypatch):
+    out, _ = trained
+    monkeypatch.setitem(RECIPES, "tiny-pointer", replace(TINY, pointer_weight=1.0))
+    result = train("tiny-pointer", tmp_path, progress=False, init_tower_from=out / CHECKPOINT)
+    assert [name for _, name, _ in result["loss_history"]] == ["language"] * TINY.stages[1].steps
+    source, resumed = (torch.load(p / CHECKPOINT, weights_only=False) for p in (out, tmp_path))
+    tower = [k for k in source["model"] if k.startswith("model.vision_tower.")]
+    assert tower and all(torch.equal(source["model"][k], resumed["model"][k]) for k in tower)
+    assert "pointer" in resumed

@@ -29,6 +29,7 @@ class Batch:
     patch_shape: torch.Tensor  # (B, N) class ids
     patch_box: torch.Tensor  # (B, N, 4) box bins of the patch's object, IGNORE on the background
     patch_centre: torch.Tensor  # (B, N) 1.0 where the patch holds its object's centre
+    relevance: torch.Tensor  # (B, N) the first question's ground-truth relevant patches
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
@@ -97,7 +98,8 @@ def collate(processor: LlavaProcessor, samples: list[Sample], turns: list[list[t
         attention_mask[row, : len(ids)] = 1
     pixel_values = processor.image_processor([s.pil_image() for s in samples], return_tensors="pt")["pixel_values"]
     colour, shape, box, centre = (torch.from_numpy(np.stack(t)) for t in zip(*(patch_targets(s, config) for s in samples)))
-    return Batch(input_ids, attention_mask, labels, pixel_values, colour, shape, box, centre)
+    relevance = torch.from_numpy(np.stack([s.relevance.reshape(-1) for s in samples]))
+    return Batch(input_ids, attention_mask, labels, pixel_values, colour, shape, box, centre, relevance)
 
 
 def training_batch(processor: LlavaProcessor, step: int, batch_size: int, config: SceneConfig, follow_ups: int, seed: int) -> Batch:

@@ -11,7 +11,7 @@ The default recipe is staged (DESIGN.md section 6 lists what failed before):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..scenes import SceneConfig
 from .model import ModelShape
@@ -51,6 +51,9 @@ class Recipe:
     eval_per_task: int = 50
     checkpoint_every: int = 100
     seed: int = 0
+    # Optional auxiliary "relevance pointer" (train.RelevancePointer): weight 0 disables it.
+    pointer_weight: float = 0.0
+    pointer_layer: int = 3
 
     @property
     def total_steps(self) -> int:
@@ -70,16 +73,20 @@ class Recipe:
         return SceneConfig.from_dict({**self.scene.to_dict(), "clutter": clutter})
 
 
-RECIPES: dict[str, Recipe] = {
-    "default": Recipe(
-        model=ModelShape(text_hidden=128, text_intermediate=384, text_layers=6, text_heads=4),
-        stages=(
-            Stage("tower", 1500, "tower", lr=2e-3),
-            Stage("language-low", 2000, "language", lr=2e-3, clutter=("low",), follow_ups=5),
-            Stage("language-medium", 4000, "language", lr=2e-3, clutter=("low", "medium"), follow_ups=5),
-            Stage("language-all", 40000, "language", lr=1e-3, follow_ups=5),
-        ),
+_DEFAULT = Recipe(
+    model=ModelShape(text_hidden=128, text_intermediate=384, text_layers=6, text_heads=4),
+    stages=(
+        Stage("tower", 1500, "tower", lr=2e-3),
+        Stage("language-low", 2000, "language", lr=2e-3, clutter=("low",), follow_ups=5),
+        Stage("language-medium", 4000, "language", lr=2e-3, clutter=("low", "medium"), follow_ups=5),
+        Stage("language-all", 40000, "language", lr=1e-3, follow_ups=5),
     ),
+)
+
+RECIPES: dict[str, Recipe] = {
+    "default": _DEFAULT,
+    # The default plus the auxiliary relevance pointer on the language model's middle layer.
+    "default-pointer": replace(_DEFAULT, pointer_weight=1.0),
     # Seconds on one CPU thread: for tests and smoke runs.
     "tiny": Recipe(
         model=ModelShape(vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=32, text_layers=2,
@@ -92,5 +99,6 @@ RECIPES: dict[str, Recipe] = {
         eval_every=20,
         eval_per_task=2,
         checkpoint_every=10,
+        pointer_layer=1,
     ),
 }

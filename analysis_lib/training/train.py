@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..scenes import generate_split
+from ..scenes import accuracy_by_task, generate_split
 from .data import COLOUR_CLASSES, IGNORE, SHAPE_CLASSES, Batch, collate, training_batch
-from .evaluate import evaluate_model
+from .evaluate import generate_answers
 from .model import build_model, build_processor, save_pretrained
 from .recipe import RECIPES, Recipe, Stage
 from .tokenizer import build_tokenizer
@@ -56,18 +56,44 @@ class PatchHeads(nn.Module):
         }
 
 
+class RelevancePointer(nn.Module):
+    """An auxiliary read-out, never part of the saved model: a bilinear score between the language
+    model's hidden state at the last prompt token and at each image token (after `layer` decoder
+    layers), trained so that its softmax over the image tokens puts its mass on the ground-truth
+    relevant patches. It teaches the language model to represent what to look for and where, without
+    touching the attention weights the pruning methods read."""
+
+    def __init__(self, hidden: int, layer: int, dim: int = 64):
+        super().__init__()
+        self.layer = layer
+        self.query = nn.Linear(hidden, dim)
+        self.key = nn.Linear(hidden, dim)
+
+    def loss(self, hidden_states: tuple[torch.Tensor, ...], batch: Batch, image_token_id: int) -> torch.Tensor:
+        hidden = hidden_states[self.layer]
+        rows = torch.arange(hidden.shape[0])
+        last_prompt = (batch.labels != IGNORE).int().argmax(1) - 1  # predicts the first answer token
+        query = self.query(hidden[rows, last_prompt])
+        image = hidden[batch.input_ids == image_token_id].reshape(hidden.shape[0], -1, hidden.shape[-1])
+        scores = torch.einsum("bd,bnd->bn", query, self.key(image)) / self.query.out_features**0.5
+        log_p = scores.float().log_softmax(-1).masked_fill(~batch.relevance, float("-inf"))
+        has_target = batch.relevance.any(-1)
+        return -log_p.logsumexp(-1)[has_target].mean()
+
+
 def tower_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """The patch features LLaVA feeds its projector: the feature layer's output without [CLS]."""
     hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
     return hidden[model.config.vision_feature_layer][:, 1:]
 
 
-def trainable_parameters(model, heads: PatchHeads, stage: Stage) -> list[nn.Parameter]:
-    """Stage "tower": tower and heads; stage "language": projector and language model."""
+def trainable_parameters(model, heads: PatchHeads, pointer: RelevancePointer | None, stage: Stage) -> list[nn.Parameter]:
+    """Stage "tower": tower and heads; stage "language": projector, language model (and pointer)."""
     if stage.trains == "tower":
         modules = [model.model.vision_tower, heads]
     else:
         modules = [model.model.multi_modal_projector, model.model.language_model, model.lm_head]
+        modules += [pointer] if pointer is not None else []
     return [p for m in modules for p in m.parameters()]
 
 
@@ -87,19 +113,46 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
+@torch.no_grad()
+def image_gap(model, batch: Batch) -> float:
+    """Answer loss with each image swapped for another batch member's minus the loss with the right
+    images: 0 when the language model ignores the image, the earliest sign that it reads it."""
+    inputs = batch.model_inputs()
+    true = model(**inputs).loss.item()
+    shuffled = model(**{**inputs, "pixel_values": inputs["pixel_values"].roll(1, 0)}).loss.item()
+    return shuffled - true
+
+
 def probe(model, heads: PatchHeads, processor, recipe: Recipe, stage: Stage, validation) -> dict[str, float]:
-    """Stage "tower": per-patch accuracy of the heads on validation images; stage "language":
-    per-task answer accuracy on the validation split."""
+    """Stage "tower": per-patch accuracy of the heads on validation images. Stage "language":
+    per-task answer accuracy on the validation split, the same on its low-clutter samples
+    ("low/<task>"), and image_gap."""
+    batch = collate(processor, validation, [[(s.question, s.answer)] for s in validation], recipe.scene)
     if stage.trains == "tower":
-        batch = collate(processor, validation, [[(s.question, s.answer)] for s in validation], recipe.scene)
         with torch.no_grad():
             return heads.accuracy(tower_features(model, batch.pixel_values), batch)
-    return evaluate_model(model, processor, validation, recipe.scene.box_bins)
+    was_training = model.training
+    model.eval()
+    answers = generate_answers(model, processor, validation)
+    gap = image_gap(model, batch)
+    model.train(was_training)
+    low = [i for i, s in enumerate(validation) if s.clutter == "low"]
+    low_scores = accuracy_by_task([validation[i] for i in low], [answers[i] for i in low], recipe.scene.box_bins)
+    return {**accuracy_by_task(validation, answers, recipe.scene.box_bins),
+            **{f"low/{task}": v for task, v in low_scores.items()}, "image_gap": gap}
 
 
-def train(recipe_name: str, out_dir: str | Path, time_limit_s: float | None = None, progress: bool = True) -> dict:
+def train(
+    recipe_name: str,
+    out_dir: str | Path,
+    time_limit_s: float | None = None,
+    progress: bool = True,
+    init_tower_from: str | Path | None = None,
+) -> dict:
     """Train `RECIPES[recipe_name]` into out_dir, resuming from out_dir/checkpoint.pt if present.
-    Stops at the end of the recipe or after time_limit_s seconds (checkpointing first). The latest
+    A fresh run can take its vision tower and patch heads from another run's checkpoint
+    (init_tower_from) and skip its own leading tower stages, to compare language-stage recipes on
+    the same tower. Stops at the end of the recipe or after time_limit_s seconds (checkpointing first). The latest
     model is saved with save_pretrained in out_dir/model at every probe and at the end. Returns
     {"step", "loss_history", "train_seconds", "probes"}."""
     recipe = RECIPES[recipe_name]
@@ -110,6 +163,7 @@ def train(recipe_name: str, out_dir: str | Path, time_limit_s: float | None = No
     processor = build_processor(recipe.scene, tokenizer)
     model = build_model(recipe.model, recipe.scene, tokenizer, seed=recipe.seed)
     heads = PatchHeads(recipe.model.vision_hidden, recipe.scene.box_bins)
+    pointer = RelevancePointer(recipe.model.text_hidden, recipe.pointer_layer) if recipe.pointer_weight else None
     validation = generate_split("validation", recipe.eval_per_task, config=recipe.scene, seed=recipe.seed)
 
     state = {"step": 0, "stage_index": None, "optimizer": None, "loss_history": [], "train_seconds": 0.0, "probes": []}
@@ -120,10 +174,24 @@ def train(recipe_name: str, out_dir: str | Path, time_limit_s: float | None = No
             raise ValueError(f"{checkpoint_path} was written by recipe {saved['recipe']!r}, not {recipe_name!r}")
         model.load_state_dict(saved["model"])
         heads.load_state_dict(saved["heads"])
+        if pointer is not None:
+            pointer.load_state_dict(saved["pointer"])
         state.update({k: saved[k] for k in state})
         log.info("resumed at step %d", state["step"])
     else:
         log.info("recipe %s: %s", recipe_name, recipe)
+        if init_tower_from is not None:
+            source = torch.load(init_tower_from, weights_only=False)
+            tower = {k: v for k, v in source["model"].items() if k.startswith("model.vision_tower.")}
+            unexpected = model.load_state_dict(tower, strict=False).unexpected_keys
+            if unexpected or not tower:
+                raise ValueError(f"{init_tower_from} holds no vision tower matching recipe {recipe_name!r}")
+            heads.load_state_dict(source["heads"])
+            for stage in recipe.stages:
+                if stage.trains != "tower":
+                    break
+                state["step"] += stage.steps
+            log.info("vision tower and patch heads from %s (its step %d); tower stages skipped", init_tower_from, source["step"])
 
     optimizer = None
     started = time.monotonic()
@@ -136,7 +204,7 @@ def train(recipe_name: str, out_dir: str | Path, time_limit_s: float | None = No
         if optimizer is None or state["stage_index"] != stage_index:
             model.requires_grad_(False)
             heads.requires_grad_(False)
-            params = trainable_parameters(model, heads, stage)
+            params = trainable_parameters(model, heads, pointer, stage)
             for p in params:
                 p.requires_grad_(True)
             optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=(0.9, 0.98), weight_decay=recipe.weight_decay)
@@ -154,8 +222,12 @@ def train(recipe_name: str, out_dir: str | Path, time_limit_s: float | None = No
             if stage.trains == "tower":
                 parts = heads.losses(tower_features(model, batch.pixel_values), batch)
                 loss = sum(parts.values())
-            else:
+            elif pointer is None:
                 loss = model(**batch.model_inputs()).loss
+            else:
+                output = model(**batch.model_inputs(), output_hidden_states=True)
+                loss = output.loss + recipe.pointer_weight * pointer.loss(
+                    output.hidden_states, batch, model.config.image_token_index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], recipe.grad_clip)
@@ -181,8 +253,9 @@ def train(recipe_name: str, out_dir: str | Path, time_limit_s: float | None = No
         out_of_time = time_limit_s is not None and time.monotonic() - started > time_limit_s
         if step % recipe.checkpoint_every == 0 or stage_done or out_of_time:
             state["optimizer"] = optimizer.state_dict()
+            extra = {} if pointer is None else {"pointer": pointer.state_dict()}
             _save_checkpoint(checkpoint_path, {**state, "recipe": recipe_name, "model": model.state_dict(),
-                                               "heads": heads.state_dict()})
+                                               "heads": heads.state_dict(), **extra})
         if out_of_time:
             log.info("time limit reached at step %d", step)
             break
