@@ -11,6 +11,7 @@ from analysis_lib.scenes import (
     SceneConfig,
     SceneObject,
     accuracy_by_task,
+    constant_answer_baseline,
     box_iou,
     format_box,
     generate_sample,
@@ -203,6 +204,8 @@ def test_ground_truth_answers_score_perfectly(test_split):
     assert all(is_correct(s, re.sub(r"([\[\],])", r" \1 ", s.answer), CONFIG.box_bins) for s in test_split if s.task == "localization")
     scores = accuracy_by_task(test_split, ["none"] * len(test_split), CONFIG.box_bins)
     assert set(scores.values()) == {0.0}
+    baseline = constant_answer_baseline(test_split, CONFIG.box_bins)
+    assert baseline["existence"] == baseline["spatial"] == 0.5 and baseline["localization"] < 0.1
 
 
 def test_jsonl_round_trip_is_lossless(test_split, tmp_path):
