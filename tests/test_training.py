@@ -11,7 +11,8 @@ from analysis_lib.scenes import TASKS, generate_split
 from analysis_lib.training import RECIPES, Stage, build_model, build_processor, build_tokenizer, evaluate_checkpoint, generate_answers, train
 from analysis_lib.training.data import conversation_ids, training_batch
 from analysis_lib.training.prompts import answer, prompt
-from analysis_lib.training.train import CHECKPOINT, MODEL_DIR
+from analysis_lib.training.data import COLOUR_CLASSES, SHAPE_CLASSES
+from analysis_lib.training.train import CHECKPOINT, MODEL_DIR, image_word_loss
 
 torch.set_num_threads(1)
 TINY = RECIPES["tiny"]
@@ -108,3 +109,21 @@ def test_pointer_recipe_starts_from_another_runs_tower(trained, tmp_path, monkey
     tower = [k for k in source["model"] if k.startswith("model.vision_tower.")]
     assert tower and all(torch.equal(source["model"][k], resumed["model"][k]) for k in tower)
     assert "pointer" in resumed
+
+
+def test_image_word_loss_is_low_when_image_tokens_name_their_object():
+    tokenizer = build_tokenizer(TINY.scene)
+    processor = build_processor(TINY.scene, tokenizer)
+    batch = training_batch(processor, 0, 2, TINY.scene, 0, 0)
+    image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
+    logits = torch.zeros(*batch.input_ids.shape, len(tokenizer))
+    assert image_word_loss(logits, batch, image_token_id, tokenizer).item() == pytest.approx(np.log(len(tokenizer)))
+    rows, cols = (batch.input_ids == image_token_id).nonzero(as_tuple=True)
+    names = [("black", "black") if c == 0 else (COLOUR_CLASSES[c], SHAPE_CLASSES[s])
+             for c, s in zip(batch.patch_colour.flatten().tolist(), batch.patch_shape.flatten().tolist())]
+    for r, c, (colour, shape) in zip(rows.tolist(), cols.tolist(), names):
+        logits[r, c, tokenizer.convert_tokens_to_ids(colour)] = 50
+        logits[r, c, tokenizer.convert_tokens_to_ids(shape)] = 50
+    # Background patches name one word ("black") twice: no loss; object patches split colour and shape.
+    expected = np.log(2) * (batch.patch_colour > 0).float().mean().item()
+    assert image_word_loss(logits, batch, image_token_id, tokenizer).item() == pytest.approx(expected, abs=1e-3)

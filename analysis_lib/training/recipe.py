@@ -51,9 +51,11 @@ class Recipe:
     eval_per_task: int = 50
     checkpoint_every: int = 100
     seed: int = 0
-    # Optional auxiliary "relevance pointer" (train.RelevancePointer): weight 0 disables it.
+    # Optional auxiliary losses of the language stages (weight 0 disables them): the "relevance
+    # pointer" (train.RelevancePointer) and "image words" (train.image_word_loss).
     pointer_weight: float = 0.0
     pointer_layer: int = 3
+    image_word_weight: float = 0.0
 
     @property
     def total_steps(self) -> int:
@@ -87,6 +89,8 @@ RECIPES: dict[str, Recipe] = {
     "default": _DEFAULT,
     # The default plus the auxiliary relevance pointer on the language model's middle layer.
     "default-pointer": replace(_DEFAULT, pointer_weight=1.0),
+    # The default plus the image-words loss on the language model's outputs at the image tokens.
+    "default-words": replace(_DEFAULT, image_word_weight=1.0),
     # Seconds on one CPU thread: for tests and smoke runs.
     "tiny": Recipe(
         model=ModelShape(vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=32, text_layers=2,

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..scenes import accuracy_by_task, generate_split
+from ..scenes.attributes import BACKGROUND_NAME
 from .data import COLOUR_CLASSES, IGNORE, SHAPE_CLASSES, Batch, collate, training_batch
 from .evaluate import generate_answers
 from .model import build_model, build_processor, save_pretrained
@@ -79,6 +80,19 @@ class RelevancePointer(nn.Module):
         log_p = scores.float().log_softmax(-1).masked_fill(~batch.relevance, float("-inf"))
         has_target = batch.relevance.any(-1)
         return -log_p.logsumexp(-1)[has_target].mean()
+
+
+def image_word_loss(logits: torch.Tensor, batch: Batch, image_token_id: int, tokenizer) -> torch.Tensor:
+    """An auxiliary loss on the language model's output at every image token: predict the words of
+    the patch's object, its colour and its shape (half of the probability each; background patches
+    the background's name). The words the answers are made of thus become readable from the image
+    tokens' last hidden states, so attending to the right token is enough to answer (the copy path)."""
+    words = [[tokenizer.convert_tokens_to_ids(w) for w in (BACKGROUND_NAME, *names[1:])]
+             for names in (COLOUR_CLASSES, SHAPE_CLASSES)]
+    colour_ids, shape_ids = (torch.tensor(w)[classes] for w, classes in zip(words, (batch.patch_colour, batch.patch_shape)))
+    log_p = logits[batch.input_ids == image_token_id].float().log_softmax(-1)
+    rows = torch.arange(log_p.shape[0])
+    return -(log_p[rows, colour_ids.flatten()] + log_p[rows, shape_ids.flatten()]).mean() / 2
 
 
 def tower_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -194,6 +208,7 @@ def train(
             log.info("vision tower and patch heads from %s (its step %d); tower stages skipped", init_tower_from, source["step"])
 
     optimizer = None
+    image_token_id = model.config.image_token_index
     started = time.monotonic()
     seconds_at_start = state["train_seconds"]
     bar = tqdm(total=recipe.total_steps, initial=state["step"], disable=not progress, desc=recipe_name)
@@ -222,12 +237,13 @@ def train(
             if stage.trains == "tower":
                 parts = heads.losses(tower_features(model, batch.pixel_values), batch)
                 loss = sum(parts.values())
-            elif pointer is None:
-                loss = model(**batch.model_inputs()).loss
             else:
-                output = model(**batch.model_inputs(), output_hidden_states=True)
-                loss = output.loss + recipe.pointer_weight * pointer.loss(
-                    output.hidden_states, batch, model.config.image_token_index)
+                output = model(**batch.model_inputs(), output_hidden_states=pointer is not None)
+                loss = output.loss
+                if pointer is not None:
+                    loss = loss + recipe.pointer_weight * pointer.loss(output.hidden_states, batch, image_token_id)
+                if recipe.image_word_weight:
+                    loss = loss + recipe.image_word_weight * image_word_loss(output.logits, batch, image_token_id, tokenizer)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], recipe.grad_clip)
