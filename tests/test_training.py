@@ -117,7 +117,7 @@ def test_image_word_loss_is_low_when_image_tokens_name_their_object():
     batch = training_batch(processor, 0, 2, TINY.scene, 0, 0)
     image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
     logits = torch.zeros(*batch.input_ids.shape, len(tokenizer))
-    assert image_word_loss(logits, batch, image_token_id, tokenizer).item() == pytest.approx(np.log(len(tokenizer)))
+    assert image_word_loss(logits, batch, image_token_id, tokenizer, ("colour", "shape")).item() == pytest.approx(np.log(len(tokenizer)))
     rows, cols = (batch.input_ids == image_token_id).nonzero(as_tuple=True)
     names = [("black", "black") if c == 0 else (COLOUR_CLASSES[c], SHAPE_CLASSES[s])
              for c, s in zip(batch.patch_colour.flatten().tolist(), batch.patch_shape.flatten().tolist())]
@@ -126,4 +126,22 @@ def test_image_word_loss_is_low_when_image_tokens_name_their_object():
         logits[r, c, tokenizer.convert_tokens_to_ids(shape)] = 50
     # Background patches name one word ("black") twice: no loss; object patches split colour and shape.
     expected = np.log(2) * (batch.patch_colour > 0).float().mean().item()
-    assert image_word_loss(logits, batch, image_token_id, tokenizer).item() == pytest.approx(expected, abs=1e-3)
+    assert image_word_loss(logits, batch, image_token_id, tokenizer, ("colour", "shape")).item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_image_word_loss_with_box_words():
+    tokenizer = build_tokenizer(TINY.scene)
+    processor = build_processor(TINY.scene, tokenizer)
+    batch = training_batch(processor, 0, 2, TINY.scene, 0, 0)
+    image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
+    logits = torch.zeros(*batch.input_ids.shape, len(tokenizer))
+    rows, cols = (batch.input_ids == image_token_id).nonzero(as_tuple=True)
+    boxes = batch.patch_box.reshape(-1, 4).tolist()
+    for r, c, box in zip(rows.tolist(), cols.tolist(), boxes):
+        for b in set(box) - {-100}:
+            logits[r, c, tokenizer.convert_tokens_to_ids(str(b))] = 50
+    # An object patch spreads its mass evenly over its distinct bins, so its loss is log(#distinct);
+    # background patches have no box words and are left out.
+    expected = np.mean([np.log(len(set(box))) for box in boxes if box[0] >= 0])
+    loss = image_word_loss(logits, batch, image_token_id, tokenizer, ("box",))
+    assert loss.item() == pytest.approx(expected, abs=1e-3)

@@ -82,17 +82,33 @@ class RelevancePointer(nn.Module):
         return -log_p.logsumexp(-1)[has_target].mean()
 
 
-def image_word_loss(logits: torch.Tensor, batch: Batch, image_token_id: int, tokenizer) -> torch.Tensor:
+IMAGE_WORDS = ("colour", "shape", "box")
+
+
+def image_word_loss(logits: torch.Tensor, batch: Batch, image_token_id: int, tokenizer, words: tuple[str, ...]) -> torch.Tensor:
     """An auxiliary loss on the language model's output at every image token: predict the words of
-    the patch's object, its colour and its shape (half of the probability each; background patches
-    the background's name). The words the answers are made of thus become readable from the image
-    tokens' last hidden states, so attending to the right token is enough to answer (the copy path)."""
-    words = [[tokenizer.convert_tokens_to_ids(w) for w in (BACKGROUND_NAME, *names[1:])]
-             for names in (COLOUR_CLASSES, SHAPE_CLASSES)]
-    colour_ids, shape_ids = (torch.tensor(w)[classes] for w, classes in zip(words, (batch.patch_colour, batch.patch_shape)))
+    the patch's object, sharing the probability equally among them: its colour and shape names and
+    (with "box") the four bins of its box, the words a box answer is made of. Background patches name
+    the background ("black") for colour and shape, and nothing for "box" (patches with no word are
+left out). The answers' words thus become readable from the image tokens' last
+    hidden states, so attending to the right token is enough to answer (the copy path)."""
+    names = {"colour": COLOUR_CLASSES, "shape": SHAPE_CLASSES}
+    targets = []  # (B, N) token ids per word, -1 where a patch has no such word
+    for word in words:
+        if word == "box":
+            bins = [tokenizer.convert_tokens_to_ids(str(b)) for b in range(int(batch.patch_box.max()) + 1)]
+            lookup = torch.tensor(bins + [-1])  # IGNORE (-100) indexes the final -1
+            targets += [lookup[batch.patch_box[..., k].clamp(min=-1)] for k in range(4)]
+        else:
+            ids = [tokenizer.convert_tokens_to_ids(w) for w in (BACKGROUND_NAME, *names[word][1:])]
+            classes = batch.patch_colour if word == "colour" else batch.patch_shape
+            targets.append(torch.tensor(ids)[classes])
+    targets = torch.stack(targets, -1).reshape(-1, len(targets))
     log_p = logits[batch.input_ids == image_token_id].float().log_softmax(-1)
-    rows = torch.arange(log_p.shape[0])
-    return -(log_p[rows, colour_ids.flatten()] + log_p[rows, shape_ids.flatten()]).mean() / 2
+    present = targets >= 0
+    named = present.any(1)
+    picked = log_p.gather(1, targets.clamp(min=0)) * present
+    return -(picked.sum(1)[named] / present.sum(1)[named]).mean()
 
 
 def tower_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -243,7 +259,7 @@ def train(
                 if pointer is not None:
                     loss = loss + recipe.pointer_weight * pointer.loss(output.hidden_states, batch, image_token_id)
                 if recipe.image_word_weight:
-                    loss = loss + recipe.image_word_weight * image_word_loss(output.logits, batch, image_token_id, tokenizer)
+                    loss = loss + recipe.image_word_weight * image_word_loss(output.logits, batch, image_token_id, tokenizer, recipe.image_words)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], recipe.grad_clip)
