@@ -1,4 +1,4 @@
-"""python -m analysis_lib.training train --recipe default --out runs/train-default [--hours H]
+"""python -m analysis_lib.training train --recipe default --out runs/train-default [--hours H] [--init-tower-from CKPT]
 python -m analysis_lib.training evaluate --model runs/train-default/model [--split test] [--per-task N]"""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--recipe", choices=sorted(RECIPES), default="default")
     run.add_argument("--out", required=True)
     run.add_argument("--hours", type=float, default=None, help="stop (after checkpointing) after this long")
+    run.add_argument("--init-tower-from", default=None, help="a fresh run takes its tower from this checkpoint.pt")
     score = commands.add_parser("evaluate", help="score a saved model on a split, per task")
     score.add_argument("--model", required=True)
     score.add_argument("--split", default="test")
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.command == "train":
-        result = train(args.recipe, args.out, None if args.hours is None else args.hours * 3600)
+        limit_s = None if args.hours is None else args.hours * 3600
+        result = train(args.recipe, args.out, limit_s, init_tower_from=args.init_tower_from)
         print(json.dumps({"step": result["step"], "train_seconds": result["train_seconds"],
                           "last_probe": result["probes"][-1] if result["probes"] else None}))
     else:

@@ -8,8 +8,9 @@ The default recipe is staged (DESIGN.md section 6 lists what failed before):
    conversations about one image (several questions share the 144 image tokens), with a curriculum
    from few objects to full clutter, plus the "image words" loss: the language model's output at
    every image token names its object's colour, shape and box bins. Without it (recipe
-   "answer-only") the language model ignored the image for 1100 steps, as DESIGN.md section 6 found;
-   with colour and shape words it answered colour and shape questions far above chance after 250.
+   "answer-only") every image task stayed at chance for 1000 language steps, as DESIGN.md section 6
+   found; with colour and shape words ("words-colour-shape") colour and shape questions were far above
+   chance after 250 steps.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ _ANSWER_ONLY = Recipe(
 RECIPES: dict[str, Recipe] = {
     # The staged recipe plus the image-words loss (colour, shape and box words at every image token).
     "default": replace(_ANSWER_ONLY, image_word_weight=1.0, image_words=("colour", "shape", "box")),
-    # Measured alternatives (see the README of runs/ in the report): answer loss only; plus the
-    # relevance pointer; image words without the box words.
+    # Measured alternatives: answer loss only; the same plus the relevance pointer; image words
+    # without the box words.
     "answer-only": _ANSWER_ONLY,
     "pointer": replace(_ANSWER_ONLY, pointer_weight=1.0),
     "words-colour-shape": replace(_ANSWER_ONLY, image_word_weight=1.0),
