@@ -12,7 +12,8 @@ from analysis_lib.training import RECIPES, Stage, build_model, build_processor, 
 from analysis_lib.training.data import conversation_ids, training_batch
 from analysis_lib.training.prompts import answer, prompt
 from analysis_lib.training.data import COLOUR_CLASSES, SHAPE_CLASSES
-from analysis_lib.training.train import CHECKPOINT, MODEL_DIR, image_word_loss
+from analysis_lib.training.auxiliary import image_word_loss
+from analysis_lib.training.train import CHECKPOINT, MODEL_DIR
 
 torch.set_num_threads(1)
 TINY = RECIPES["tiny"]
@@ -95,9 +96,11 @@ def test_training_batches_are_reproducible():
     assert not torch.equal(a.input_ids, training_batch(processor, 4, 4, TINY.scene, 2, 0).input_ids)
 
 
-def test_bad_stage_raises():
+def test_bad_stage_or_recipe_raises():
     with pytest.raises(ValueError, match=r"trains must be one of \('tower', 'language'\)"):
         Stage("x", 1, "projector", lr=1e-3)
+    with pytest.raises(ValueError, match=r"image_words must be a non-empty subset of \('colour', 'shape', 'box'\)"):
+        replace(TINY, image_words=("size",))
 
 
 def test_pointer_recipe_starts_from_another_runs_tower(trained, tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from ..scenes import SceneConfig
 from .model import ModelShape
 
 TRAINABLE = ("tower", "language")
+IMAGE_WORDS = ("colour", "shape", "box")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ class Recipe:
     pointer_layer: int = 3
     image_word_weight: float = 0.0
     image_words: tuple[str, ...] = ("colour", "shape")
+
+    def __post_init__(self) -> None:
+        unknown = set(self.image_words) - set(IMAGE_WORDS)
+        if unknown or not self.image_words:
+            raise ValueError(f"image_words must be a non-empty subset of {IMAGE_WORDS}, got {self.image_words!r}")
 
     @property
     def total_steps(self) -> int:
