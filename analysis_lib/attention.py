@@ -118,6 +118,18 @@ class VisionRows:
     map: torch.Tensor | None  # [crops, T, T] head-mean
 
 
+def vision_per_token(rows: torch.Tensor, layout) -> list[torch.Tensor]:
+    """Head-mean vision rows [crops, H, P] mapped onto each sample's visual tokens (NaN for tokens without a
+    patch, such as LLaVA-NeXT's newlines)."""
+    flat = rows.mean(dim=1).flatten()
+    out = []
+    for grid in layout.samples:
+        patch = grid.patch.to(flat.device)
+        out.append(torch.where(patch >= 0, flat[patch.clamp(min=0)], torch.full(patch.shape, float("nan"),
+                                                                               device=flat.device)))
+    return out
+
+
 def vision_rows(q: torch.Tensor, k: torch.Tensor, adapter: ModelAdapter, with_map: bool) -> VisionRows:
     """Full self-attention of one vision layer (no mask, no RoPE) reduced to what analyses need."""
     geo = adapter.vision_geometry()

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .adapters import ModelAdapter, adapter_for
-from .attention import TextAttentionSpec, VisionRows, rows_to_visual, text_visual_rows, vision_rows, watch_qk
+from .attention import (TextAttentionSpec, VisionRows, rows_to_visual, text_visual_rows, vision_per_token,
+                        vision_rows, watch_qk)
 from .hooks import HookSet
 from .tracking import Tracker, tracker_for
 
@@ -51,13 +52,7 @@ class AttentionCapture:
         rows = getattr(self.vision[layer], kind)
         if rows is None:
             raise ValueError(f"kind={kind!r} is not available for this tower; allowed: 'received'")
-        flat = rows.mean(dim=1).flatten()
-        out = []
-        for grid in self.layout.samples:
-            patch = grid.patch.to(flat.device)
-            values = flat[patch.clamp(min=0)]
-            out.append(torch.where(patch >= 0, values, torch.full_like(values, float("nan"))))
-        return out
+        return vision_per_token(rows, self.layout)
 
 
 def _check_layers(name: str, layers: Sequence[int], count: int) -> list[int]:

@@ -106,7 +106,7 @@ class Tracker:
         self.call: Call | None = None
         self.new_prompt = False
         self._seen = 0
-        self._views: list[SlotView] = []
+        self.views: list[SlotView] = []
         self._starts: list[int] = [0]
         self._listeners: list = []
         self.hooks = HookSet()
@@ -130,15 +130,16 @@ class Tracker:
         self._owner = owner
 
     # ---- views ---------------------------------------------------------------------------
-    def set_stage_views(self, starts: list[int], views: list[SlotView]) -> None:
-        """Layers ``starts[s]`` .. ``starts[s+1]-1`` run on ``views[s]`` (set by the pruning engine)."""
-        self._starts, self._views = starts, views
+    def push_stage_view(self, start: int, view: SlotView) -> None:
+        """From layer ``start`` on, layers run on ``view`` (a pruning stage was decided)."""
+        self._starts.append(start)
+        self.views.append(view)
 
     def stage_at(self, layer: int) -> int:
         return max(s for s, start in enumerate(self._starts) if start <= layer)
 
     def view_at(self, layer: int) -> SlotView:
-        return self._views[self.stage_at(layer)]
+        return self.views[self.stage_at(layer)]
 
     def add_listener(self, fn) -> None:
         """``fn(tracker)`` runs after a new prompt is registered, before the model computes anything."""
@@ -170,7 +171,7 @@ class Tracker:
                 sizes = kwargs.get("image_sizes")
                 layout = self.adapter.layout(input_ids, self._image_sizes if sizes is None else sizes)
                 self.prompt = Prompt(input_ids, full, kwargs["position_ids"], layout)
-                self._starts, self._views = [0], [self.prompt.identity_view()]
+                self._starts, self.views = [0], [self.prompt.identity_view()]
             self.call = Call(0, length, full, kwargs["position_ids"])
             self._seen = length
         else:

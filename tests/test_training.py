@@ -114,12 +114,16 @@ def test_pointer_recipe_starts_from_another_runs_tower(trained, tmp_path, monkey
     assert "pointer" in resumed
 
 
-def test_image_word_loss_is_low_when_image_tokens_name_their_object():
+def _image_word_setup():
+    """A tiny training batch, its tokenizer, the image token id and all-zero logits to plant answers in."""
     tokenizer = build_tokenizer(TINY.scene)
-    processor = build_processor(TINY.scene, tokenizer)
-    batch = training_batch(processor, 0, 2, TINY.scene, 0, 0)
-    image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
+    batch = training_batch(build_processor(TINY.scene, tokenizer), 0, 2, TINY.scene, 0, 0)
     logits = torch.zeros(*batch.input_ids.shape, len(tokenizer))
+    return tokenizer, batch, tokenizer.convert_tokens_to_ids(tokenizer.image_token), logits
+
+
+def test_image_word_loss_is_low_when_image_tokens_name_their_object():
+    tokenizer, batch, image_token_id, logits = _image_word_setup()
     assert image_word_loss(logits, batch, image_token_id, tokenizer, ("colour", "shape")).item() == pytest.approx(np.log(len(tokenizer)))
     rows, cols = (batch.input_ids == image_token_id).nonzero(as_tuple=True)
     names = [("black", "black") if c == 0 else (COLOUR_CLASSES[c], SHAPE_CLASSES[s])
@@ -133,11 +137,7 @@ def test_image_word_loss_is_low_when_image_tokens_name_their_object():
 
 
 def test_image_word_loss_with_box_words():
-    tokenizer = build_tokenizer(TINY.scene)
-    processor = build_processor(TINY.scene, tokenizer)
-    batch = training_batch(processor, 0, 2, TINY.scene, 0, 0)
-    image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
-    logits = torch.zeros(*batch.input_ids.shape, len(tokenizer))
+    tokenizer, batch, image_token_id, logits = _image_word_setup()
     rows, cols = (batch.input_ids == image_token_id).nonzero(as_tuple=True)
     boxes = batch.patch_box.reshape(-1, 4).tolist()
     for r, c, box in zip(rows.tolist(), cols.tolist(), boxes):

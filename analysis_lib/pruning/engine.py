@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..adapters import ModelAdapter, adapter_for
-from ..attention import rows_to_visual, text_visual_rows, vision_rows, watch_qk
+from ..attention import rows_to_visual, text_visual_rows, vision_per_token, vision_rows, watch_qk
 from ..hooks import HookSet
 from ..tracking import Tracker, tracker_for
 from .schedule import Schedule, Stage
@@ -130,8 +130,6 @@ class PruningEngine:
         for _, stage in self.stages:
             n_in = [stage.budget(n, n0) for n, n0 in zip(n_in, counts)]
         self._text_rows = {}
-        self._views = [tracker.prompt.identity_view()]
-        self._starts = [0]
         self.records.append(PruneRecord(self.schedule.name, self.mode, self.positions, counts,
                                         layout=tracker.prompt.layout))
 
@@ -139,33 +137,23 @@ class PruningEngine:
         layer, stage = self.stages[s]
         prompt = self.tracker.prompt
         counts = prompt.layout.counts()
-        n_max = max(counts)
-        device = prompt.input_ids.device
-        if s == 0:
-            candidates = torch.zeros(len(counts), n_max, dtype=torch.bool, device=device)
-            for b, n in enumerate(counts):
-                candidates[b, :n] = True
-        else:
-            candidates = torch.zeros(len(counts), n_max, dtype=torch.bool, device=device)
-            for b, kept in enumerate(self.records[-1].stages[s - 1].kept):
-                candidates[b, kept.to(device)] = True
+        survivors = ([torch.arange(n) for n in counts] if s == 0 else self.records[-1].stages[s - 1].kept)
+        candidates = torch.zeros(len(counts), max(counts), dtype=torch.bool)
+        for b, kept in enumerate(survivors):
+            candidates[b, kept.cpu()] = True
         vision = None
         if stage.scorer.vision_kind:
-            flat = getattr(self._vision_rows, stage.scorer.vision_kind).mean(dim=1).flatten()
-            vision = [torch.where(g.patch >= 0, flat[g.patch.clamp(min=0).to(flat.device)].cpu(),
-                                  torch.tensor(float("nan"))) for g in prompt.layout.samples]
-        inputs = ScoreInputs(counts, candidates.cpu(), self._text_rows.get(s), vision)
-        scores = stage.scorer.score(inputs).cpu()
+            rows = getattr(self._vision_rows, stage.scorer.vision_kind)
+            vision = [v.cpu() for v in vision_per_token(rows, prompt.layout)]
+        scores = stage.scorer.score(ScoreInputs(counts, candidates, self._text_rows.get(s), vision)).cpu()
         n_input = [int(c.sum()) for c in candidates]
-        kept = [stage.selector.select(scores[b], candidates[b].cpu(), stage.budget(n_input[b], counts[b]))
+        kept = [stage.selector.select(scores[b], candidates[b], stage.budget(n_input[b], counts[b]))
                 for b in range(len(counts))]
         self.records[-1].stages.append(StageRecord(layer, n_input, kept))
-        self._views.append(pruned_view(prompt, kept, self.mode, self.positions))
-        self._starts.append(layer)
-        self.tracker.set_stage_views(self._starts, self._views)
+        self.tracker.push_stage_view(layer, pruned_view(prompt, kept, self.mode, self.positions))
 
     def _view_index(self, layer: int) -> int:
-        """Index into self._views of the view ``layer`` runs on (0 = unpruned)."""
+        """Index into the tracker's views of the view ``layer`` runs on (0 = unpruned)."""
         return 1 + max((i for i, (k, _) in enumerate(self.stages) if k <= layer), default=-1)
 
     def _stage_for_layer(self, layer: int) -> int:
@@ -180,7 +168,7 @@ class PruningEngine:
         """Stage at layer 0 in remove mode: slice the embeddings, the 2D mask and the position ids."""
         tracker = self.tracker
         v = self._stage_for_layer(0)
-        view, call = self._views[v], tracker.call
+        view, call = tracker.views[v], tracker.call
         kv_index, kv_valid, _, q_position = call_slots(view, call, tracker.prompt.length)
         if call.is_prefill:  # the embeddings are unpruned: slot == original position
             kwargs["inputs_embeds"] = _gather_slots(kwargs["inputs_embeds"], kv_index.clamp(min=0))
@@ -195,7 +183,7 @@ class PruningEngine:
             tracker = self.tracker
             v = self._stage_for_layer(layer)
             prev = self._view_index(layer - 1) if layer > 0 else v
-            view, call = self._views[v], tracker.call
+            view, call = tracker.views[v], tracker.call
             kv_index, kv_valid, q_index, q_position = call_slots(view, call, tracker.prompt.length)
             hidden = args[0] if args else kwargs["hidden_states"]
             if self.mode == "remove" and call.is_prefill and v != prev:
@@ -214,7 +202,7 @@ class PruningEngine:
     def _source_slots(self, prev: int, kv_index: torch.Tensor) -> torch.Tensor:
         """For each slot of the new view (plus tail), its slot in the previous view's sequence."""
         prompt = self.tracker.prompt
-        old = self._views[prev]
+        old = self.tracker.views[prev]
         slot_of = torch.full((old.index.shape[0], prompt.length), 0, dtype=torch.long, device=old.index.device)
         present = old.index >= 0
         rows = torch.arange(old.index.shape[0], device=old.index.device)[:, None].expand_as(old.index)
