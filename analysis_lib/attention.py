@@ -22,6 +22,7 @@ from .validation import check_choice
 QUERIES = ("last", "instruction")
 ROPES = ("applied", "removed", "equi")
 SOFTMAXES = ("full", "visual")
+VISION_KINDS = ("cls", "received", "given")
 
 
 @dataclass(frozen=True)
@@ -111,23 +112,34 @@ def rows_to_visual(rows: torch.Tensor, view: SlotView, num_visual: int) -> torch
 
 @dataclass
 class VisionRows:
-    """Per vision-tower layer, per image crop: [CLS]→patch row, mean received attention, optional map."""
+    """Per vision-tower layer, per image crop, per head, over the patch tokens ([CLS] excluded):
+    the [CLS]→patch row; ``received``: mean attention each patch receives from the patch queries
+    (column means of the patch×patch block); ``given``: mean attention each patch gives to the patch
+    keys (row means of that block; FoPru's s1, ``received`` is its s2); optional head-mean map."""
 
     cls: torch.Tensor | None  # [crops, H, P]
     received: torch.Tensor  # [crops, H, P]
+    given: torch.Tensor  # [crops, H, P]
     map: torch.Tensor | None  # [crops, T, T] head-mean
+
+
+def patches_to_tokens(values: torch.Tensor, layout) -> list[torch.Tensor]:
+    """Per-patch values [crops, P, ...] mapped onto each sample's visual tokens ([N_b, ...]); tokens
+    without a patch (LLaVA-NeXT's newlines) get NaN."""
+    flat = values.flatten(0, 1).float()
+    out = []
+    for grid in layout.samples:
+        patch = grid.patch.to(flat.device)
+        picked = flat[patch.clamp(min=0)]
+        missing = (patch < 0).reshape(-1, *([1] * (flat.dim() - 1)))
+        out.append(picked.masked_fill(missing, float("nan")))
+    return out
 
 
 def vision_per_token(rows: torch.Tensor, layout) -> list[torch.Tensor]:
     """Head-mean vision rows [crops, H, P] mapped onto each sample's visual tokens (NaN for tokens without a
     patch, such as LLaVA-NeXT's newlines)."""
-    flat = rows.mean(dim=1).flatten()
-    out = []
-    for grid in layout.samples:
-        patch = grid.patch.to(flat.device)
-        out.append(torch.where(patch >= 0, flat[patch.clamp(min=0)], torch.full(patch.shape, float("nan"),
-                                                                               device=flat.device)))
-    return out
+    return patches_to_tokens(rows.mean(dim=1), layout)
 
 
 def vision_rows(q: torch.Tensor, k: torch.Tensor, adapter: ModelAdapter, with_map: bool) -> VisionRows:
@@ -136,9 +148,23 @@ def vision_rows(q: torch.Tensor, k: torch.Tensor, adapter: ModelAdapter, with_ma
     qh, kh = _heads(q, geo.head_dim).float(), _heads(k, geo.head_dim).float()
     attn = torch.softmax(torch.matmul(qh, kh.transpose(-1, -2)) * geo.scaling, dim=-1)
     first_patch = 1 if adapter.has_cls else 0
+    patch_block = attn[:, :, first_patch:, first_patch:]
     return VisionRows(cls=attn[:, :, 0, 1:] if adapter.has_cls else None,
-                      received=attn[:, :, :, first_patch:].mean(dim=2),
+                      received=patch_block.mean(dim=2),
+                      given=patch_block.mean(dim=3),
                       map=attn.mean(dim=1) if with_map else None)
+
+
+def vision_features(hidden: torch.Tensor, adapter: ModelAdapter) -> torch.Tensor:
+    """The patch features of the feature layer (what the projector reads): [crops, P, C], [CLS] dropped."""
+    return hidden[:, 1:] if adapter.has_cls else hidden
+
+
+def watch_output(hooks: HookSet, module: nn.Module, on_output: Callable[[torch.Tensor], None]) -> None:
+    """Call ``on_output(hidden_states)`` with the first output of ``module`` after every call."""
+    def hook(_m, _a, _k, out):
+        on_output(out[0] if isinstance(out, tuple) else out)
+    hooks.post(module, hook)
 
 
 def watch_qk(hooks: HookSet, attention: nn.Module, armed: Callable[[], bool],

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from .adapters import ModelAdapter, adapter_for
-from .attention import (TextAttentionSpec, VisionRows, rows_to_visual, text_visual_rows, vision_per_token,
+from .attention import (VISION_KINDS, TextAttentionSpec, VisionRows, rows_to_visual, text_visual_rows, vision_per_token,
                         vision_rows, watch_qk)
 from .hooks import HookSet
 from .tracking import Tracker, tracker_for
+from .validation import check_choice
 
 
 class AttentionCapture:
@@ -45,13 +46,14 @@ class AttentionCapture:
         return self.text[(spec.name, layer)].mean(dim=1)
 
     def vision_per_token(self, layer: int, kind: str = "cls") -> list[torch.Tensor]:
-        """Head-mean vision attention ([CLS] row or mean received) mapped onto each sample's visual tokens.
-
-        Tokens without a patch (LLaVA-NeXT newlines) get NaN.
+        """Head-mean vision attention ([CLS] row, mean received or mean given; see VisionRows) mapped onto
+        each sample's visual tokens. Tokens without a patch (LLaVA-NeXT newlines) get NaN.
         """
+        check_choice("kind", kind, VISION_KINDS)
         rows = getattr(self.vision[layer], kind)
         if rows is None:
-            raise ValueError(f"kind={kind!r} is not available for this tower; allowed: 'received'")
+            raise ValueError(f"kind={kind!r} is not available for this tower (it has no [CLS]); allowed: "
+                             "'received', 'given'")
         return vision_per_token(rows, self.layout)
 
 

@@ -108,7 +108,8 @@ def test_vision_rows_equal_eager_weights(models, family):
         eager = model.model.vision_tower(pixel, output_attentions=True).attentions
     for layer, attn in enumerate(eager):
         torch.testing.assert_close(cap.vision[layer].cls, attn[:, :, 0, 1:], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(cap.vision[layer].received, attn[:, :, :, 1:].mean(2), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(cap.vision[layer].received, attn[:, :, 1:, 1:].mean(2), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(cap.vision[layer].given, attn[:, :, 1:, 1:].mean(3), atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(cap.vision[layer].map, attn.mean(1), atol=1e-6, rtol=1e-5)
     per_token = cap.vision_per_token(cap.feature_layer)
     grid = cap.layout.samples[0]

@@ -24,7 +24,7 @@ def test_flops_accepts_every_registered_method(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["flops", "--model", "llava-1.5-7b", "--method", "fastv", "R=1.0"], r"R=1.0 is outside the allowed range \[0.0, 1.0\)"),
     (["flops", "--model", "llava-1.5-7b", "--method", "nope"], "method='nope'.*'fastv'"),
-    (["flops", "--model", "llava-1.5-7b", "--method", "fastv", "K=40"], r"layer=40 is outside the model"),
+    (["flops", "--model", "llava-1.5-7b", "--method", "fastv", "K=40"], r"layer=40 is outside this 32-layer model"),
     (["flops", "--model", "gpt-9", "--method", "fastv"], "presets: llava-1.5-7b"),
 ])
 def test_bad_input_names_the_parameter(capsys, argv, message):

@@ -17,12 +17,15 @@ import torch
 from torch import nn
 
 from ..adapters import ModelAdapter, adapter_for
-from ..attention import rows_to_visual, text_visual_rows, vision_per_token, vision_rows, watch_qk
+from ..attention import (patches_to_tokens, rows_to_visual, text_visual_rows, vision_features, vision_rows,
+                         watch_output, watch_qk)
 from ..hooks import HookSet
+from ..layout import SampleGrid
 from ..tracking import Tracker, tracker_for
+from ..validation import check_choice
 from .schedule import Schedule, Stage
 from .scorers import ScoreInputs
-from ..validation import check_choice
+from .selectors import SampleSelection
 from .views import MODES, POSITIONS, attention_mask, call_slots, pruned_view
 
 IMPLEMENTATIONS = ("sdpa", "eager")
@@ -30,11 +33,26 @@ IMPLEMENTATIONS = ("sdpa", "eager")
 
 @dataclass
 class StageRecord:
-    """What one stage did to one prompt: its layer and, per sample, the tokens in and the tokens kept."""
+    """What one stage did to one prompt: its layer and, per sample, the tokens in and the tokens kept
+    (in image order); ``sequence`` is the order they were fed in when it differs (``order="score"``)."""
 
     layer: int
     n_input: list[int]
     kept: list[torch.Tensor]
+    sequence: list[torch.Tensor] | None = None
+
+
+class _ProbeDone(Exception):
+    """Stops the scoring pass of a stage that scores at a later layer than it prunes."""
+
+
+def crop_groups(grid: SampleGrid, patches_per_crop: int) -> list[torch.Tensor]:
+    """Masks [N] of the tokens of each encoder crop of a sample (newline tokens join the crop before them)."""
+    crop = torch.where(grid.patch >= 0, grid.patch // patches_per_crop, -1)
+    for i in range(1, crop.numel()):
+        if crop[i] < 0:
+            crop[i] = crop[i - 1]
+    return [crop == c for c in crop.unique().tolist()]
 
 
 @dataclass
@@ -56,14 +74,17 @@ class PruneRecord:
 class PruningEngine:
     """Context manager that prunes every forward of ``model`` made inside it according to ``schedule``."""
 
-    def __init__(self, model: nn.Module, schedule: Schedule, mode: str = "remove", positions: str = "keep",
+    def __init__(self, model: nn.Module, schedule: Schedule, mode: str = "remove", positions: str | None = None,
                  adapter: ModelAdapter | None = None):
+        """``positions``: "keep" | "reindex"; None uses the schedule's own policy (``Schedule.positions``)."""
         self.model, self.schedule = model, schedule
         self.adapter = adapter or adapter_for(model)
-        self.mode, self.positions = mode, positions
+        self.mode, self.positions = mode, positions or schedule.positions
         self.stages: list[tuple[int, Stage]] = schedule.resolve(self.adapter.num_layers)
         check_choice("mode", mode, MODES)
-        check_choice("positions", positions, POSITIONS)
+        check_choice("positions", self.positions, POSITIONS)
+        if mode == "mask" and any(stage.order == "score" for _, stage in self.stages):
+            raise ValueError("order='score' reorders tokens and needs mode='remove'; allowed modes: ('remove',)")
         if self.adapter.attn_implementation not in IMPLEMENTATIONS and any(k > 0 or mode == "mask"
                                                                           for k, _ in self.stages):
             raise ValueError(f"attn_implementation={self.adapter.attn_implementation!r}: in-LLM pruning supports "
@@ -92,7 +113,8 @@ class PruningEngine:
         adapter, hooks = self.adapter, self.hooks
         self.tracker.add_listener(self._on_new_prompt)
         self._text_rows: dict[int, torch.Tensor] = {}
-        self._vision_rows = None
+        self._vision_rows = self._features = None
+        self._probing = False
 
         def armed() -> bool:
             call = self.tracker.call
@@ -100,22 +122,30 @@ class PruningEngine:
 
         for s, (layer, stage) in enumerate(self.stages):
             if stage.scorer.needs_text_attention:
-                def on_text(q, k, pe, s=s, layer=layer, stage=stage):
-                    view = self.tracker.view_at(layer - 1)
-                    rows = text_visual_rows(q, k, *pe, view, adapter, stage.scorer.spec)
+                k = Schedule.score_layer(stage, layer, adapter.num_layers)
+
+                def on_text(q, k_proj, pe, s=s, k=k, stage=stage):
+                    view = self.tracker.view_at(k - 1)
+                    rows = text_visual_rows(q, k_proj, *pe, view, adapter, stage.scorer.spec)
                     n_max = max(self.tracker.prompt.layout.counts())
                     self._text_rows[s] = rows_to_visual(rows, view, n_max).mean(dim=1)
-                watch_qk(hooks, adapter.decoder_attention(layer - 1), armed, on_text)
-        if any(stage.scorer.vision_kind for _, stage in self.stages):
+                watch_qk(hooks, adapter.decoder_attention(k - 1), armed, on_text)
+        # the tower runs once per new image set, inside forward or before it (generate pre-encodes images)
+        feature_layer = adapter.vision_feature_encoder_layer
+        if any(stage.scorer.needs_vision_attention for _, stage in self.stages):
             def on_vision(q, k, _pe):
                 self._vision_rows = vision_rows(q, k, adapter, with_map=False)
-            # the tower runs once per new image set, inside forward or before it (generate pre-encodes images)
-            watch_qk(hooks, adapter.vision_attention(adapter.vision_feature_encoder_layer), lambda: True, on_vision)
+            watch_qk(hooks, adapter.vision_attention(feature_layer), lambda: True, on_vision)
+        if any(stage.needs_features for _, stage in self.stages):
+            def on_features(hidden):
+                self._features = vision_features(hidden, adapter).detach()
+            watch_output(hooks, adapter.vision_layers[feature_layer], on_features)
 
-        first = self.stages[0][0] if self.stages else None
-        if first is None:
+        if not self.stages:
             return
-        if first == 0 and self.mode == "remove":
+        first, first_stage = self.stages[0]
+        self._probe_layer = Schedule.score_layer(first_stage, first, adapter.num_layers)
+        if (first == 0 and self.mode == "remove") or self._probe_layer != first:
             hooks.pre(adapter.language_model, self._before_language_model)
         in_llm = [k for k, _ in self.stages if k > 0 or self.mode == "mask"]
         if in_llm:
@@ -124,10 +154,13 @@ class PruningEngine:
 
     # ---- decisions -----------------------------------------------------------------------
     def _on_new_prompt(self, tracker: Tracker) -> None:
-        """Reset decisions and check every budget against this batch before any layer runs."""
+        """Reset decisions and check the budgets against this batch before any layer runs (as far as they
+        are known: a selector that fixes its own count ends the check)."""
         counts = tracker.prompt.layout.counts()
         n_in = counts
         for _, stage in self.stages:
+            if stage.keep is None or stage.scope != "global":
+                break
             n_in = [stage.budget(n, n0) for n, n0 in zip(n_in, counts)]
         self._text_rows = {}
         self.records.append(PruneRecord(self.schedule.name, self.mode, self.positions, counts,
@@ -136,21 +169,39 @@ class PruningEngine:
     def _decide(self, s: int) -> None:
         layer, stage = self.stages[s]
         prompt = self.tracker.prompt
-        counts = prompt.layout.counts()
+        layout = prompt.layout
+        counts = layout.counts()
         survivors = ([torch.arange(n) for n in counts] if s == 0 else self.records[-1].stages[s - 1].kept)
         candidates = torch.zeros(len(counts), max(counts), dtype=torch.bool)
         for b, kept in enumerate(survivors):
             candidates[b, kept.cpu()] = True
-        vision = None
-        if stage.scorer.vision_kind:
-            rows = getattr(self._vision_rows, stage.scorer.vision_kind)
-            vision = [v.cpu() for v in vision_per_token(rows, prompt.layout)]
-        scores = stage.scorer.score(ScoreInputs(counts, candidates, self._text_rows.get(s), vision)).cpu()
+        features = None
+        if stage.needs_features:
+            features = [f.cpu() for f in patches_to_tokens(self._features, layout)]
+        vision = self._vision_rows if stage.scorer.needs_vision_attention else None
+        scores = stage.scorer.score(ScoreInputs(counts, candidates, layout, self._text_rows.get(s), vision,
+                                                features)).cpu()
+        kept, sequence = [], []
+        for b, n in enumerate(counts):
+            grid = layout.samples[b]
+            groups = (crop_groups(grid, self.adapter.patches_per_crop) if stage.scope == "crop"
+                      else [torch.ones(n, dtype=torch.bool)])
+            parts = []
+            for group in groups:
+                cand = candidates[b, :n] & group
+                k = stage.budget(int(cand.sum()), int(group.sum()))
+                selection = SampleSelection(scores[b, :n], cand, grid, None if features is None else features[b])
+                parts.append(stage.selector.select(selection, k).cpu())
+            kept.append(torch.sort(torch.cat(parts)).values)
+            sequence.append(kept[-1][torch.argsort(scores[b, kept[-1]].nan_to_num(nan=float("-inf")),
+                                                   descending=True, stable=True)])
         n_input = [int(c.sum()) for c in candidates]
-        kept = [stage.selector.select(scores[b], candidates[b], stage.budget(n_input[b], counts[b]))
-                for b in range(len(counts))]
-        self.records[-1].stages.append(StageRecord(layer, n_input, kept))
-        self.tracker.push_stage_view(layer, pruned_view(prompt, kept, self.mode, self.positions))
+        by_score = stage.order == "score"
+        self.records[-1].stages.append(StageRecord(layer, n_input, kept, sequence if by_score else None))
+        view = pruned_view(prompt, kept, self.mode, self.positions)
+        if by_score:
+            _feed_in_order(view, layout, sequence, self.positions)
+        self.tracker.push_stage_view(layer, view)
 
     def _view_index(self, layer: int) -> int:
         """Index into the tracker's views of the view ``layer`` runs on (0 = unpruned)."""
@@ -165,21 +216,52 @@ class PruningEngine:
 
     # ---- hooks ---------------------------------------------------------------------------
     def _before_language_model(self, _module, args, kwargs):
-        """Stage at layer 0 in remove mode: slice the embeddings, the 2D mask and the position ids."""
+        """Run a first stage's scoring pass if it scores later than it prunes; then, for a stage at layer 0
+        in remove mode, slice the embeddings, the 2D mask and the position ids."""
+        if self._probing:
+            return None
         tracker = self.tracker
+        if self._probe_layer != self.stages[0][0] and tracker.call.is_prefill and not self.records[-1].stages:
+            self._probe(kwargs)
+        if self.stages[0][0] != 0 or self.mode != "remove":
+            return None
         v = self._stage_for_layer(0)
         view, call = tracker.views[v], tracker.call
         kv_index, kv_valid, _, q_position = call_slots(view, call, tracker.prompt.length)
         if call.is_prefill:  # the embeddings are unpruned: slot == original position
-            kwargs["inputs_embeds"] = _gather_slots(kwargs["inputs_embeds"], kv_index.clamp(min=0))
+            source = kv_index.clamp(min=0)
+            sequence = self.records[-1].stages[0].sequence
+            if sequence is not None:
+                source = _content_positions(source, view, tracker.prompt.layout, sequence)
+            kwargs["inputs_embeds"] = _gather_slots(kwargs["inputs_embeds"], source)
         kwargs["attention_mask"] = kv_valid.long()
         kwargs["position_ids"] = q_position
         return args, kwargs
+
+    def _probe(self, kwargs) -> None:
+        """Run the unpruned prompt through layers 0..K-1 of the language model only to record the attention
+        the first stage scores with (its kept set is then applied before the LLM)."""
+        stop = HookSet()
+
+        def done(*_):
+            raise _ProbeDone
+        stop.post(self.adapter.decoder_layers[self._probe_layer - 1], done)
+        self._probing = True
+        try:
+            self.adapter.language_model(inputs_embeds=kwargs["inputs_embeds"], attention_mask=kwargs.get("attention_mask"),
+                                        position_ids=kwargs.get("position_ids"), use_cache=False)
+        except _ProbeDone:
+            pass
+        finally:
+            self._probing = False
+            stop.remove()
 
     def _make_layer_hook(self, layer: int):
         adapter = self.adapter
 
         def hook(_module, args, kwargs):
+            if self._probing:
+                return None
             tracker = self.tracker
             v = self._stage_for_layer(layer)
             prev = self._view_index(layer - 1) if layer > 0 else v
@@ -217,3 +299,27 @@ class PruningEngine:
 def _gather_slots(hidden: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """hidden [B, S, D] -> [B, S', D] taking slot ``source[b, j]`` for new slot j."""
     return torch.gather(hidden, 1, source[:, :, None].expand(-1, -1, hidden.shape[-1]))
+
+
+def _visual_slots(view, b: int) -> torch.Tensor:
+    return (view.visual[b] >= 0).nonzero().flatten()
+
+
+def _feed_in_order(view, layout, sequence: list[torch.Tensor], positions: str) -> None:
+    """Make the visual slots of ``view`` hold the kept tokens in ``sequence`` order: they keep their own
+    position ids under "keep"; under "reindex" the slots' consecutive ids stay."""
+    for b, order in enumerate(sequence):
+        slots = _visual_slots(view, b)
+        order = order.to(view.visual.device)
+        in_image_order = view.visual[b, slots]  # the kept tokens, ascending
+        if positions == "keep":
+            view.position[b, slots] = view.position[b, slots][torch.searchsorted(in_image_order, order)]
+        view.visual[b, slots] = order
+
+
+def _content_positions(source: torch.Tensor, view, layout, sequence: list[torch.Tensor]) -> torch.Tensor:
+    """Source positions in the unpruned embeddings for each slot, visual slots taking ``sequence`` order."""
+    source = source.clone()
+    for b, order in enumerate(sequence):
+        source[b, _visual_slots(view, b)] = layout.samples[b].positions[order].to(source.device)
+    return source

@@ -1,8 +1,10 @@
 """Score: how important each visual token is, from whatever signal a criterion uses.
 
-A scorer declares the signal it needs (text→visual attention at the layer before its stage, or the
-vision tower's attention at the feature layer); the engine records exactly that, then calls
-``score`` with a ScoreInputs. Scores are [B, N] over original visual-token indices; higher = keep.
+A scorer declares the signals it needs (text→visual attention at the layer before its stage, the
+vision tower's attention or its patch features at the feature layer); the engine records exactly
+those, then calls ``score`` with a ScoreInputs. Scores are [B, N] over original visual-token indices
+(NaN where a token has no score, e.g. LLaVA-NeXT's newline tokens for vision-side scores); higher =
+keep.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from typing import Protocol
 
 import torch
 
-from ..attention import TextAttentionSpec
+from ..attention import TextAttentionSpec, VisionRows, patches_to_tokens
+from ..layout import VisualLayout
 from ..validation import check_choice
 
 
@@ -21,19 +24,23 @@ class ScoreInputs:
 
     num_visual: list[int]  # visual tokens per sample
     candidates: torch.Tensor  # [B, N] bool: tokens still present when the stage starts
+    layout: VisualLayout | None = None
     text_attention: torch.Tensor | None = None  # [B, N] head-mean rows of the layer before the stage
-    vision_attention: list[torch.Tensor] | None = None  # per sample [N_b]: head-mean vision attention
+    vision: VisionRows | None = None  # attention of the feature layer, per crop and head
+    features: list[torch.Tensor] | None = None  # per sample [N_b, C] feature-layer patch features (NaN rows)
 
 
 class Scorer(Protocol):
     name: str
     needs_text_attention: bool
-    vision_kind: str | None  # "cls" | "received" | None
+    needs_vision_attention: bool
+    needs_features: bool
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor: ...
 
 
-def _pad(per_sample: list[torch.Tensor], width: int) -> torch.Tensor:
+def pad_per_sample(per_sample: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Stack per-sample [N_b] values into [B, width], NaN beyond each sample's tokens."""
     out = torch.full((len(per_sample), width), float("nan"))
     for b, values in enumerate(per_sample):
         out[b, : values.numel()] = values.float().cpu()
@@ -43,34 +50,127 @@ def _pad(per_sample: list[torch.Tensor], width: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class TextAttentionScorer:
     """Attention the visual tokens receive from the text at layer K-1 (FastV's φ_original by default;
-    ``TextAttentionSpec(rope="removed")`` is FEATHER's φ-R)."""
+    ``TextAttentionSpec(rope="removed", softmax="visual")`` is FEATHER's φ-R)."""
 
     spec: TextAttentionSpec = field(default_factory=TextAttentionSpec)
     name: str = "text_attention"
     needs_text_attention: bool = True
-    vision_kind: str | None = None
+    needs_vision_attention: bool = False
+    needs_features: bool = False
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         return inputs.text_attention
 
 
+VISION_SCORES = ("cls", "received", "auto")
+
+
 @dataclass(frozen=True)
 class VisionAttentionScorer:
-    """Vision-tower attention at the feature layer: the [CLS] row ("cls") or mean received ("received")."""
+    """Vision-tower attention at the feature layer, mean over heads: the [CLS] row ("cls"), the mean
+    attention a patch receives from the patches ("received"), or "auto": [CLS] when the tower has one,
+    else received (VisPruner's rule for SigLIP-like towers)."""
 
     kind: str = "cls"
     name: str = "vision_attention"
     needs_text_attention: bool = False
+    needs_vision_attention: bool = True
+    needs_features: bool = False
 
     def __post_init__(self):
-        check_choice("kind", self.kind, ("cls", "received"))
-
-    @property
-    def vision_kind(self) -> str:
-        return self.kind
+        check_choice("kind", self.kind, VISION_SCORES)
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
-        return _pad(inputs.vision_attention, inputs.candidates.shape[1])
+        kind = self.kind
+        if kind == "auto":
+            kind = "cls" if inputs.vision.cls is not None else "received"
+        rows = getattr(inputs.vision, kind)
+        if rows is None:
+            raise ValueError(f"kind={self.kind!r}: this vision tower has no [CLS] token; allowed: 'received', 'auto'")
+        return pad_per_sample(patches_to_tokens(rows.mean(dim=1), inputs.layout), inputs.candidates.shape[1])
+
+
+SIGNIFICANCE_RULES = ("variance", "low-variance", "given", "received")
+
+
+@dataclass(frozen=True)
+class FoPruSignificance:
+    """FoPru's token significance (eqs. 2-4) from the feature layer's head-mean attention over the
+    patch tokens: s1 = mean attention each patch gives, s2 = mean attention each patch receives;
+    ``rule="variance"`` keeps the one with the larger variance (the paper), "low-variance" the other
+    (its "w/o Variance" ablation), "given"/"received" force one. Decided per encoder crop.
+
+    Reading: the paper's N×N map is taken over the patch tokens ([CLS] row and column dropped), since
+    with [CLS] kept every row sums to one and s1 would be constant.
+    """
+
+    rule: str = "variance"
+    name: str = "fopru_significance"
+    needs_text_attention: bool = False
+    needs_vision_attention: bool = True
+    needs_features: bool = False
+
+    def __post_init__(self):
+        check_choice("rule", self.rule, SIGNIFICANCE_RULES)
+
+    def per_crop(self, vision: VisionRows) -> torch.Tensor:
+        """[crops, P] significance."""
+        given, received = vision.given.mean(dim=1), vision.received.mean(dim=1)
+        if self.rule in ("given", "received"):
+            return given if self.rule == "given" else received
+        given_wins = given.var(dim=1) > received.var(dim=1)
+        if self.rule == "low-variance":
+            given_wins = ~given_wins
+        return torch.where(given_wins[:, None], given, received)
+
+    def score(self, inputs: ScoreInputs) -> torch.Tensor:
+        return pad_per_sample(patches_to_tokens(self.per_crop(inputs.vision), inputs.layout),
+                              inputs.candidates.shape[1])
+
+
+def density_peaks(features: torch.Tensor, k: int) -> torch.Tensor:
+    """DPC-KNN score ρ·δ of each row of ``features`` [n, C].
+
+    Distances are Euclidean divided by sqrt(C); ρ = exp(-mean squared distance to the k nearest rows,
+    the row itself included as in the DPC-KNN token clustering of TCFormer / Chat-UniVi); δ = distance
+    to the nearest denser row (ties in ρ broken by index: the earlier row counts as denser), or the
+    largest distance of the row for the densest one.
+    """
+    n, channels = features.shape
+    dist = torch.cdist(features.double(), features.double()) / channels**0.5
+    nearest = dist.topk(min(k, n), dim=1, largest=False).values
+    density = torch.exp(-(nearest**2).mean(dim=1))
+    index = torch.arange(n)
+    denser = (density[None, :] > density[:, None]) | ((density[None, :] == density[:, None]) & (index[None, :] < index[:, None]))
+    delta = torch.where(denser, dist, torch.inf).min(dim=1).values
+    delta = torch.where(denser.any(dim=1), delta, dist.max(dim=1).values)
+    return (density * delta).float()
+
+
+@dataclass(frozen=True)
+class DensityPeakScorer:
+    """φ_KNN (FEATHER): DPC-KNN density × distance on the feature-layer patch features of the tokens
+    still present (tokens without a patch get NaN)."""
+
+    k: int = 5
+    name: str = "dpc_knn"
+    needs_text_attention: bool = False
+    needs_vision_attention: bool = False
+    needs_features: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k={self.k!r}: the number of nearest neighbours must be an integer >= 1")
+
+    def score(self, inputs: ScoreInputs) -> torch.Tensor:
+        out = torch.full(inputs.candidates.shape, float("nan"))
+        for b, feats in enumerate(inputs.features):
+            n = feats.shape[0]
+            usable = inputs.candidates[b, :n] & ~torch.isnan(feats.cpu()).any(dim=1)
+            rows = usable.nonzero().flatten()
+            if rows.numel():
+                out[b, rows] = density_peaks(feats.cpu()[rows], self.k)
+        return out
 
 
 @dataclass(frozen=True)
@@ -81,12 +181,27 @@ class RandomScorer:
     seed: int = 0
     name: str = "random"
     needs_text_attention: bool = False
-    vision_kind: str | None = None
+    needs_vision_attention: bool = False
+    needs_features: bool = False
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         width = inputs.candidates.shape[1]
         return torch.stack([torch.rand(width, generator=torch.Generator().manual_seed(self.seed))
                             for _ in inputs.num_visual])
+
+
+@dataclass(frozen=True)
+class ConstantScorer:
+    """No signal: every token scores the same. For selectors that choose by position alone (grid,
+    rows, quartile, region)."""
+
+    name: str = "none"
+    needs_text_attention: bool = False
+    needs_vision_attention: bool = False
+    needs_features: bool = False
+
+    def score(self, inputs: ScoreInputs) -> torch.Tensor:
+        return torch.zeros(inputs.candidates.shape)
 
 
 @dataclass(frozen=True)
@@ -96,7 +211,8 @@ class FixedScorer:
     kept: tuple[tuple[int, ...], ...]
     name: str = "fixed"
     needs_text_attention: bool = False
-    vision_kind: str | None = None
+    needs_vision_attention: bool = False
+    needs_features: bool = False
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         if len(self.kept) != len(inputs.num_visual):
@@ -108,3 +224,4 @@ class FixedScorer:
                 raise ValueError(f"kept: indices {bad} outside 0..{inputs.num_visual[b] - 1} for sample {b}")
             out[b, list(indices)] = 1.0
         return out
+

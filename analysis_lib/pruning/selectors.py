@@ -1,4 +1,10 @@
-"""Select: turn per-token scores into the kept set (always returned in image order)."""
+"""Select: turn one sample's per-token scores into its kept set (returned sorted, in image order).
+
+Selectors see the sample's scores, which tokens are still candidates, the token grid (segment, row,
+column, normalised y/x) and, when they ask for them, the feature-layer patch features. A selector
+either takes the stage's budget k (``needs_budget``) or fixes its own count (a stride grid, a
+quartile, a region).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,13 +12,37 @@ from typing import Protocol
 
 import torch
 
+from ..layout import SampleGrid
+from ..validation import check_choice, check_range
+
+
+@dataclass
+class SampleSelection:
+    """What a selector reads for one sample (N = the sample's visual tokens)."""
+
+    scores: torch.Tensor  # [N] float, NaN = no score
+    candidates: torch.Tensor  # [N] bool
+    grid: SampleGrid
+    features: torch.Tensor | None = None  # [N, C], NaN rows for tokens without a patch
+
 
 class Selector(Protocol):
-    """Picks k of the candidate visual tokens of one sample from their scores."""
+    """Picks the kept subset of one sample's candidates."""
 
     name: str
+    needs_budget: bool
+    needs_features: bool
 
-    def select(self, scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor: ...
+    def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor: ...
+
+
+def _ranked(sample: SampleSelection) -> torch.Tensor:
+    """Candidate indices best-first; NaN scores after every scored candidate; ties to the earlier token."""
+    scores = sample.scores.float()
+    key = torch.where(torch.isnan(scores), torch.finfo(torch.float32).min, scores)
+    key = torch.where(sample.candidates, key, float("-inf"))
+    order = torch.argsort(key, descending=True, stable=True)
+    return order[: int(sample.candidates.sum())]
 
 
 @dataclass(frozen=True)
@@ -20,11 +50,205 @@ class TopK:
     """Keep the k best-scored candidates; ties go to the earlier token."""
 
     name: str = "topk"
+    needs_budget: bool = True
+    needs_features: bool = False
 
-    def select(self, scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
-        """``scores``/``candidates``: [N] for one sample; returns the sorted kept indices [k]."""
-        ranked = torch.where(candidates, scores.float().nan_to_num(nan=float("-inf")), float("-inf"))
-        ranked = torch.where(candidates & torch.isneginf(ranked), torch.finfo(torch.float32).min, ranked)
-        order = torch.argsort(ranked, descending=True, stable=True)
-        return torch.sort(order[:k]).values
+    def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
+        return torch.sort(_ranked(sample)[:k]).values
 
+
+@dataclass(frozen=True)
+class Grid:
+    """φ_uniform: the patch tokens whose row and column are multiples of ``stride`` (plus ``offset``) in
+    their segment's grid. Stride 2 keeps 14×14 = 196 of a 27×27 grid; stride 3 keeps 9×9 = 81."""
+
+    stride: int = 2
+    offset: int = 0
+    needs_budget: bool = False
+    needs_features: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
+            raise ValueError(f"stride={self.stride!r}: must be an integer >= 1")
+        if not isinstance(self.offset, int) or not 0 <= self.offset < self.stride:
+            raise ValueError(f"offset={self.offset!r}: must be an integer in 0..{self.stride - 1}")
+
+    @property
+    def name(self) -> str:
+        return f"grid{self.stride}"
+
+    def select(self, sample: SampleSelection, k: int | None = None) -> torch.Tensor:
+        g = sample.grid
+        on_grid = (g.row % self.stride == self.offset) & (g.col % self.stride == self.offset) & g.is_patch
+        return (on_grid.to(sample.candidates.device) & sample.candidates).nonzero().flatten()
+
+
+@dataclass(frozen=True)
+class Union:
+    """The union of two selectors' kept sets (FEATHER's φ-R + φ_uniform: TopK ∪ Grid(3)); the budget
+    goes to whichever part takes one."""
+
+    first: Selector
+    second: Selector
+
+    def __post_init__(self):
+        if self.first.needs_budget and self.second.needs_budget:
+            raise ValueError("Union: at most one part may take the stage's budget")
+
+    @property
+    def name(self) -> str:
+        return f"{self.first.name}+{self.second.name}"
+
+    @property
+    def needs_budget(self) -> bool:
+        return self.first.needs_budget or self.second.needs_budget
+
+    @property
+    def needs_features(self) -> bool:
+        return self.first.needs_features or self.second.needs_features
+
+    def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
+        return torch.unique(torch.cat([self.first.select(sample, k), self.second.select(sample, k)]))
+
+
+ROW_PARTS = ("score", "top", "bottom")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Whole rows of each segment's grid. The budget k sets the fraction of rows, k / candidates, kept
+    per segment (at least one row): by summed score (FoPru's row strategy, ``part="score"``), or the
+    top / bottom rows of the image (positional ablations). Newline tokens go with their row."""
+
+    part: str = "score"
+    needs_budget: bool = True
+    needs_features: bool = False
+
+    def __post_init__(self):
+        check_choice("part", self.part, ROW_PARTS)
+
+    @property
+    def name(self) -> str:
+        return f"rows-{self.part}"
+
+    def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
+        g, cand = sample.grid, sample.candidates
+        fraction = k / max(int(cand.sum()), 1)
+        scores = torch.nan_to_num(sample.scores.float(), nan=0.0)
+        keep = torch.zeros_like(cand)
+        for segment in g.segment[cand].unique().tolist():
+            in_segment = cand & (g.segment == segment)
+            rows = g.row[in_segment].unique()  # ascending: top first
+            n_keep = max(1, round(fraction * len(rows)))
+            if self.part == "score":
+                totals = torch.stack([scores[in_segment & (g.row == r)].sum() for r in rows])
+                chosen = rows[torch.argsort(totals, descending=True, stable=True)[:n_keep]]
+            else:
+                chosen = rows[:n_keep] if self.part == "top" else rows[-n_keep:]
+            keep |= in_segment & torch.isin(g.row, chosen)
+        return keep.nonzero().flatten()
+
+
+@dataclass(frozen=True)
+class Quartile:
+    """Only the q-th quarter (1 = first) of the candidates in sequence order (VisPruner Fig. 2c)."""
+
+    q: int = 1
+    needs_budget: bool = False
+    needs_features: bool = False
+
+    def __post_init__(self):
+        check_choice("q", self.q, (1, 2, 3, 4))
+
+    @property
+    def name(self) -> str:
+        return f"quartile{self.q}"
+
+    def select(self, sample: SampleSelection, k: int | None = None) -> torch.Tensor:
+        order = sample.candidates.nonzero().flatten()
+        n = order.numel()
+        return order[(self.q - 1) * n // 4: self.q * n // 4]
+
+
+# Region name -> (y range, x range) in normalised image coordinates (0 = top / left), half-open.
+REGIONS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    "top": ((0.0, 0.5), (0.0, 1.0)), "bottom": ((0.5, 1.0), (0.0, 1.0)),
+    "left": ((0.0, 1.0), (0.0, 0.5)), "right": ((0.0, 1.0), (0.5, 1.0)),
+    "top-left": ((0.0, 0.5), (0.0, 0.5)), "top-right": ((0.0, 0.5), (0.5, 1.0)),
+    "bottom-left": ((0.5, 1.0), (0.0, 0.5)), "bottom-right": ((0.5, 1.0), (0.5, 1.0)),
+    "centre": ((0.25, 0.75), (0.25, 0.75)),
+}
+
+
+@dataclass(frozen=True)
+class Region:
+    """Only the candidates whose centre lies in one region of the image (see REGIONS)."""
+
+    region: str = "top"
+    needs_budget: bool = False
+    needs_features: bool = False
+
+    def __post_init__(self):
+        check_choice("region", self.region, REGIONS)
+
+    @property
+    def name(self) -> str:
+        return f"region-{self.region}"
+
+    def select(self, sample: SampleSelection, k: int | None = None) -> torch.Tensor:
+        (y0, y1), (x0, x1) = REGIONS[self.region]
+        g = sample.grid
+        inside = (g.y >= y0) & ((g.y < y1) | (y1 == 1.0)) & (g.x >= x0) & ((g.x < x1) | (x1 == 1.0))
+        return (inside.to(sample.candidates.device) & sample.candidates).nonzero().flatten()
+
+
+def remove_duplicates(normalized: torch.Tensor, n: int, per_round: int) -> torch.Tensor:
+    """VisPruner's Algorithm 1: positions (into ``normalized`` [M, C], L2-normalised rows) of the n
+    tokens left after removing duplicates in rounds. Each round splits the remaining tokens into
+    alternating halves A (even places) and B (odd places), drops the ``per_round`` tokens of A most
+    similar (max cosine) to B, and continues with the kept A tokens, most similar first, then B."""
+    remaining = torch.arange(normalized.shape[0])
+    r = min(per_round, remaining.numel() - n)
+    while r > 0:
+        a, b = remaining[0::2], remaining[1::2]
+        if b.numel() == 0:
+            break
+        similarity = (normalized[a] @ normalized[b].T).max(dim=1).values
+        survivors = torch.argsort(similarity, descending=True, stable=True)[min(r, a.numel()):]
+        remaining = torch.cat([a[survivors], b])
+        r = min(r, remaining.numel() - n)
+    return remaining
+
+
+@dataclass(frozen=True)
+class ImportantDiverse:
+    """VisPruner: the int(k·important) best-scored candidates ("important", scored by [CLS] attention),
+    then the rest of the budget as "diverse" tokens: duplicates are removed from the other candidates
+    by cosine similarity of their L2-normalised feature-layer features (``remove_duplicates``, up to
+    ``per_round`` per round). Tokens without features (newlines) are used last, in image order, only
+    if the budget needs them."""
+
+    important: float = 0.5
+    per_round: int = 8
+    name: str = "important+diverse"
+    needs_budget: bool = True
+    needs_features: bool = True
+
+    def __post_init__(self):
+        check_range("important", self.important, 0.0, 1.0)
+        if isinstance(self.per_round, bool) or not isinstance(self.per_round, int) or self.per_round < 1:
+            raise ValueError(f"per_round={self.per_round!r}: must be an integer >= 1")
+
+    def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
+        n_important = int(k * self.important)
+        important = _ranked(sample)[:n_important]
+        rest = sample.candidates.clone()
+        rest[important] = False
+        features = sample.features.float()
+        with_features = rest & ~torch.isnan(features).any(dim=1)
+        pool = with_features.nonzero().flatten()
+        normalized = torch.nn.functional.normalize(features[pool], dim=1)
+        diverse = pool[remove_duplicates(normalized, k - n_important, self.per_round)]
+        shortfall = k - n_important - diverse.numel()
+        fill = (rest & ~with_features).nonzero().flatten()[:max(shortfall, 0)]
+        return torch.sort(torch.cat([important, diverse, fill])).values
