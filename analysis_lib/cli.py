@@ -6,7 +6,10 @@ import sys
 
 from .flops import FFN_MATRICES, PRESETS, preset_or_config, schedule_flops
 from .pruning.methods import METHODS, get_method
-from .pruning.schedule import Schedule
+from .pruning.nominal import nominal_kept
+
+
+BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
 def parse_params(pairs: list[str], defaults: dict[str, object]) -> dict[str, object]:
@@ -18,7 +21,11 @@ def parse_params(pairs: list[str], defaults: dict[str, object]) -> dict[str, obj
             raise ValueError(f"method parameter {pair!r}: write NAME=VALUE, e.g. R=0.75")
         key, value = pair.split("=", 1)
         default = defaults.get(key)
-        if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(default, bool):
+            if value.lower() not in BOOLEANS:
+                raise ValueError(f"method parameter {key}={value!r}: allowed values: {', '.join(BOOLEANS)}")
+            params[key] = BOOLEANS[value.lower()]
+        elif isinstance(default, int):
             params[key] = int(value) if value.lstrip("-").isdigit() else float(value)
         elif isinstance(default, float):
             params[key] = float(value)
@@ -27,20 +34,11 @@ def parse_params(pairs: list[str], defaults: dict[str, object]) -> dict[str, obj
     return params
 
 
-def kept_per_stage(schedule: Schedule, num_layers: int, n_visual: int) -> list[tuple[int, int]]:
-    """(layer, kept visual tokens) of each stage for an image of ``n_visual`` tokens."""
-    out, n_in = [], n_visual
-    for layer, stage in schedule.resolve(num_layers):
-        n_in = stage.budget(n_in, n_visual)
-        out.append((layer, n_in))
-    return out
-
-
 def flops_command(args: argparse.Namespace) -> None:
     preset = preset_or_config(args.model, n_system=args.system_tokens)
     method = get_method(args.method)
     schedule = method.schedule(**parse_params(args.params, method.parameters))
-    stages = kept_per_stage(schedule, preset.dims.layers, preset.n_visual)
+    stages = nominal_kept(schedule, preset.dims.layers, preset.grid)
     n_text = preset.n_system + args.text_tokens
     report = schedule_flops(preset.dims, preset.n_visual, n_text, stages, ffn_matrices=args.ffn_matrices)
     print(f"model: {args.model} (d={preset.dims.hidden}, m={preset.dims.intermediate}, T={preset.dims.layers}, "
@@ -55,6 +53,8 @@ def flops_command(args: argparse.Namespace) -> None:
 
 
 def methods_command(_args: argparse.Namespace) -> None:
+    print("R = fraction of visual tokens removed; K = layer (of 32) or fraction of depth; scope = 'global' "
+          "(one budget per sample) or 'crop' (the same fraction in every encoder crop, e.g. LLaVA-NeXT tiles).\n")
     for name, method in METHODS.items():
         params = ", ".join(f"{k}={v}" for k, v in method.parameters.items())
         print(f"{name}({params})\n    {method.summary}")

@@ -103,7 +103,7 @@ def schedule_flops(dims: LMDims, n_visual: int, n_text: int, stages: Sequence[tu
         if len(stage) != 2:
             raise ValueError(f"stages[{i}]={stage!r} must be a (layer, kept_visual) pair")
         layer = _count(f"stages[{i}] layer", stage[0], prev_layer + 1, dims.layers - 1)
-        kept = _count(f"stages[{i}] kept_visual", stage[1], 1, prev_kept)
+        kept = _count(f"stages[{i}] kept_visual", stage[1], 0, prev_kept)
         visual[layer:] = [kept] * (dims.layers - layer)
         prev_layer, prev_kept = layer, kept
     total = sum(layer_flops(n_text + v, dims, ffn_matrices) for v in visual)

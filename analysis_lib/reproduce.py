@@ -17,11 +17,11 @@ import torch
 
 from .attention import TextAttentionSpec
 from .capture import capture_attention
-from .cli import kept_per_stage
 from .figures import paper_style, save_figure
 from .flops import PRESETS, schedule_flops
 from .pruning import PruningEngine
 from .pruning.methods import METHODS
+from .pruning.nominal import nominal_kept
 from .tiny import TinySpec, tiny_inputs, tiny_vlm
 
 SPEC = TinySpec(text_layers=8, hidden=128, heads=4, kv_heads=4, intermediate=256, vocab=256,
@@ -72,10 +72,11 @@ def kept_frequency(model, inputs, grid: int) -> pd.DataFrame:
 def flops_table() -> pd.DataFrame:
     """FLOPs reductions of the registered methods on the LLaVA-1.5-7B preset, both FFN accountings."""
     preset = PRESETS["llava-1.5-7b"]
-    settings = [("fastv", {"K": 2, "R": 0.5}), ("fastv", {"K": 3, "R": 0.75}), ("prellm_cls", {"R": 0.75})]
+    settings = [("fastv", {"K": 2, "R": 0.5}), ("fastv", {"K": 3, "R": 0.75}), ("fopru", {"R": 0.75}),
+                ("vispruner", {"keep": 64}), ("feather", {})]
     rows = []
     for name, params in settings:
-        stages = kept_per_stage(METHODS[name].schedule(**params), preset.dims.layers, preset.n_visual)
+        stages = nominal_kept(METHODS[name].schedule(**params), preset.dims.layers, preset.grid)
         for ffn in (2, 3):
             report = schedule_flops(preset.dims, preset.n_visual, preset.n_system, stages, ffn_matrices=ffn)
             rows.append({"method": name, **params, "ffn_matrices": ffn, "reduction": round(report.reduction, 4)})

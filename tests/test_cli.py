@@ -36,4 +36,4 @@ def test_bad_input_names_the_parameter(capsys, argv, message):
 def test_methods_lists_parameters_and_defaults():
     out = subprocess.run([sys.executable, "-m", "analysis_lib", "methods"], capture_output=True, text=True,
                          check=True).stdout
-    assert "fastv(K=2, R=0.5)" in out and "random(K=0, R=0.5, seed=0)" in out
+    assert "fastv(K=2, R=0.5, scope=global)" in out and "random(K=0, R=0.5, seed=0, scope=global)" in out

@@ -115,7 +115,7 @@ def test_feather_released_setting_with_35_system_tokens_is_lower():
         ({"ffn_matrices": 4}, "ffn_matrices"),
         ({"n_visual": 0}, "n_visual"),
         ({"n_text": -1}, "n_text"),
-        ({"stages": [(3, 0)]}, "stages[0] kept_visual"),
+        ({"stages": [(3, -1)]}, "stages[0] kept_visual"),
         ({"stages": [(3, 577)]}, "stages[0] kept_visual"),
         ({"stages": [(3, 100), (8, 200)]}, "stages[1] kept_visual"),
         ({"stages": [(3, 24.75)]}, "stages[0] kept_visual"),

@@ -28,13 +28,13 @@ def test_reproduce_writes_figures_and_tables(tmp_path):
     assert kept.groupby("paper_K").kept_frequency.mean().round(6).eq(0.25).all()
     assert sorted(kept.layer.unique()) == [1, 2, 4, 6]  # 3, 8, 16, 24 of 32 scaled to 8 layers
     flops = pd.read_csv(tmp_path / "data/results/reproduce/flops.csv")
-    assert len(flops) == 6 and flops.reduction.between(0, 1).all()
+    assert len(flops) == 10 and flops.reduction.between(0, 1).all()
 
 
 def test_benchmark_smoke_run_reports_every_variant():
     rows = run(QUICK, repeats=1)
     assert [r["variant"] for r in rows] == ["unpruned (sdpa)", "FastV K=2 R=0.75 (remove)",
-                                            "same budget before the LLM", "capture every layer (sdpa)",
+                                            "FoPru R=0.75 (before the LLM)", "capture every layer (sdpa)",
                                             "eager + output_attentions"]
     assert all(r["predicted_speedup"] > 1 for r in rows[1:3])
     assert "measured / predicted" in format_table(rows)

@@ -17,10 +17,10 @@ from collections.abc import Callable
 import torch
 
 from ..capture import capture_attention
-from ..cli import kept_per_stage
 from ..flops import LMDims, schedule_flops
 from ..pruning import PruningEngine
-from ..pruning.methods import fastv, prellm_cls
+from ..pruning.methods import fastv, fopru
+from ..pruning.nominal import nominal_kept
 from ..tiny import TinySpec, tiny_inputs, tiny_vlm
 
 MID = TinySpec(text_layers=8, hidden=1024, heads=16, kv_heads=16, intermediate=2816, vocab=1000,
@@ -43,7 +43,7 @@ def run(spec: TinySpec, repeats: int, text_before: int = 35, text_after: int = 2
     n_visual = (spec.image_size // spec.patch_size) ** 2
     dims = LMDims(spec.hidden, spec.intermediate, spec.text_layers)
     n_text = text_before + text_after
-    schedules = {"FastV K=2 R=0.75 (remove)": fastv(K=2, R=0.75), "same budget before the LLM": prellm_cls(R=0.75)}
+    schedules = {"FastV K=2 R=0.75 (remove)": fastv(K=2, R=0.75), "FoPru R=0.75 (before the LLM)": fopru(R=0.75)}
 
     def forward(model, **kw):
         with torch.no_grad():
@@ -75,7 +75,8 @@ def run(spec: TinySpec, repeats: int, text_before: int = 35, text_after: int = 2
         med = statistics.median(samples)
         predicted = None
         if name in schedules:
-            stages = kept_per_stage(schedules[name], spec.text_layers, n_visual)
+            side = spec.image_size // spec.patch_size
+            stages = nominal_kept(schedules[name], spec.text_layers, (side, side))
             predicted = 1.0 / (1.0 - schedule_flops(dims, n_visual, n_text, stages).reduction)
         rows.append({"variant": name, "median_ms": 1000 * med, "vs_unpruned": base / med if predicted else med / base,
                      "predicted_speedup": predicted})

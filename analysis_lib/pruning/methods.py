@@ -1,45 +1,174 @@
 """Named methods: a registry from names to schedule factories with the papers' defaults.
 
-Every parameter of a factory is a method parameter (``python -m analysis_lib methods`` lists them).
-Layers are absolute for a 32-layer model or fractions of depth; ``Schedule.resolve`` checks them.
+Every parameter of a factory is a method parameter (``python -m analysis_lib methods`` lists them),
+plus ``scope`` ("global" | "crop", see ``Stage``) for every method. ``R`` is always the fraction of
+visual tokens removed, as FastV and FEATHER define it. Layers ``K`` are absolute for the papers'
+32-layer models, or fractions of depth (``K=0.25`` is layer 8 of 32 and layer 2 of 8), which is how
+the same method runs on a shallow model.
 """
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..attention import TextAttentionSpec
 from ..validation import check_choice, check_range
-from .schedule import Schedule, Stage
-from .scorers import RandomScorer, TextAttentionScorer, VisionAttentionScorer
+from .schedule import SCOPES, Schedule, Stage
+from .scorers import (DensityPeakScorer, FoPruSignificance, RandomScorer, TextAttentionScorer,
+                      VisionAttentionScorer)
+from .selectors import Grid, ImportantDiverse, Quartile, Region, Rows, TopK, Union
+
+# FastV's φ_original: the last token's attention as the model computes it (RoPE applied, full softmax).
+ORIGINAL = TextAttentionScorer(TextAttentionSpec())
+# FEATHER's φ-R: the last token's query against the image keys without RoPE, softmax over the image keys.
+NO_ROPE = TextAttentionScorer(TextAttentionSpec(rope="removed", softmax="visual"))
 
 
-def _ratio(R: float) -> float:
-    return check_range("R", R, 0.0, 1.0, high_open=True)
+def _ratio(R: float, name: str = "R") -> float:
+    """The kept fraction 1 - R of a reduction ratio R in [0, 1)."""
+    return 1.0 - check_range(name, R, 0.0, 1.0, high_open=True)
 
 
 def fastv(K: int | float = 2, R: float = 0.5) -> Schedule:
-    """FastV (φ_original): after layer K drop the fraction R of visual tokens with the least attention
-    from the last token (RoPE as applied), averaged over heads."""
-    return Schedule((Stage(K, TextAttentionScorer(), 1.0 - _ratio(R)),), name="fastv")
+    """FastV (φ_original): after layer K drop the fraction R of visual tokens with the least attention from
+    the last token (RoPE as applied, softmax over the whole row), averaged over heads. Original positions."""
+    return Schedule((Stage(K, ORIGINAL, _ratio(R)),), name="fastv")
 
 
-def prellm_cls(R: float = 0.5) -> Schedule:
-    """Drop the fraction R of visual tokens before the LLM by the vision tower's [CLS] attention at the
-    feature layer (the importance half of VisPruner, without its diverse tokens)."""
-    return Schedule((Stage(0, VisionAttentionScorer("cls"), 1.0 - _ratio(R)),), name="prellm_cls")
+def fastv_norope(K: int | float = 3, R: float = 0.75) -> Schedule:
+    """FEATHER's φ-R: FastV's criterion with RoPE removed from the scores (not from the model) and the
+    softmax taken over the image keys only. Defaults: FEATHER Table 1 (K=3, R=0.75)."""
+    return Schedule((Stage(K, NO_ROPE, _ratio(R)),), name="fastv_norope")
+
+
+def uniform(K: int | float = 3, stride: int = 2) -> Schedule:
+    """FEATHER's φ_uniform: after layer K keep the stride grid of every segment (stride 2 keeps 196 of
+    729 on 27×27), whatever the attention."""
+    return Schedule((Stage(K, selector=Grid(stride)),), name="uniform")
+
+
+def knn(K: int | float = 3, R: float = 0.731, k: int = 5) -> Schedule:
+    """FEATHER's φ_KNN: after layer K keep the tokens with the highest DPC-KNN density × distance on the
+    vision features (k nearest neighbours). R=0.731 keeps 196 of 729, matching φ_uniform's stride 2 as
+    the paper does."""
+    return Schedule((Stage(K, DensityPeakScorer(k), _ratio(R)),), name="knn")
+
+
+def fastv_norope_uniform(K: int | float = 3, R: float = 0.75, stride: int = 3) -> Schedule:
+    """FEATHER's ensemble φ-R + φ_uniform: φ-R's top 1-R of the tokens, plus the stride grid (stride 3)
+    added on top (their union: ≈243 of 729 at R=0.75, ≈275 at R=0.7)."""
+    return Schedule((Stage(K, NO_ROPE, _ratio(R), selector=Union(TopK(), Grid(stride))),),
+                    name="fastv_norope_uniform")
+
+
+def _feather(name: str, K1: int | float, K2: int | float, R: float, stride: int) -> Schedule:
+    keep = _ratio(R)
+    return Schedule((Stage(K1, NO_ROPE, keep, selector=Union(TopK(), Grid(stride))),
+                     Stage(K2, NO_ROPE, keep**2, keep_of="input")), name=name)
+
+
+def feather(K1: int | float = 8, K2: int | float = 16, R: float = 0.7, stride: int = 3) -> Schedule:
+    """FEATHER as released (DESIGN.md §3): after layer K1 keep φ-R's top 1-R ∪ the stride-3 grid (≈275
+    of 729 at R=0.7); after layer K2 keep (1-R)² = 9% of those survivors by φ-R, grid tokens not
+    protected (≈24 of 729 = 3.3%, the paper's figure; FLOPs reduction 64% by eq. 1)."""
+    return _feather("feather", K1, K2, R, stride)
+
+
+def feather_paper(K1: int | float = 8, K2: int | float = 16, R: float = 0.75, stride: int = 3) -> Schedule:
+    """FEATHER as the paper's text words it (§4.2): the same two stages with R = 0.75, so the second
+    keeps (1-R)² = 6.25% of the survivors (≈15 of 729)."""
+    return _feather("feather_paper", K1, K2, R, stride)
+
+
+def pyramiddrop(K1: int | float = 8, K2: int | float = 16, K3: int | float = 24, lam: float = 0.5) -> Schedule:
+    """PyramidDrop: after layers K1, K2, K3 keep the fraction λ of the tokens entering each stage (0.5,
+    0.25, 0.125 of all at λ=0.5), ranked by the last instruction token's attention (RoPE applied);
+    positions re-indexed."""
+    keep = check_range("lam", lam, 0.0, 1.0, low_open=True)
+    return Schedule(tuple(Stage(k, ORIGINAL, keep) for k in (K1, K2, K3)), name="pyramiddrop",
+                    positions="reindex")
+
+
+FOPRU_STRATEGIES = ("rank", "row")
+
+
+def _fopru_stage(R: float, strategy: str, reorder: bool, rule: str) -> Stage:
+    check_choice("strategy", strategy, FOPRU_STRATEGIES)
+    if not isinstance(reorder, bool):
+        raise ValueError(f"reorder={reorder!r}: must be True or False")
+    selector = TopK() if strategy == "rank" else Rows("score")
+    return Stage(0, FoPruSignificance(rule), _ratio(R), selector=selector, order="image" if reorder else "score")
+
+
+def fopru(R: float = 0.75, strategy: str = "rank", reorder: bool = True, rule: str = "variance") -> Schedule:
+    """FoPru: before the LLM keep 1-R of the visual tokens by significance from the vision encoder's
+    penultimate-layer attention (eqs. 2-4, ``rule`` "variance"; "low-variance" is its "w/o Variance"
+    ablation); ``strategy`` "rank" (global top tokens) or "row" (whole rows by summed significance);
+    ``reorder=False`` feeds tokens in significance order ("w/o Reordering"). Positions re-indexed, as
+    tokens are concatenated before the LLM. The projector acts per token, so removing its outputs equals
+    removing its inputs (only the projector's own cost, outside eq. 1, is not saved)."""
+    return Schedule((_fopru_stage(R, strategy, reorder, rule),), name="fopru", positions="reindex")
+
+
+def fopru_fastv(R: float = 0.5, K: int | float = 2, R_llm: float = 0.5, strategy: str = "rank") -> Schedule:
+    """FoPru+FastV (FoPru Table 2): FoPru keeps 1-R before the LLM, then FastV drops R_llm of those after
+    layer K (25% retained with the defaults). Positions re-indexed for both stages."""
+    return Schedule((_fopru_stage(R, strategy, True, "variance"), Stage(K, ORIGINAL, _ratio(R_llm, "R_llm"))),
+                    name="fopru_fastv", positions="reindex")
+
+
+def vispruner(keep: int | float = 64, r: float = 0.5, per_round: int = 8) -> Schedule:
+    """VisPruner: before the LLM keep ``keep`` tokens (a count, or a fraction of the visual tokens):
+    int(keep·r) important ones by [CLS] attention at the feature layer (mean received attention for
+    towers without [CLS]), the rest diverse ones by similarity-based duplicate removal (``per_round`` per
+    round). Positions re-indexed."""
+    check_range("r", r, 0.0, 1.0)
+    return Schedule((Stage(0, VisionAttentionScorer("auto"), keep,
+                           selector=ImportantDiverse(r, per_round)),), name="vispruner", positions="reindex")
 
 
 def random_prune(K: int | float = 0, R: float = 0.5, seed: int = 0) -> Schedule:
     """Drop the fraction R of visual tokens at random (seeded) after layer K (0 = before the LLM)."""
-    return Schedule((Stage(K, RandomScorer(seed), 1.0 - _ratio(R)),), name="random")
+    return Schedule((Stage(K, RandomScorer(seed), _ratio(R)),), name="random")
 
 
-def fastv_norope(K: int | float = 2, R: float = 0.5) -> Schedule:
-    """FEATHER's φ-R: FastV's criterion with RoPE removed from the scores (not from the model)."""
-    return Schedule((Stage(K, TextAttentionScorer(TextAttentionSpec(rope="removed")), 1.0 - _ratio(R)),),
-                    name="fastv_norope")
+BEFORE_LLM_CRITERIA = {"fastv": ORIGINAL, "fastv_norope": NO_ROPE}
+
+
+def before_llm(criterion: str = "fastv", K: int | float = 3, R: float = 0.75) -> Schedule:
+    """Ablation (FEATHER Fig. 4): the kept set an in-LLM criterion chooses after layer K, removed before
+    the LLM instead, so no information flows from the pruned tokens. Positions kept."""
+    check_choice("criterion", criterion, BEFORE_LLM_CRITERIA)
+    return Schedule((Stage(0, BEFORE_LLM_CRITERIA[criterion], _ratio(R), score_layer=K),),
+                    name="before_llm")
+
+
+def text_only() -> Schedule:
+    """Ablation (FEATHER Fig. 4): every visual token removed before the LLM; positions re-indexed as if the
+    image were absent."""
+    return Schedule((Stage(0, keep=0),), name="text_only", positions="reindex")
+
+
+def quartile(q: int = 1, K: int | float = 2) -> Schedule:
+    """Ablation (VisPruner Fig. 2c): after layer K keep only the q-th quarter (1..4) of the visual-token
+    sequence."""
+    return Schedule((Stage(K, selector=Quartile(q)),), name="quartile")
+
+
+def region(region: str = "top", K: int | float = 0) -> Schedule:
+    """Ablation: after layer K keep only the visual tokens of one region of the image (top, bottom, left,
+    right, a quadrant such as top-left, or centre)."""
+    return Schedule((Stage(K, selector=Region(region)),), name="region")
+
+
+def rows(part: str = "bottom", R: float = 0.5, K: int | float = 0) -> Schedule:
+    """Ablation: after layer K keep only the top or bottom 1-R of the rows of each grid."""
+    check_choice("part", part, ("top", "bottom"))
+    return Schedule((Stage(K, keep=_ratio(R), selector=Rows(part)),), name="rows")
+
+
+COMMON_PARAMETERS: dict[str, object] = {"scope": "global"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +178,9 @@ class Method:
 
     @property
     def parameters(self) -> dict[str, object]:
-        return {p.name: p.default for p in inspect.signature(self.factory).parameters.values()}
+        """The factory's parameters with their defaults, then the common ones (``scope``)."""
+        own = {p.name: p.default for p in inspect.signature(self.factory).parameters.values()}
+        return {**own, **COMMON_PARAMETERS}
 
     @property
     def summary(self) -> str:
@@ -58,14 +189,29 @@ class Method:
     def schedule(self, **params) -> Schedule:
         for key in params:
             check_choice(f"{self.name} parameter", key, self.parameters)
-        return self.factory(**params)
+        scope = check_choice("scope", params.pop("scope", "global"), SCOPES)
+        schedule = self.factory(**params)
+        return replace(schedule, stages=tuple(replace(s, scope=scope) for s in schedule.stages))
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("fastv", fastv),
     Method("fastv_norope", fastv_norope),
-    Method("prellm_cls", prellm_cls),
+    Method("uniform", uniform),
+    Method("knn", knn),
+    Method("fastv_norope_uniform", fastv_norope_uniform),
+    Method("feather", feather),
+    Method("feather_paper", feather_paper),
+    Method("pyramiddrop", pyramiddrop),
+    Method("fopru", fopru),
+    Method("fopru_fastv", fopru_fastv),
+    Method("vispruner", vispruner),
     Method("random", random_prune),
+    Method("before_llm", before_llm),
+    Method("text_only", text_only),
+    Method("quartile", quartile),
+    Method("region", region),
+    Method("rows", rows),
 )}
 
 

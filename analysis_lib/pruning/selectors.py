@@ -208,6 +208,8 @@ def remove_duplicates(normalized: torch.Tensor, n: int, per_round: int) -> torch
     alternating halves A (even places) and B (odd places), drops the ``per_round`` tokens of A most
     similar (max cosine) to B, and continues with the kept A tokens, most similar first, then B."""
     remaining = torch.arange(normalized.shape[0])
+    if n <= 0:
+        return remaining[:0]
     r = min(per_round, remaining.numel() - n)
     while r > 0:
         a, b = remaining[0::2], remaining[1::2]

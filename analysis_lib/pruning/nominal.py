@@ -1,0 +1,46 @@
+"""Kept-token counts of a schedule on a plain grid, known before any model runs (for theoretical FLOPs).
+
+Counts that depend on the scores (the union of a top-k set with a stride grid) are averaged over
+random scores and features and rounded: the top 30% of 729 tokens ∪ the stride-3 grid gives ≈275.
+Measured runs record the real counts per sample instead.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..layout import SampleGrid, Segment
+from .schedule import Schedule
+from .selectors import SampleSelection
+
+
+def plain_grid(rows: int, cols: int) -> SampleGrid:
+    """One image of rows × cols visual tokens in raster order (LLaVA-1.5's layout)."""
+    n = rows * cols
+    index = torch.arange(n)
+    row, col = index // cols, index % cols
+    return SampleGrid(positions=index, patch=index, image=torch.zeros(n, dtype=torch.long),
+                      segment=torch.zeros(n, dtype=torch.long), row=row, col=col,
+                      y=(row.float() + 0.5) / rows, x=(col.float() + 0.5) / cols,
+                      segments=[Segment("image", rows, cols)])
+
+
+def nominal_kept(schedule: Schedule, num_layers: int, grid: tuple[int, int], draws: int = 32,
+                 seed: int = 0) -> list[tuple[int, int]]:
+    """(layer, kept visual tokens) of each stage on a rows × cols grid: exact for fixed budgets and
+    position-based selectors, the rounded mean over ``draws`` random score draws otherwise."""
+    sample = plain_grid(*grid)
+    n = sample.num_tokens
+    resolved = schedule.resolve(num_layers)
+    totals = [0] * len(resolved)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(draws):
+        candidates = torch.ones(n, dtype=torch.bool)
+        for s, (_, stage) in enumerate(resolved):
+            scores = torch.rand(n, generator=generator)
+            features = torch.randn(n, 8, generator=generator) if stage.needs_features else None
+            k = stage.budget(int(candidates.sum()), n)
+            kept = stage.selector.select(SampleSelection(scores, candidates, sample, features), k)
+            candidates = torch.zeros(n, dtype=torch.bool)
+            candidates[kept] = True
+            totals[s] += kept.numel()
+    return [(layer, round(total / draws)) for (layer, _), total in zip(resolved, totals)]
