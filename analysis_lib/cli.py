@@ -1,4 +1,4 @@
-"""Command line: ``python -m analysis_lib {flops,methods,reproduce}``."""
+"""Command line: ``python -m analysis_lib {flops,methods,eval,reproduce}``."""
 from __future__ import annotations
 
 import argparse
@@ -60,6 +60,17 @@ def methods_command(_args: argparse.Namespace) -> None:
         print(f"{name}({params})\n    {method.summary}")
 
 
+def eval_command(args: argparse.Namespace) -> None:
+    from .evaluation.runner import run_grid, summarize
+    prompts = dict(parse_params(args.prompt, {})) if args.prompt else None
+    results = run_grid(args.model, args.methods, args.dataset, args.out, batch_size=args.batch_size, limit=args.limit,
+                       split=args.split, device=args.device, dtype=args.dtype, mode=args.mode,
+                       positions=args.positions, seed=args.seed, prompts=prompts)
+    summary = summarize(results)
+    print(summary.to_string(index=False))
+    print(f"rows: {args.out}/results.parquet (and .csv); re-running the same command resumes")
+
+
 def reproduce_command(args: argparse.Namespace) -> None:
     from .reproduce import reproduce
     reproduce(args.root)
@@ -79,13 +90,30 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=flops_command)
     p = sub.add_parser("methods", help="list the pruning methods with their parameters and defaults")
     p.set_defaults(fn=methods_command)
+    p = sub.add_parser("eval", help="evaluate models × methods × datasets; one Parquet row per sample, resumable")
+    p.add_argument("--model", nargs="+", required=True, help="checkpoint folders or hub ids")
+    p.add_argument("--methods", nargs="+", default=["none"],
+                   help="'none' or NAME[:K=V,K=V], e.g. fastv:K=3,R=0.75 (see `methods`)")
+    p.add_argument("--dataset", nargs="+", required=True,
+                   help="'synthetic', a benchmark name (pope, refcoco, ...), a .jsonl file or a dataset folder")
+    p.add_argument("--out", required=True, help="output folder (parts/, results.parquet, results.csv)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="first N samples of each dataset")
+    p.add_argument("--split", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--mode", default="remove", choices=("remove", "mask"))
+    p.add_argument("--positions", default=None, choices=("keep", "reindex"), help="override the methods' policy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", nargs="*", default=None, help="TASK=TEMPLATE overrides with {question}")
+    p.set_defaults(fn=eval_command)
     p = sub.add_parser("reproduce", help="run the main job on the embedded default (CPU, minutes)")
     p.add_argument("--root", default=".", help="repository root: figures/ and data/results/ are written under it")
     p.set_defaults(fn=reproduce_command)
     args = parser.parse_args(argv)
     try:
         args.fn(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

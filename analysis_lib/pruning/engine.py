@@ -248,7 +248,8 @@ class PruningEngine:
         stop.post(self.adapter.decoder_layers[self._probe_layer - 1], done)
         self._probing = True
         try:
-            self.adapter.language_model(inputs_embeds=kwargs["inputs_embeds"], attention_mask=kwargs.get("attention_mask"),
+            self.adapter.language_model(inputs_embeds=kwargs["inputs_embeds"],
+                                        attention_mask=kwargs.get("attention_mask"),
                                         position_ids=kwargs.get("position_ids"), use_cache=False)
         except _ProbeDone:
             pass

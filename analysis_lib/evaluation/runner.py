@@ -1,0 +1,290 @@
+"""Batched, resumable evaluation of model × method × dataset grids, one Parquet row per sample.
+
+    rows = run_grid(["data/embedded-model"], ["none", "fastv:K=2,R=0.75", "feather:K1=0.25,K2=0.5"],
+                    ["synthetic"], out="runs/eval", batch_size=8)
+
+Each (model, method setting, dataset) is cut into batches; every finished batch is written at once
+to its own Parquet part (a temporary file renamed into place), so a killed run loses at most the batch
+in flight and a re-run skips what exists. ``results.parquet`` (and ``.csv``) gathers the parts in a
+fixed order. A row holds the prediction and its score, the kept visual indices per stage, the
+theoretical FLOPs reduction of that sample's real kept counts, batch timings, every setting, the
+library version and git commit. Greedy decoding and seeded methods make the rows reproducible (all
+but the timing columns).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..adapters import ModelAdapter
+from ..flops import LMDims, schedule_flops
+from ..loading import load_vlm
+from ..pruning import PruneRecord, PruningEngine, get_method
+from ..pruning.schedule import Schedule
+from ..validation import check_choice
+from .datasets import EvalSample, load_dataset
+from .metrics import get_metric
+from .prompts import PromptStyle, style_for
+
+NO_PRUNING = "none"
+# The metric of each task (datasets.TASKS); yes/no questions are scored as POPE defines it.
+METRIC_OF_TASK = {"localization": "localization", "vqa": "vqa", "yes_no": "pope", "multiple_choice": "multiple_choice",
+                  "mme": "mme", "exact_match": "exact_match"}
+TIMING_COLUMNS = ("batch_prefill_ms", "batch_decode_ms_per_token", "batch_total_ms")
+
+
+@dataclass(frozen=True)
+class MethodSetting:
+    """A method name from the registry ("none" = unpruned) with parameter overrides."""
+
+    method: str
+    params: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> MethodSetting:
+        """``"fastv:K=3,R=0.75"`` -> MethodSetting("fastv", {"K": 3, "R": 0.75}), typed like the defaults."""
+        from ..cli import parse_params
+        name, _, rest = text.partition(":")
+        name = name.strip()
+        if name == NO_PRUNING:
+            if rest:
+                raise ValueError(f"method {text!r}: '{NO_PRUNING}' takes no parameters")
+            return cls(NO_PRUNING)
+        method = get_method(name)
+        pairs = [p.strip() for p in rest.split(",") if p.strip()]
+        return cls(name, parse_params(pairs, method.parameters))
+
+    def schedule(self) -> Schedule | None:
+        return None if self.method == NO_PRUNING else get_method(self.method).schedule(**self.params)
+
+    @property
+    def label(self) -> str:
+        return " ".join([self.method, *(f"{k}={v}" for k, v in self.params.items())])
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.method}-{digest}"
+
+
+@dataclass
+class EvalModel:
+    """A loaded model with what evaluation needs around it."""
+
+    name: str
+    model: torch.nn.Module
+    processor: object
+    adapter: ModelAdapter
+    style: PromptStyle
+
+
+def load_eval_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
+                    attn_implementation: str = "sdpa", prompts: dict[str, str] | None = None) -> EvalModel:
+    """``load_vlm`` plus the prompt style of the family (the embedded style for this repo's checkpoints)."""
+    model, processor, adapter = load_vlm(name_or_path, device, dtype, attn_implementation)
+    style = style_for(model.config.model_type, name_or_path if Path(name_or_path).is_dir() else None)
+    return EvalModel(str(name_or_path), model, processor, adapter, style.with_templates(prompts or {}))
+
+
+def git_commit() -> str:
+    """The repository's commit, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+@contextmanager
+def _forward_timer(model: torch.nn.Module):
+    """Wall-clock seconds of every top-level forward call (the first of ``generate`` is the prefill)."""
+    calls: list[float] = []
+    state = {}
+
+    def before(*_):
+        state["t"] = time.perf_counter()
+
+    def after(*_):
+        calls.append(time.perf_counter() - state["t"])
+    handles = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def relevant_kept(sample: EvalSample, grid, kept: torch.Tensor) -> float | None:
+    """Fraction of the ground-truth relevant visual tokens kept (synthetic suite only). A token is
+    relevant when its centre falls in a relevant cell of the sample's relevance grid, so any model grid
+    maps onto the suite's."""
+    if sample.relevance is None:
+        return None
+    mask = torch.as_tensor(np.asarray(sample.relevance, dtype=bool))
+    rows, cols = mask.shape
+    cell_r = (grid.y * rows).long().clamp(0, rows - 1)
+    cell_c = (grid.x * cols).long().clamp(0, cols - 1)
+    relevant = mask[cell_r, cell_c] & grid.is_patch
+    total = int(relevant.sum())
+    if total == 0:
+        return None
+    return float(relevant[kept].sum()) / total
+
+
+def _dims(model) -> LMDims:
+    text = model.config.get_text_config()
+    return LMDims(text.hidden_size, text.intermediate_size, text.num_hidden_layers)
+
+
+def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str], predictions: list[str],
+                 record: PruneRecord | None, inputs, timings: list[float], new_tokens: int) -> list[dict]:
+    dims = _dims(em.model)
+    layout = record.layout if record else em.adapter.layout(inputs["input_ids"].cpu(), inputs.get("image_sizes"))
+    prefill = 1000 * timings[0] if timings else float("nan")
+    decode = 1000 * sum(timings[1:]) / max(len(timings) - 1, 1) if len(timings) > 1 else float("nan")
+    rows = []
+    for b, (sample, text, prediction) in enumerate(zip(samples, texts, predictions)):
+        grid = layout.samples[b]
+        n_visual = grid.num_tokens
+        n_text = int(inputs["attention_mask"][b].sum()) - n_visual
+        kept = [stage.kept[b].tolist() for stage in record.stages] if record else []
+        stages = [(stage.layer, len(k)) for stage, k in zip(record.stages, kept)] if record else []
+        final = torch.tensor(kept[-1] if kept else list(range(n_visual)), dtype=torch.long)
+        width, height = sample.image.size
+        fields = {"answers": sample.answers, "box": sample.box, "options": sample.options, "width": width,
+                  "height": height, "box_format": em.style.box_format, "bins": em.style.bins}
+        rows.append({
+            "sample_id": sample.sample_id, "task": sample.task, "group": sample.group, "pair_id": sample.pair_id,
+            "question": sample.question, "prompt": text, "prediction": prediction,
+            "answers": json.dumps(sample.answers),
+            "score": get_metric(METRIC_OF_TASK[sample.task]).score(prediction, fields),
+            "n_visual": n_visual, "n_text": n_text, "kept": json.dumps(kept),
+            "kept_counts": json.dumps([len(k) for k in kept]),
+            "relevant_kept": relevant_kept(sample, grid, final),
+            "flops_reduction": schedule_flops(dims, n_visual, n_text, stages).reduction,
+            "flops_reduction_swiglu": schedule_flops(dims, n_visual, n_text, stages, ffn_matrices=3).reduction,
+            "batch_prefill_ms": prefill, "batch_decode_ms_per_token": decode,
+            "batch_total_ms": 1000 * sum(timings), "generated_tokens": new_tokens,
+        })
+    return rows
+
+
+@torch.no_grad()
+def evaluate_batch(em: EvalModel, setting: MethodSetting, samples: Sequence[EvalSample], mode: str = "remove",
+                   positions: str | None = None, max_new_tokens: int | None = None) -> list[dict]:
+    """Greedy answers for one batch under one method setting, as row dicts (without run settings)."""
+    tokenizer = em.processor.tokenizer
+    texts = [em.style.text(s.task, s.question, s.options) for s in samples]
+    new_tokens = max_new_tokens or max(em.style.max_new_tokens[s.task] for s in samples)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        inputs = em.processor(images=[s.image for s in samples], text=texts, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = side
+    inputs = inputs.to(em.model.device)
+    if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+        inputs["pixel_values"] = inputs["pixel_values"].to(em.model.dtype)
+    schedule = setting.schedule()
+    with ExitStack() as stack:
+        engine = stack.enter_context(PruningEngine(em.model, schedule, mode=mode, positions=positions,
+                                                   adapter=em.adapter)) if schedule else None
+        timings = stack.enter_context(_forward_timer(em.model))
+        output = em.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+    generated = output[:, inputs["input_ids"].shape[1]:]
+    predictions = [t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+    record = engine.records[0] if engine else None
+    return _sample_rows(em, samples, texts, predictions, record, inputs, list(timings), new_tokens)
+
+
+def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".csv":
+        frame.to_csv(tmp, index=False)
+    else:
+        frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-80:]
+
+
+def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSetting], datasets: Sequence[str],
+             out: str | Path, batch_size: int = 8, limit: int | None = None, split: str | None = None,
+             device: str = "cpu", dtype: str = "float32", mode: str = "remove", positions: str | None = None,
+             seed: int = 0, prompts: dict[str, str] | None = None, progress: bool = True) -> pd.DataFrame:
+    """Evaluate every model × method setting × dataset; returns (and writes to ``out``) all rows.
+
+    Settings, methods and datasets are checked before any model is loaded; finished batches are kept
+    on disk and skipped when the same grid is run again.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
+    check_choice("mode", mode, ("remove", "mask"))
+    if positions is not None:
+        check_choice("positions", positions, ("keep", "reindex"))
+    settings = [m if isinstance(m, MethodSetting) else MethodSetting.parse(m) for m in methods]
+    for s in settings:
+        s.schedule()  # bad parameters fail here, before loading anything
+    data = {name: load_dataset(name, split=split, limit=limit, seed=seed) for name in datasets}
+    out = Path(out)
+    parts: list[Path] = []
+    for model_spec in models:
+        em = model_spec if isinstance(model_spec, EvalModel) else load_eval_model(model_spec, device, dtype,
+                                                                                   prompts=prompts)
+        for s in settings:  # the layers must fit this model
+            schedule = s.schedule()
+            if schedule is not None:
+                schedule.resolve(em.adapter.num_layers)
+        common = {"model": em.name, "prompt_style": em.style.name, "mode": mode, "batch_size": batch_size,
+                  "seed": seed, "library_version": __version__, "git_commit": git_commit()}
+        for dataset_name, samples in data.items():
+            for s in settings:
+                folder = out / "parts" / _slug(em.name) / _slug(dataset_name) / s.key
+                starts = range(0, len(samples), batch_size)
+                bar = tqdm(starts, desc=f"{Path(em.name).name} | {dataset_name} | {s.label}", disable=not progress)
+                for index, start in enumerate(bar):
+                    part = folder / f"batch-{index:05d}.parquet"
+                    parts.append(part)
+                    if part.exists():
+                        continue
+                    torch.manual_seed(seed)
+                    rows = evaluate_batch(em, s, samples[start:start + batch_size], mode, positions)
+                    schedule = s.schedule()
+                    used = positions or (schedule.positions if schedule else "keep")
+                    frame = pd.DataFrame([{**common, "dataset": dataset_name, "method": s.method,
+                                           "params": json.dumps(s.params, sort_keys=True), "setting": s.label,
+                                           "positions": used, "batch_index": index, **row} for row in rows])
+                    _write_atomic(frame, part)
+    results = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    _write_atomic(results, out / "results.parquet")
+    _write_atomic(results, out / "results.csv")
+    return results
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per model × dataset × setting × task: the benchmark's aggregate metrics, mean FLOPs
+    reduction and the number of samples."""
+    rows = []
+    keys = ["model", "dataset", "setting", "task"]
+    for key, frame in results.groupby(keys, sort=False):
+        frame = frame.assign(answers=frame.answers.map(json.loads))
+        metric = get_metric(METRIC_OF_TASK[key[-1]])
+        rows.append({**dict(zip(keys, key)), "samples": len(frame), **metric.aggregate(frame),
+                     "flops_reduction": frame.flops_reduction.mean()})
+    return pd.DataFrame(rows)
