@@ -26,6 +26,7 @@ reproduce: setup
 
 benchmark: setup
 	$(BIN)/python -m analysis_lib.benchmarks.prefill
+	$(BIN)/python -m analysis_lib.benchmarks.batching
 
 clean:
 	rm -rf $(VENV) runs

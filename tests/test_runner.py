@@ -109,3 +109,11 @@ def test_eval_command_writes_rows_and_prints_a_summary(checkpoint, tmp_path, cap
 def test_eval_command_reports_an_unknown_method(tmp_path, capsys):
     assert main(["eval", "--model", "x", "--methods", "nope", "--dataset", "synthetic", "--out", str(tmp_path)]) == 2
     assert "method='nope'" in capsys.readouterr().err
+
+
+def test_batching_benchmark_reports_identical_rows(checkpoint):
+    from analysis_lib.benchmarks.batching import format_table, run
+    rows = run(str(checkpoint), samples=4, repeats=1, methods=("none", "random:R=0.5"), sizes=(1, 4))
+    assert [(r["method"], r["batch_size"]) for r in rows] == [("none", 1), ("none", 4), ("random R=0.5", 1),
+                                                              ("random R=0.5", 4)]
+    assert all(r["identical"] for r in rows) and "identical rows" in format_table(rows)

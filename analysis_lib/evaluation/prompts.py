@@ -55,9 +55,12 @@ class PromptStyle:
         for task in self.templates:
             check_choice("task", task, TASKS)
 
-    def text(self, task: str, question: str, options: list[str] | None = None) -> str:
-        """The full prompt text for one sample (the processor expands the image placeholder)."""
+    def text(self, task: str, question: str, options: list[str] | None = None, context: str | None = None) -> str:
+        """The full prompt text for one sample (the processor expands the image placeholder); a context
+        (ScienceQA's hint) goes before the question as "Context: ...", as LLaVA-1.5 evaluates it."""
         check_choice("task", task, TASKS)
+        if context:
+            question = f"Context: {context}\n{question}"
         lettered = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options or []))
         body = self.templates[task].format(question=question, options=lettered)
         return self.chat.format(image=self.image_token, text=body)

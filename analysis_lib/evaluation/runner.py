@@ -188,7 +188,7 @@ def evaluate_batch(em: EvalModel, setting: MethodSetting, samples: Sequence[Eval
                    positions: str | None = None, max_new_tokens: int | None = None) -> list[dict]:
     """Greedy answers for one batch under one method setting, as row dicts (without run settings)."""
     tokenizer = em.processor.tokenizer
-    texts = [em.style.text(s.task, s.question, s.options) for s in samples]
+    texts = [em.style.text(s.task, s.question, s.options, s.context) for s in samples]
     new_tokens = max_new_tokens or max(em.style.max_new_tokens[s.task] for s in samples)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
@@ -224,14 +224,16 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-80:]
 
 
-def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSetting], datasets: Sequence[str],
+def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSetting],
+             datasets: Sequence[str | tuple[str, list[EvalSample]]],
              out: str | Path, batch_size: int = 8, limit: int | None = None, split: str | None = None,
              device: str = "cpu", dtype: str = "float32", mode: str = "remove", positions: str | None = None,
              seed: int = 0, prompts: dict[str, str] | None = None, progress: bool = True) -> pd.DataFrame:
     """Evaluate every model × method setting × dataset; returns (and writes to ``out``) all rows.
 
-    Settings, methods and datasets are checked before any model is loaded; finished batches are kept
-    on disk and skipped when the same grid is run again.
+    ``datasets``: specs for ``load_dataset`` ("synthetic", "pope", a .jsonl or a folder) or (name, samples)
+    pairs already loaded. Settings, methods and datasets are checked before any model is loaded;
+    finished batches are kept on disk and skipped when the same grid is run again.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
@@ -241,7 +243,8 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
     settings = [m if isinstance(m, MethodSetting) else MethodSetting.parse(m) for m in methods]
     for s in settings:
         s.schedule()  # bad parameters fail here, before loading anything
-    data = {name: load_dataset(name, split=split, limit=limit, seed=seed) for name in datasets}
+    data = dict(d if isinstance(d, tuple) else (d, load_dataset(d, split=split, limit=limit, seed=seed))
+                for d in datasets)
     out = Path(out)
     parts: list[Path] = []
     for model_spec in models:
