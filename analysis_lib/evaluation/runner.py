@@ -183,21 +183,34 @@ def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str],
     return rows
 
 
-@torch.no_grad()
-def evaluate_batch(em: EvalModel, setting: MethodSetting, samples: Sequence[EvalSample], mode: str = "remove",
-                   positions: str | None = None, max_new_tokens: int | None = None) -> list[dict]:
-    """Greedy answers for one batch under one method setting, as row dicts (without run settings)."""
+def prompt_texts(em: EvalModel, samples: Sequence[EvalSample]) -> list[str]:
+    return [em.style.text(s.task, s.question, s.options, s.context) for s in samples]
+
+
+def prompt_inputs(em: EvalModel, samples: Sequence[EvalSample]):
+    """The processor's left-padded batch for ``samples`` (prompts of the model's style), on the model's
+    device, pixel values in its dtype."""
     tokenizer = em.processor.tokenizer
-    texts = [em.style.text(s.task, s.question, s.options, s.context) for s in samples]
-    new_tokens = max_new_tokens or max(em.style.max_new_tokens[s.task] for s in samples)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        inputs = em.processor(images=[s.image for s in samples], text=texts, padding=True, return_tensors="pt")
+        inputs = em.processor(images=[s.image for s in samples], text=prompt_texts(em, samples), padding=True,
+                              return_tensors="pt")
     finally:
         tokenizer.padding_side = side
     inputs = inputs.to(em.model.device)
     if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
         inputs["pixel_values"] = inputs["pixel_values"].to(em.model.dtype)
+    return inputs
+
+
+@torch.no_grad()
+def evaluate_batch(em: EvalModel, setting: MethodSetting, samples: Sequence[EvalSample], mode: str = "remove",
+                   positions: str | None = None, max_new_tokens: int | None = None) -> list[dict]:
+    """Greedy answers for one batch under one method setting, as row dicts (without run settings)."""
+    tokenizer = em.processor.tokenizer
+    texts = prompt_texts(em, samples)
+    new_tokens = max_new_tokens or max(em.style.max_new_tokens[s.task] for s in samples)
+    inputs = prompt_inputs(em, samples)
     schedule = setting.schedule()
     with ExitStack() as stack:
         engine = stack.enter_context(PruningEngine(em.model, schedule, mode=mode, positions=positions,

@@ -1,0 +1,89 @@
+"""Run every notebook with papermill: ``python -m analysis_lib reproduce [--profile NAME]``.
+
+A profile (``notebooks/profiles/<name>.yaml``) gives parameters for all notebooks (``common``) and per
+notebook (``notebooks: {name: {...}}``): ``default`` is the embedded default on CPU, ``ci`` the tiny
+settings CI runs, ``llava-1.5-7b`` a real checkpoint on a GPU. Executed notebooks go to
+``runs/notebooks/<profile>/``; figures and tables go where the notebooks write them. A failing
+notebook stops the batch with its name and the cell's error. ``skip_up_to_date`` skips a notebook
+whose executed copy exists and whose inputs (notebook, parameters, library source) are unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from ..validation import check_choice
+from .parameters import NOTEBOOKS
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = REPO / "notebooks"
+PROFILE_DIR = NOTEBOOK_DIR / "profiles"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook of the batch raised; the message names it and the failing cell's error."""
+
+
+def profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> dict:
+    """``{notebook: parameters}`` for every notebook, from a profile name or a YAML path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        check_choice("profile", str(name_or_path), profiles())
+        path = PROFILE_DIR / f"{name_or_path}.yaml"
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - {"common", "notebooks"}
+    if unknown:
+        raise ValueError(f"profile {path}: unknown sections {sorted(unknown)}; allowed: 'common', 'notebooks'")
+    per_notebook = data.get("notebooks") or {}
+    for name in per_notebook:
+        check_choice(f"profile {path.name}: notebook", name, NOTEBOOKS)
+    return {name: {**(data.get("common") or {}), **(per_notebook.get(name) or {})} for name in NOTEBOOKS}
+
+
+def _stamp(notebook: Path, parameters: dict) -> str:
+    digest = hashlib.sha256(notebook.read_bytes())
+    digest.update(json.dumps(parameters, sort_keys=True).encode())
+    for source in sorted((REPO / "analysis_lib").rglob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def run_batch(profile: str | Path = "default", only: list[str] | None = None, run_dir: str | Path | None = None,
+              root: str | Path = ".", skip_up_to_date: bool = False, progress: bool = True) -> list[Path]:
+    """Execute the notebooks in order; returns the executed copies. ``root`` is where figures/ and
+    data/results/ are written (the notebooks' own ``root`` parameter)."""
+    import papermill
+
+    settings = load_profile(profile)
+    names = list(NOTEBOOKS) if not only else [check_choice("notebook", n, NOTEBOOKS) for n in only]
+    run_dir = Path(run_dir or REPO / "runs" / "notebooks" / Path(str(profile)).stem)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    executed = []
+    for i, name in enumerate(names, 1):
+        source, target = NOTEBOOK_DIR / f"{name}.ipynb", run_dir / f"{name}.ipynb"
+        parameters = {**settings[name], "root": str(Path(root).resolve())}
+        stamp_file, stamp = run_dir / f"{name}.stamp", _stamp(source, parameters)
+        if skip_up_to_date and target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+            print(f"[{i}/{len(names)}] {name}: up to date, skipped")
+            executed.append(target)
+            continue
+        print(f"[{i}/{len(names)}] {name}")
+        stamp_file.unlink(missing_ok=True)
+        try:
+            papermill.execute_notebook(source, target, parameters=parameters, kernel_name="python3",
+                                       cwd=str(REPO), progress_bar=progress)
+        except papermill.PapermillExecutionError as err:
+            raise NotebookFailed(f"notebook {name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
+                                 f"(executed copy: {target})") from None
+        stamp_file.write_text(stamp)
+        executed.append(target)
+    print(f"executed notebooks: {run_dir}\nfigures: {Path(root).resolve() / 'figures'}\n"
+          f"tables: {Path(root).resolve() / 'data' / 'results'}")
+    return executed

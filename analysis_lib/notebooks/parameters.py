@@ -1,0 +1,98 @@
+"""Notebook parameters: one table of defaults per notebook, and the check its validation cell runs.
+
+papermill injects parameters as a cell after the one tagged ``parameters`` and carries on when a name
+is misspelled (the misspelled name is simply a new variable). ``collect`` reads every parameter-like
+name of the notebook's namespace right after those cells, so an unknown name, a missing one or a
+value of the wrong type stops the notebook at once with the allowed names. The defaults here and the
+notebook's parameters cell are the same table (a test keeps them equal).
+"""
+from __future__ import annotations
+
+from types import ModuleType, SimpleNamespace
+
+from ..validation import check_choice, check_range
+
+# Defaults every notebook shares: the embedded default on CPU. For LLaVA-1.5-7B on a GPU pass
+# model="llava-hf/llava-1.5-7b-hf" (or a local folder), device="cuda", dtype="float16", a dataset.
+COMMON: dict[str, object] = {
+    "model": "data/embedded-model",
+    "device": "cpu",
+    "dtype": "float32",
+    "attn_implementation": "sdpa",
+    "dataset": "synthetic",
+    "split": "test",
+    "per_task": 24,  # synthetic suite: samples per task
+    "limit": 0,  # other datasets: first N samples (0 = all)
+    "batch_size": 8,
+    "seed": 0,
+    "root": ".",  # figures/<notebook>/ and data/results/<notebook>/ are written under it
+}
+
+NOTEBOOKS: dict[str, dict[str, object]] = {
+    "01_positional_bias": {**COMMON, "paper_layers": [3, 8, 16, 24], "paper_depth": 32, "R": 0.75,
+                           "frequency_layer": 3},
+}
+
+def _check_positional(p: dict) -> None:
+    check_range("R", p["R"], 0.0, 1.0, high_open=True)
+    bad = [k for k in p["paper_layers"] if not isinstance(k, int) or not 1 <= k < p["paper_depth"]]
+    if bad or not p["paper_layers"]:
+        raise ValueError(f"paper_layers={p['paper_layers']!r}: layers of a {p['paper_depth']}-layer model, each in "
+                         f"1..{p['paper_depth'] - 1}")
+    check_choice("frequency_layer", p["frequency_layer"], p["paper_layers"])
+
+
+# Checks of each notebook's own parameters, run after the common ones.
+CHECKS = {"01_positional_bias": _check_positional}
+
+CHOICES = {"device_prefix": ("cpu", "cuda", "mps"), "dtype": ("float32", "float16", "bfloat16"),
+           "attn_implementation": ("sdpa", "eager", "flash_attention_2")}
+# Names IPython and Jupyter put in a kernel's namespace.
+KERNEL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def _parameter_names(namespace: dict) -> dict[str, object]:
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and k not in KERNEL_NAMES and not isinstance(v, ModuleType)
+            and not callable(v)}
+
+
+def _same_kind(value: object, default: object) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def collect(namespace: dict, notebook: str) -> SimpleNamespace:
+    """The checked parameters of ``notebook`` from its namespace (``globals()`` in the notebook)."""
+    check_choice("notebook", notebook, NOTEBOOKS)
+    defaults = NOTEBOOKS[notebook]
+    given = _parameter_names(namespace)
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"{notebook}: unknown parameter(s) {unknown} (misspelled?); allowed: {', '.join(defaults)}")
+    missing = sorted(set(defaults) - set(given))
+    if missing:
+        raise ValueError(f"{notebook}: the parameters cell must define {missing}")
+    for name, default in defaults.items():
+        if not _same_kind(given[name], default):
+            raise ValueError(f"{notebook}: parameter {name}={given[name]!r} must be of type {type(default).__name__} "
+                             f"like its default {default!r}")
+    check_choice("device", str(given["device"]).split(":")[0], CHOICES["device_prefix"])
+    check_choice("dtype", given["dtype"], CHOICES["dtype"])
+    check_choice("attn_implementation", given["attn_implementation"], CHOICES["attn_implementation"])
+    for name in ("per_task", "batch_size"):
+        if given[name] < 1:
+            raise ValueError(f"{notebook}: parameter {name}={given[name]!r} must be >= 1")
+    if given["limit"] < 0:
+        raise ValueError(f"{notebook}: parameter limit={given['limit']!r} must be >= 0 (0 = all samples)")
+    values = {k: given[k] for k in defaults}
+    if notebook in CHECKS:
+        CHECKS[notebook](values)
+    return SimpleNamespace(notebook=notebook, **values)

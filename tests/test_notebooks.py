@@ -1,0 +1,75 @@
+"""The notebooks: parameters cells match the library's defaults, bad parameters stop a notebook, and the
+papermill batch runs every notebook on the CI profile (the embedded checkpoint, a few samples)."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from analysis_lib.notebooks.batch import NOTEBOOK_DIR, NotebookFailed, load_profile, profiles, run_batch
+from analysis_lib.notebooks.parameters import NOTEBOOKS, collect
+
+
+def parameters_cell(name):
+    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    return nb, index
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_cell_equals_the_library_defaults_and_is_validated_next(name):
+    nb, index = parameters_cell(name)
+    namespace = {}
+    exec(nb.cells[index].source, namespace)
+    namespace.pop("__builtins__")
+    assert namespace == NOTEBOOKS[name]
+    assert f'collect(globals(), "{name}")' in nb.cells[index + 1].source
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
+
+
+def test_every_notebook_file_is_registered():
+    assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"batchsize": 4}, r"unknown parameter\(s\) \['batchsize'\].*allowed: model, device"),
+    ({"batch_size": "8"}, "batch_size='8' must be of type int"),
+    ({"dtype": "float64"}, "dtype='float64'"),
+    ({"R": 1.0}, r"R=1.0 is outside the allowed range"),
+    ({"paper_layers": [3, 40]}, "paper_layers"),
+])
+def test_collect_rejects_bad_parameters(change, message):
+    namespace = {**NOTEBOOKS["01_positional_bias"], **change, "In": [], "json": json}
+    with pytest.raises(ValueError, match=message):
+        collect(namespace, "01_positional_bias")
+
+
+def test_profiles_cover_known_notebooks():
+    assert {"default", "ci", "llava-1.5-7b"} <= set(profiles())
+    assert load_profile("llava-1.5-7b")["01_positional_bias"]["device"] == "cuda"
+    with pytest.raises(ValueError, match="profile='gpu'"):
+        load_profile("gpu")
+
+
+def test_a_misspelled_parameter_stops_the_batch_with_the_notebook_and_error(tmp_path):
+    profile = tmp_path / "bad.yaml"
+    profile.write_text("common: {}\nnotebooks:\n  01_positional_bias: {batchsize: 3}\n")
+    with pytest.raises(NotebookFailed, match=r"notebook 01_positional_bias failed in cell .*unknown parameter"):
+        run_batch(profile, only=["01_positional_bias"], run_dir=tmp_path / "run", root=tmp_path, progress=False)
+
+
+def test_ci_batch_runs_every_notebook_and_writes_reproducible_figures(tmp_path):
+    run = tmp_path / "run"
+    executed = run_batch("ci", run_dir=run, root=tmp_path, progress=False)
+    assert [p.stem for p in executed] == list(NOTEBOOKS)
+    for name in NOTEBOOKS:
+        figures = sorted((tmp_path / "figures" / name).glob("*"))
+        tables = sorted((tmp_path / "data" / "results" / name).glob("*"))
+        assert {p.suffix for p in figures} == {".pdf", ".png"} and {p.suffix for p in tables} == {".parquet", ".csv"}
+        last = nbformat.read(run / f"{name}.ipynb", as_version=4).cells[-1]
+        assert any("text/markdown" in o.get("data", {}) for o in last.outputs)  # the closing summary
+    first = {p: p.read_bytes() for p in (tmp_path / "figures").rglob("*.p*")}
+    run_batch("ci", run_dir=run, root=tmp_path, progress=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "figures").rglob("*.p*")} == first
+    skipped = run_batch("ci", run_dir=run, root=tmp_path, skip_up_to_date=True, progress=False)
+    assert [Path(p).stem for p in skipped] == list(NOTEBOOKS)
