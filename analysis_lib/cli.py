@@ -72,8 +72,11 @@ def eval_command(args: argparse.Namespace) -> None:
 
 
 def reproduce_command(args: argparse.Namespace) -> None:
-    from .reproduce import reproduce
-    reproduce(args.root)
+    from .notebooks.batch import NotebookFailed, run_batch
+    try:
+        run_batch(args.profile, only=args.only, root=args.root, skip_up_to_date=args.skip_up_to_date)
+    except NotebookFailed as err:
+        raise ValueError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt", nargs="*", default=None, help="TASK=TEMPLATE overrides with {question}")
     p.set_defaults(fn=eval_command)
-    p = sub.add_parser("reproduce", help="run the main job on the embedded default (CPU, minutes)")
-    p.add_argument("--root", default=".", help="repository root: figures/ and data/results/ are written under it")
+    p = sub.add_parser("reproduce", help="run every notebook with papermill (default: the embedded model on CPU)")
+    p.add_argument("--profile", default="default", help="notebooks/profiles/<name>.yaml or a YAML path "
+                   "(default, ci, llava-1.5-7b)")
+    p.add_argument("--only", nargs="*", default=None, help="run only these notebooks")
+    p.add_argument("--skip-up-to-date", action="store_true", help="skip notebooks whose inputs did not change")
+    p.add_argument("--root", default=".", help="figures/ and data/results/ are written under it")
     p.set_defaults(fn=reproduce_command)
     args = parser.parse_args(argv)
     try:

@@ -237,6 +237,20 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-80:]
 
 
+def _digest(*parts: object) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def model_fingerprint(em: EvalModel) -> str:
+    """Changes when the weights, config or prompts change: finished parts of another checkpoint saved at
+    the same path are never reused."""
+    files = []
+    folder = Path(em.name)
+    if folder.is_dir():
+        files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file()]
+    return _digest(em.name, em.model.config.to_json_string(), files, em.style.templates, em.style.chat)
+
+
 def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSetting],
              datasets: Sequence[str | tuple[str, list[EvalSample]]],
              out: str | Path, batch_size: int = 8, limit: int | None = None, split: str | None = None,
@@ -271,7 +285,9 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
                   "seed": seed, "library_version": __version__, "git_commit": git_commit()}
         for dataset_name, samples in data.items():
             for s in settings:
-                folder = out / "parts" / _slug(em.name) / _slug(dataset_name) / s.key
+                folder = (out / "parts" / f"{_slug(em.name)}-{model_fingerprint(em)}"
+                          / f"{_slug(dataset_name)}-{_digest([x.sample_id for x in samples], batch_size)}"
+                          / f"{s.key}-{_digest(mode, positions, seed)}")
                 starts = range(0, len(samples), batch_size)
                 bar = tqdm(starts, desc=f"{Path(em.name).name} | {dataset_name} | {s.label}", disable=not progress)
                 for index, start in enumerate(bar):

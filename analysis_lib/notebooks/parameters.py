@@ -28,10 +28,22 @@ COMMON: dict[str, object] = {
     "root": ".",  # figures/<notebook>/ and data/results/<notebook>/ are written under it
 }
 
-NOTEBOOKS: dict[str, dict[str, object]] = {
-    "01_positional_bias": {**COMMON, "paper_layers": [3, 8, 16, 24], "paper_depth": 32, "R": 0.75,
-                           "frequency_layer": 3},
+# Each notebook's own parameters (layers are given for a paper_depth-layer model and scaled by depth).
+OWN: dict[str, dict[str, object]] = {
+    "01_positional_bias": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "R": 0.75, "frequency_layer": 3},
+    "02_where_pruning_hurts": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "ratios": [0.25, 0.5, 0.75, 0.9],
+                               "R": 0.75, "ratio_layer": 3},
+    "03_attention_dispersion": {"paper_layer": 3, "paper_depth": 32, "top_fraction": 0.2,
+                                "ratios": [0.5, 0.75, 0.9]},
+    "04_benchmark_leakage": {"paper_layer": 3, "paper_depth": 32, "R": 0.75, "extra_datasets": []},
+    "05_criteria": {"paper_layers": [3, 8], "paper_depth": 32, "R": 0.75, "examples": 4},
+    "06_methods": {"keep_fractions": [0.25, 0.1], "paper_depth": 32,
+                   "methods": ["fastv", "pyramiddrop", "feather", "fopru", "fopru_row", "fopru_fastv", "vispruner",
+                               "random"], "examples": 4},
+    "07_efficiency": {"keep_fractions": [0.5, 0.25, 0.1], "paper_depth": 32,
+                      "methods": ["fastv", "feather", "fopru", "vispruner"], "repeats": 3, "new_tokens": 16},
 }
+NOTEBOOKS: dict[str, dict[str, object]] = {name: {**COMMON, **own} for name, own in OWN.items()}
 
 def _check_positional(p: dict) -> None:
     check_range("R", p["R"], 0.0, 1.0, high_open=True)
