@@ -31,6 +31,9 @@ COMMON: dict[str, object] = {
 # Each notebook's own parameters (layers are given for a paper_depth-layer model and scaled by depth).
 OWN: dict[str, dict[str, object]] = {
     "01_positional_bias": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "R": 0.75, "frequency_layer": 3},
+}
+# Notebooks being written: their parameters are fixed here first; each moves into OWN when it lands.
+PLANNED: dict[str, dict[str, object]] = {
     "02_where_pruning_hurts": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "ratios": [0.25, 0.5, 0.75, 0.9],
                                "R": 0.75, "ratio_layer": 3},
     "03_attention_dispersion": {"paper_layer": 3, "paper_depth": 32, "top_fraction": 0.2,
@@ -44,6 +47,7 @@ OWN: dict[str, dict[str, object]] = {
                       "methods": ["fastv", "feather", "fopru", "vispruner"], "repeats": 3, "new_tokens": 16},
 }
 NOTEBOOKS: dict[str, dict[str, object]] = {name: {**COMMON, **own} for name, own in OWN.items()}
+_ALL = {**NOTEBOOKS, **{name: {**COMMON, **own} for name, own in PLANNED.items()}}
 
 def _check_positional(p: dict) -> None:
     check_range("R", p["R"], 0.0, 1.0, high_open=True)
@@ -83,8 +87,8 @@ def _same_kind(value: object, default: object) -> bool:
 
 def collect(namespace: dict, notebook: str) -> SimpleNamespace:
     """The checked parameters of ``notebook`` from its namespace (``globals()`` in the notebook)."""
-    check_choice("notebook", notebook, NOTEBOOKS)
-    defaults = NOTEBOOKS[notebook]
+    check_choice("notebook", notebook, _ALL)
+    defaults = _ALL[notebook]
     given = _parameter_names(namespace)
     unknown = sorted(set(given) - set(defaults))
     if unknown:
