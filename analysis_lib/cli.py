@@ -74,7 +74,8 @@ def eval_command(args: argparse.Namespace) -> None:
 def reproduce_command(args: argparse.Namespace) -> None:
     from .notebooks.batch import NotebookFailed, run_batch
     try:
-        run_batch(args.profile, only=args.only, root=args.root, skip_up_to_date=args.skip_up_to_date)
+        run_batch(args.profile, only=args.only, root=args.root, skip_up_to_date=args.skip_up_to_date,
+                  threads=args.threads)
     except NotebookFailed as err:
         raise ValueError(str(err)) from None
 
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(default, ci, llava-1.5-7b)")
     p.add_argument("--only", nargs="*", default=None, help="run only these notebooks")
     p.add_argument("--skip-up-to-date", action="store_true", help="skip notebooks whose inputs did not change")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per notebook kernel (0 = torch's default)")
     p.add_argument("--root", default=".", help="figures/ and data/results/ are written under it")
     p.set_defaults(fn=reproduce_command)
     args = parser.parse_args(argv)

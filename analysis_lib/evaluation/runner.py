@@ -111,15 +111,22 @@ def git_commit() -> str:
 
 @contextmanager
 def _forward_timer(model: torch.nn.Module):
-    """Wall-clock seconds of every top-level forward call (the first of ``generate`` is the prefill)."""
+    """Wall-clock seconds of every top-level forward call (the first of ``generate`` is the prefill);
+    CUDA is synchronised at both ends so the times cover the kernels."""
     calls: list[float] = []
     state = {}
+    cuda = next(model.parameters()).is_cuda
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     def before(*_):
-        state["t"] = time.perf_counter()
+        state["t"] = now()
 
     def after(*_):
-        calls.append(time.perf_counter() - state["t"])
+        calls.append(now() - state["t"])
     handles = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
     try:
         yield calls

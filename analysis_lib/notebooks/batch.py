@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -55,35 +56,52 @@ def _stamp(notebook: Path, parameters: dict) -> str:
     return digest.hexdigest()
 
 
-def run_batch(profile: str | Path = "default", only: list[str] | None = None, run_dir: str | Path | None = None,
-              root: str | Path = ".", skip_up_to_date: bool = False, progress: bool = True) -> list[Path]:
-    """Execute the notebooks in order; returns the executed copies. ``root`` is where figures/ and
-    data/results/ are written (the notebooks' own ``root`` parameter)."""
+def _execute(name: str, source: Path, target: Path, parameters: dict, progress: bool) -> None:
     import papermill
 
+    try:
+        papermill.execute_notebook(source, target, parameters=parameters, kernel_name="python3", cwd=str(REPO),
+                                   progress_bar=progress)
+    except papermill.PapermillExecutionError as err:
+        raise NotebookFailed(f"notebook {name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
+                             f"(executed copy: {target})") from None
+
+
+def run_batch(profile: str | Path = "default", only: list[str] | None = None, run_dir: str | Path | None = None,
+              root: str | Path = ".", skip_up_to_date: bool = False, progress: bool = True,
+              threads: int = 1) -> list[Path]:
+    """Execute the notebooks in order; returns the executed copies. ``root`` is where figures/ and
+    data/results/ are written (the notebooks' own ``root`` parameter). ``threads``: CPU threads of each
+    notebook's kernel (OMP_NUM_THREADS; 0 keeps torch's default). One thread is the default: several
+    threads on a small shared machine were measured 20x slower than one."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads={threads!r}: must be an integer >= 0 (0 = torch's default)")
     settings = load_profile(profile)
     names = list(NOTEBOOKS) if not only else [check_choice("notebook", n, NOTEBOOKS) for n in only]
     run_dir = Path(run_dir or REPO / "runs" / "notebooks" / Path(str(profile)).stem)
     run_dir.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the kernels papermill starts
     executed = []
-    for i, name in enumerate(names, 1):
-        source, target = NOTEBOOK_DIR / f"{name}.ipynb", run_dir / f"{name}.ipynb"
-        parameters = {**settings[name], "root": str(Path(root).resolve())}
-        stamp_file, stamp = run_dir / f"{name}.stamp", _stamp(source, parameters)
-        if skip_up_to_date and target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
-            print(f"[{i}/{len(names)}] {name}: up to date, skipped")
+    try:
+        for i, name in enumerate(names, 1):
+            source, target = NOTEBOOK_DIR / f"{name}.ipynb", run_dir / f"{name}.ipynb"
+            parameters = {**settings[name], "root": str(Path(root).resolve())}
+            stamp_file, stamp = run_dir / f"{name}.stamp", _stamp(source, parameters)
             executed.append(target)
-            continue
-        print(f"[{i}/{len(names)}] {name}")
-        stamp_file.unlink(missing_ok=True)
-        try:
-            papermill.execute_notebook(source, target, parameters=parameters, kernel_name="python3",
-                                       cwd=str(REPO), progress_bar=progress)
-        except papermill.PapermillExecutionError as err:
-            raise NotebookFailed(f"notebook {name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
-                                 f"(executed copy: {target})") from None
-        stamp_file.write_text(stamp)
-        executed.append(target)
+            if skip_up_to_date and target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+                print(f"[{i}/{len(names)}] {name}: up to date, skipped")
+                continue
+            print(f"[{i}/{len(names)}] {name}")
+            stamp_file.unlink(missing_ok=True)
+            _execute(name, source, target, parameters, progress)
+            stamp_file.write_text(stamp)
+    finally:
+        if previous is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous
     print(f"executed notebooks: {run_dir}\nfigures: {Path(root).resolve() / 'figures'}\n"
           f"tables: {Path(root).resolve() / 'data' / 'results'}")
     return executed
