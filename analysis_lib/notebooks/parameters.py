@@ -31,6 +31,13 @@ COMMON: dict[str, object] = {
 # Each notebook's own parameters (layers are given for a paper_depth-layer model and scaled by depth).
 OWN: dict[str, dict[str, object]] = {
     "01_positional_bias": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "R": 0.75, "frequency_layer": 3},
+    # keep fractions 0.5 and 0.25: on a 6-layer model FEATHER and PyramidDrop (first stage at 8/32 -> layer 2)
+    # cannot match FastV's FLOPs (layer 1) below ~0.25 without keeping a single token.
+    "06_methods": {"keep_fractions": [0.5, 0.25], "paper_depth": 32,
+                   "methods": ["fastv", "pyramiddrop", "feather", "fopru", "fopru_row", "fopru_fastv", "vispruner",
+                               "random"], "examples": 4},
+    "07_efficiency": {"keep_fractions": [0.5, 0.25, 0.1], "paper_depth": 32,
+                      "methods": ["fastv", "feather", "fopru", "vispruner"], "repeats": 3, "new_tokens": 16},
 }
 # Notebooks being written: their parameters are fixed here first; each moves into OWN when it lands.
 PLANNED: dict[str, dict[str, object]] = {
@@ -40,11 +47,6 @@ PLANNED: dict[str, dict[str, object]] = {
                                 "ratios": [0.5, 0.75, 0.9]},
     "04_benchmark_leakage": {"paper_layer": 3, "paper_depth": 32, "R": 0.75, "extra_datasets": []},
     "05_criteria": {"paper_layers": [3, 8], "paper_depth": 32, "R": 0.75, "examples": 4},
-    "06_methods": {"keep_fractions": [0.25, 0.1], "paper_depth": 32,
-                   "methods": ["fastv", "pyramiddrop", "feather", "fopru", "fopru_row", "fopru_fastv", "vispruner",
-                               "random"], "examples": 4},
-    "07_efficiency": {"keep_fractions": [0.5, 0.25, 0.1], "paper_depth": 32,
-                      "methods": ["fastv", "feather", "fopru", "vispruner"], "repeats": 3, "new_tokens": 16},
 }
 NOTEBOOKS: dict[str, dict[str, object]] = {name: {**COMMON, **own} for name, own in OWN.items()}
 _ALL = {**NOTEBOOKS, **{name: {**COMMON, **own} for name, own in PLANNED.items()}}

@@ -1,0 +1,365 @@
+"""Pruning methods compared at matched budgets (FEATHER Fig. 5 and Fig. 8; VisPruner Table 1; FoPru Table 2).
+
+Matching: for each kept fraction f a method gets the parameters below (``matched_settings``).
+
+- ``fastv`` keeps f after layer K = 2 of 32 (VisPruner's FastV setting; "retain N tokens" in VisPruner
+  Table 1). Its theoretical FLOPs reduction is the **reference** of the multi-stage methods.
+- ``pyramiddrop`` (λ) and ``feather`` (R) keep their paper layers (8/16/24 and 8/16 of 32, scaled by
+  depth) and solve their one ratio so that their theoretical FLOPs reduction (eq. 1 on the model's own
+  dims and grid, kept counts from ``nominal_kept``) equals FastV's: FEATHER Fig. 5 compares at comparable
+  FLOPs. On a shallow model the first stage sits late relative to FastV's, so the target can be out of
+  reach; the most aggressive setting is then used and the budget table says ``matched=False``.
+- ``fopru``, ``fopru_row`` (FoPru with strategy=row), ``vispruner`` and ``random`` keep f before the LLM.
+- ``fopru_fastv`` splits f as FoPru Table 2 does: each stage keeps √f, so f remain after FastV's layer.
+
+So single-stage methods keep the same share of visual tokens, and the in-LLM multi-stage ones the same
+FLOPs as FastV; the measured per-sample ``flops_reduction`` of every setting goes in the budget table and
+is the x-axis of the accuracy figure. Accuracy is the mean per-sample score (localization: IoU ≥ 0.5).
+"""
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.patches import Rectangle
+
+from ..evaluation.datasets import EvalSample
+from ..evaluation.runner import NO_PRUNING, EvalModel, MethodSetting, prompt_inputs, run_grid
+from ..flops import LMDims, schedule_flops
+from ..pruning import get_method, nominal_kept
+from ..validation import check_choice, check_range
+
+LAYER_PARAMETERS = ("K", "K1", "K2", "K3")
+MATCH_TOLERANCE = 0.01  # |nominal - target| FLOPs reduction counted as matched
+# Notebook names that are a registry method with fixed parameters.
+VARIANTS: dict[str, tuple[str, dict]] = {"fopru_row": ("fopru", {"strategy": "row"})}
+LOCALIZATION = "localization"
+OTHER = "other tasks"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a schedule's theoretical FLOPs depend on: the LM's shapes, the visual grid, the text tokens."""
+
+    dims: LMDims
+    grid: tuple[int, int]
+    n_text: int
+
+    @property
+    def n_visual(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+@dataclass(frozen=True)
+class Budgeted:
+    """One method at one kept fraction: its setting, the FLOPs reduction aimed at (FastV's; NaN for the
+    methods budgeted by kept share) and the one its parameters give in theory."""
+
+    name: str
+    keep_fraction: float
+    setting: MethodSetting
+    rule: str
+    target_reduction: float
+    nominal_reduction: float
+    layers: tuple[int, ...] = ()
+
+    @property
+    def matched(self) -> bool:
+        """False when a FLOPs target was out of reach (the most aggressive setting was used)."""
+        gap = abs(self.nominal_reduction - self.target_reduction)
+        return math.isnan(self.target_reduction) or gap <= MATCH_TOLERANCE
+
+
+def geometry(em: EvalModel, samples: Sequence[EvalSample], batch_size: int = 8) -> Geometry:
+    """The model's LM dims, the grid of its first visual segment (LLaVA-1.5's grid; LLaVA-NeXT's base
+    image, which then stands in for all crops) and the mean number of non-visual tokens of the prompts."""
+    n_text, grid = [], None
+    for start in range(0, len(samples), batch_size):
+        inputs = prompt_inputs(em, samples[start:start + batch_size])
+        layout = em.adapter.layout(inputs["input_ids"].cpu(), inputs.get("image_sizes"))
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        n_text += [length - n for length, n in zip(lengths, layout.counts())]
+        segment = layout.samples[0].segments[0]
+        grid = grid or (segment.rows, segment.cols)
+    return Geometry(LMDims.from_config(em.model.config), grid, round(float(np.mean(n_text))))
+
+
+def nominal_reduction(setting: MethodSetting, geo: Geometry) -> float:
+    """Theoretical prefill FLOPs reduction (eq. 1) of ``setting`` on the model's dims and grid."""
+    schedule = setting.schedule()
+    if schedule is None:
+        return 0.0
+    stages = nominal_kept(schedule, geo.dims.layers, geo.grid)
+    return schedule_flops(geo.dims, geo.n_visual, geo.n_text, stages).reduction
+
+
+def solve(reduction_of: Callable[[float], float], target: float, low: float, high: float,
+          steps: int = 16, digits: int = 3) -> float:
+    """The parameter in [low, high] (rounded to ``digits``) whose reduction is closest to ``target``, by
+    bisection on a monotone ``reduction_of``; an endpoint when the target is out of reach."""
+    increasing = reduction_of(high) >= reduction_of(low)
+    lo, hi = low, high
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if (reduction_of(mid) < target) == increasing:
+            lo = mid
+        else:
+            hi = mid
+    candidates = {round(x, digits) for x in (low, high, lo, hi)}
+    candidates = {min(max(x, low), high) for x in candidates}
+    return min(sorted(candidates), key=lambda x: abs(reduction_of(x) - target))
+
+
+def paper_layers(method: str, paper_depth: int) -> dict[str, float]:
+    """The method's default layers (given for a ``paper_depth``-layer model) as fractions of depth; 0
+    (before the LLM) stays 0."""
+    defaults = get_method(method).parameters
+    return {k: defaults[k] / paper_depth for k in LAYER_PARAMETERS
+            if isinstance(defaults.get(k), int) and defaults[k] > 0}
+
+
+def _setting(name: str, paper_depth: int, **params) -> MethodSetting:
+    method, fixed = VARIANTS.get(name, (name, {}))
+    full = {**paper_layers(method, paper_depth), **fixed, **params}
+    get_method(method).schedule(**full)  # bad parameters fail here
+    return MethodSetting(method, full)
+
+
+def _ratio(value: float) -> float:
+    return round(value, 4)
+
+
+# name -> (rule, parameters for a kept fraction f); "solve" rules get their ratio from ``solve``.
+FIXED_RULES: dict[str, tuple[str, Callable[[float], dict]]] = {
+    "fastv": ("keeps f after layer K=2/32 (FLOPs reference)", lambda f: {"R": _ratio(1 - f)}),
+    "fopru": ("keeps f before the LLM", lambda f: {"R": _ratio(1 - f)}),
+    "fopru_row": ("keeps f before the LLM (whole rows)", lambda f: {"R": _ratio(1 - f)}),
+    "vispruner": ("keeps f before the LLM", lambda f: {"keep": f}),
+    "random": ("keeps f before the LLM", lambda f: {"R": _ratio(1 - f)}),
+    "fopru_fastv": ("keeps √f before the LLM, then √f of those after K=2/32",
+                    lambda f: {"R": _ratio(1 - math.sqrt(f)), "R_llm": _ratio(1 - math.sqrt(f))}),
+}
+# name -> (parameter, low, high) solved to FastV's FLOPs reduction.
+SOLVED_RULES: dict[str, tuple[str, float, float]] = {"pyramiddrop": ("lam", 0.01, 1.0), "feather": ("R", 0.0, 0.99)}
+SUPPORTED = (*FIXED_RULES, *SOLVED_RULES)
+
+
+def matched_settings(methods: Sequence[str], keep_fractions: Sequence[float], geo: Geometry,
+                     paper_depth: int = 32) -> list[Budgeted]:
+    """Every method at every kept fraction with its matched parameters (see the module docstring), in
+    the order given, preceded by the unpruned model."""
+    for name in methods:
+        check_choice("method", name, SUPPORTED)
+    plan = [Budgeted(NO_PRUNING, 1.0, MethodSetting(NO_PRUNING), "unpruned", math.nan, 0.0)]
+    depth = geo.dims.layers
+    for f in keep_fractions:
+        check_range("keep fraction", f, 0.0, 1.0, low_open=True, high_open=True)
+        reference = nominal_reduction(_setting("fastv", paper_depth, R=_ratio(1 - f)), geo)
+        for name in methods:
+            target = reference if name in SOLVED_RULES or name == "fastv" else math.nan
+            if name in SOLVED_RULES:
+                parameter, low, high = SOLVED_RULES[name]
+
+                def reduction_of(value: float, name=name, parameter=parameter) -> float:
+                    return nominal_reduction(_setting(name, paper_depth, **{parameter: value}), geo)
+                setting = _setting(name, paper_depth, **{parameter: solve(reduction_of, reference, low, high)})
+                rule = f"{parameter} solved to FastV's FLOPs reduction"
+            else:
+                rule, params = FIXED_RULES[name]
+                setting = _setting(name, paper_depth, **params(f))
+            layers = tuple(layer for layer, _ in setting.schedule().resolve(depth))
+            plan.append(Budgeted(name, f, setting, rule, target, nominal_reduction(setting, geo), layers))
+    return plan
+
+
+def plan_frame(plan: Sequence[Budgeted]) -> pd.DataFrame:
+    """The plan as a table: name, kept fraction, registry setting, the model layers its stages prune at,
+    rule, target and nominal reduction."""
+    return pd.DataFrame([{"name": b.name, "keep_fraction": b.keep_fraction, "setting": b.setting.label,
+                          "params": json.dumps(b.setting.params, sort_keys=True), "layers": json.dumps(b.layers),
+                          "rule": b.rule,
+                          "target_reduction": b.target_reduction, "nominal_reduction": b.nominal_reduction,
+                          "matched": b.matched} for b in plan])
+
+
+def evaluate(em: EvalModel, samples: list[EvalSample], plan: Sequence[Budgeted], out: str | Path,
+             batch_size: int = 8, dataset: str = "synthetic") -> pd.DataFrame:
+    """``run_grid`` rows (resumable under ``out``) of every distinct setting of the plan, joined to the
+    plan's names and kept fractions, in the plan's order (a setting two entries share is run once)."""
+    settings = list({b.setting.label: b.setting for b in plan}.values())
+    rows = run_grid([em], settings, [(dataset, samples)], out=out, batch_size=batch_size, progress=False)
+    entries = plan_frame(plan)[["setting", "name", "keep_fraction"]].reset_index(names="plan_index")
+    merged = rows.merge(entries, on="setting").sort_values("plan_index", kind="stable")
+    return merged.drop(columns="plan_index").reset_index(drop=True)
+
+
+def family(task: str) -> str:
+    return LOCALIZATION if task == LOCALIZATION else OTHER
+
+
+def accuracy_table(rows: pd.DataFrame, by: str = "family") -> pd.DataFrame:
+    """Per method × kept fraction × task family (``by="family"``: localization vs the rest) or synthetic
+    task (``by="group"``): accuracy, share of the relevant tokens kept, mean measured FLOPs reduction,
+    samples. Methods stay in the plan's order."""
+    check_choice("by", by, ("family", "group"))
+    frame = rows.assign(family=rows.task.map(family))
+    keys = ["name", "keep_fraction", by]
+    table = (frame.groupby(keys, sort=False)
+             .agg(accuracy=("score", "mean"), relevant_kept=("relevant_kept", "mean"),
+                  flops_reduction=("flops_reduction", "mean"), samples=("score", "size"))
+             .reset_index())
+    if by == "group":
+        table.insert(3, "family", table.group.map(lambda g: LOCALIZATION if g == LOCALIZATION else OTHER))
+    return table
+
+
+def budget_table(plan: Sequence[Budgeted], rows: pd.DataFrame) -> pd.DataFrame:
+    """The plan with the mean measured FLOPs reduction and mean kept tokens per stage of its rows."""
+    measured = rows.groupby(["name", "keep_fraction"], sort=False).agg(
+        flops_reduction=("flops_reduction", "mean"), kept_per_stage=("kept_counts", _mean_counts))
+    return plan_frame(plan).merge(measured.reset_index(), on=["name", "keep_fraction"])
+
+
+def _mean_counts(counts: pd.Series) -> str:
+    """Mean kept tokens per stage over rows of one setting (JSON lists of equal length)."""
+    per_row = [json.loads(c) for c in counts]
+    return json.dumps([round(float(np.mean(stage)), 1) for stage in zip(*per_row)])
+
+
+def palette(names: Sequence[str]) -> dict[str, tuple]:
+    """A fixed colour per method (plan order), grey for the unpruned model."""
+    methods = [n for n in dict.fromkeys(names) if n != NO_PRUNING]
+    return {NO_PRUNING: (0.4, 0.4, 0.4), **dict(zip(methods, sns.color_palette("tab10", len(methods))))}
+
+
+def accuracy_figure(by_family: pd.DataFrame) -> plt.Figure:
+    """Accuracy on localization and on the other tasks, and the share of relevant tokens kept, against the
+    measured FLOPs reduction; one line per method, the unpruned model dashed (FEATHER Fig. 5)."""
+    colours = palette(by_family.name)
+    panels = [(LOCALIZATION, "accuracy", "localization (IoU ≥ 0.5)"), (OTHER, "accuracy", "other tasks"),
+              (LOCALIZATION, "relevant_kept", "relevant tokens kept (localization)")]
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.6))
+    for ax, (fam, column, title) in zip(axes, panels):
+        part = by_family[by_family.family == fam]
+        base = part[part.name == NO_PRUNING][column]
+        if len(base):
+            ax.axhline(base.iloc[0], color=colours[NO_PRUNING], ls="--", lw=0.8, label="unpruned")
+        for name, line in part[part.name != NO_PRUNING].groupby("name", sort=False):
+            line = line.sort_values("flops_reduction")
+            ax.plot(line.flops_reduction, line[column], marker="o", ms=3, lw=1, color=colours[name], label=name)
+        ax.set_title(title)
+        ax.set_xlabel("FLOPs reduction")
+        ax.set_ylim(-0.03, 1.03)
+    axes[0].set_ylabel("accuracy")
+    axes[2].set_ylabel("share kept")
+    handles, labels = axes[2].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _kept_mask(grid, kept: Sequence[int]) -> np.ndarray:
+    """rows × cols booleans of the first segment's kept tokens."""
+    segment = grid.segments[0]
+    mask = np.zeros((segment.rows, segment.cols), dtype=bool)
+    for cell in grid.records(torch.tensor(list(kept), dtype=torch.long)):
+        if cell["segment"] == 0 and cell["row"] < segment.rows and cell["col"] < segment.cols:
+            mask[cell["row"], cell["col"]] = True
+    return mask
+
+
+def example_samples(samples: Sequence[EvalSample], count: int) -> list[EvalSample]:
+    """The first ``count`` localization samples (their target box is drawn)."""
+    return [s for s in samples if s.task == LOCALIZATION and s.box is not None][:count]
+
+
+def examples_figure(em: EvalModel, samples: Sequence[EvalSample], rows: pd.DataFrame, keep_fraction: float,
+                    count: int = 4) -> plt.Figure:
+    """The tokens each method keeps last (the ones the answer is read from) on ``count`` localization
+    images at one kept fraction, one row per method, target box in red (FEATHER Fig. 8)."""
+    chosen = example_samples(samples, count)
+    if not chosen:
+        raise ValueError("examples: no localization sample with a box among the samples")
+    inputs = prompt_inputs(em, chosen)
+    layout = em.adapter.layout(inputs["input_ids"].cpu(), inputs.get("image_sizes"))
+    part = rows[np.isclose(rows.keep_fraction, keep_fraction) & (rows.name != NO_PRUNING)]
+    names = list(dict.fromkeys(part.name))
+    fig, axes = plt.subplots(len(names), len(chosen), figsize=(1.35 * len(chosen) + 0.9, 1.35 * len(names)),
+                             squeeze=False)
+    for i, name in enumerate(names):
+        by_id = part[part.name == name].set_index("sample_id")
+        for j, sample in enumerate(chosen):
+            ax = axes[i, j]
+            row = by_id.loc[sample.sample_id]
+            stages = json.loads(row.kept)
+            mask = _kept_mask(layout.samples[j], stages[-1])
+            ax.imshow(sample.image, extent=(0, 1, 1, 0))
+            shade = np.ones((*mask.shape, 4))
+            shade[mask, 3] = 0.0
+            shade[~mask, 3] = 0.75
+            ax.imshow(shade, extent=(0, 1, 1, 0), interpolation="nearest")
+            x1, y1, x2, y2 = sample.box
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="red", lw=1))
+            ax.set_xlabel(f"{int(mask.sum())} kept, {row.relevant_kept:.0%} rel.", fontsize=5, labelpad=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(textwrap.fill(sample.question, 24), fontsize=5)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.suptitle(f"Tokens kept last at kept fraction {keep_fraction:g}\n(pale: pruned; rel.: share of the "
+                 "target's tokens kept)", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _ranking(part: pd.DataFrame, column: str) -> str:
+    ordered = part.sort_values(column, ascending=False, kind="stable")
+    return ", ".join(f"{r.name} {getattr(r, column):.2f}" for r in ordered.itertuples())
+
+
+def summary(budget: pd.DataFrame, by_family: pd.DataFrame) -> str:
+    """What the figures show, in numbers (markdown): the budgets, and per budget the ranking on
+    localization and on the other tasks."""
+    lines = []
+    base = by_family[by_family.name == NO_PRUNING].set_index("family")
+    pruned = budget[budget.name != NO_PRUNING]
+    for f, part in pruned.groupby("keep_fraction", sort=False):
+        fastv = part[part.name == "fastv"]
+        target = f" (FastV's FLOPs reduction {fastv.nominal_reduction.iloc[0]:.0%})" if len(fastv) else ""
+        solved = [f"{r.name} {SOLVED_RULES[r.name][0]}={json.loads(r.params)[SOLVED_RULES[r.name][0]]:g} (keeps "
+                  + " → ".join(f"{k:g}" for k in json.loads(r.kept_per_stage)) + " tokens after layers "
+                  + ", ".join(map(str, json.loads(r.layers))) + ")"
+                  + ("" if r.matched else f" (most aggressive; FastV's reduction is out of reach at its layers: "
+                                          f"{r.nominal_reduction:.0%})")
+                  for r in part.itertuples() if r.name in SOLVED_RULES]
+        lines.append(f"- **Kept fraction {f:g}**{target}: measured FLOPs reduction "
+                     + ", ".join(f"{r.name} {r.flops_reduction:.0%}" for r in part.itertuples())
+                     + (". Solved: " + "; ".join(solved) if solved else "") + ".")
+        at_f = by_family[np.isclose(by_family.keep_fraction, f)]
+        for fam in (LOCALIZATION, OTHER):
+            ranked = at_f[at_f.family == fam]
+            if ranked.empty:
+                continue
+            ref = f" (unpruned {base.accuracy[fam]:.2f})" if fam in base.index else ""
+            lines.append(f"  - {fam}, accuracy over {int(ranked.samples.iloc[0])} samples{ref}: "
+                         f"{_ranking(ranked, 'accuracy')}.")
+        loc = at_f[at_f.family == LOCALIZATION]
+        if not loc.empty and loc.relevant_kept.notna().any():
+            lines.append(f"  - share of the target's tokens kept (localization): {_ranking(loc, 'relevant_kept')}.")
+    if LOCALIZATION in base.index:
+        n = int(base.samples[LOCALIZATION])
+        p = base.accuracy[LOCALIZATION]
+        error = f" and the unpruned accuracy's standard error is {math.sqrt(p * (1 - p) / n):.2f}" if 0 < p < 1 else ""
+        lines.append(f"- With {n} localization samples one answer moves accuracy by {1 / n:.2f}{error}: differences "
+                     "of that size are noise; the share of the target's tokens kept is the steadier measure.")
+    return "\n".join(lines)

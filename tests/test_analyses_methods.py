@@ -1,0 +1,137 @@
+"""Methods at matched budgets (notebook 06): the matching logic, the aggregations and the figures."""
+import json
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from analysis_lib.analyses import methods as compare
+from analysis_lib.evaluation.datasets import load_dataset
+from analysis_lib.evaluation.runner import MethodSetting, load_eval_model
+from analysis_lib.flops import LMDims, schedule_flops
+
+GEO = compare.Geometry(LMDims(hidden=128, intermediate=384, layers=6), (12, 12), 22)
+ALL = ["fastv", "pyramiddrop", "feather", "fopru", "fopru_row", "fopru_fastv", "vispruner", "random"]
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return {(b.name, b.keep_fraction): b for b in compare.matched_settings(ALL, [0.5, 0.25, 0.1], GEO)}
+
+
+def test_solve_finds_the_parameter_in_either_direction_and_stops_at_the_ends():
+    assert compare.solve(lambda x: x * x, 0.25, 0.0, 1.0) == 0.5
+    assert compare.solve(lambda x: 1 - x, 0.3, 0.0, 1.0) == 0.7
+    assert compare.solve(lambda x: x, 5.0, 0.0, 0.99) == 0.99  # out of reach: the closest end
+
+
+def test_paper_layers_are_the_registry_defaults_as_fractions_of_depth():
+    assert compare.paper_layers("pyramiddrop", 32) == {"K1": 0.25, "K2": 0.5, "K3": 0.75}
+    assert compare.paper_layers("fopru_fastv", 32) == {"K": 2 / 32}
+    assert compare.paper_layers("random", 32) == {}  # K=0: before the LLM
+
+
+def test_single_stage_methods_keep_the_fraction(plan):
+    assert plan["none", 1.0].setting == MethodSetting("none")
+    assert plan["fastv", 0.25].setting.params == {"K": 2 / 32, "R": 0.75}
+    assert plan["fastv", 0.25].layers == (1,)
+    assert plan["fopru", 0.25].setting.params == {"R": 0.75}
+    assert plan["fopru_row", 0.25].setting == MethodSetting("fopru", {"strategy": "row", "R": 0.75})
+    assert plan["vispruner", 0.1].setting.params == {"keep": 0.1}
+    assert plan["random", 0.1].setting.params == {"R": 0.9}
+    assert plan["fopru_fastv", 0.25].setting.params == {"K": 2 / 32, "R": 0.5, "R_llm": 0.5}
+    # keeping 25% before the LLM on 12x12: 36 tokens in every layer
+    expected = schedule_flops(GEO.dims, 144, 22, [(0, 36)]).reduction
+    assert plan["fopru", 0.25].nominal_reduction == pytest.approx(expected)
+    assert math.isnan(plan["fopru", 0.25].target_reduction) and plan["fopru", 0.25].matched
+
+
+def test_multi_stage_methods_match_fastvs_flops_or_say_they_cannot(plan):
+    for name in ("pyramiddrop", "feather"):
+        entry = plan[name, 0.5]
+        assert entry.target_reduction == pytest.approx(plan["fastv", 0.5].nominal_reduction)
+        assert entry.matched and abs(entry.nominal_reduction - entry.target_reduction) <= compare.MATCH_TOLERANCE
+    assert plan["pyramiddrop", 0.5].layers == (2, 3, 5)
+    # at 10% FastV prunes after layer 1 of 6; the first stage at layer 2 cannot reach its FLOPs
+    far = plan["feather", 0.1]
+    assert far.setting.params["R"] == 0.99 and not far.matched and far.nominal_reduction < far.target_reduction
+    assert plan["pyramiddrop", 0.1].setting.params["lam"] == 0.01
+
+
+def test_unknown_method_or_fraction_is_rejected():
+    with pytest.raises(ValueError, match="method='fastvv'"):
+        compare.matched_settings(["fastvv"], [0.5], GEO)
+    with pytest.raises(ValueError, match="keep fraction=1.0"):
+        compare.matched_settings(["fastv"], [1.0], GEO)
+
+
+def _rows() -> pd.DataFrame:
+    rows = []
+    for name, f, loc, other, kept in (("none", 1.0, [1, 0], [1, 1, 0, 1], "[]"),
+                                      ("fastv", 0.5, [0, 0], [1, 0, 0, 1], "[72]"),
+                                      ("fopru", 0.5, [1, 1], [1, 1, 1, 0], "[72]")):
+        rows += [{"name": name, "keep_fraction": f, "task": "localization", "group": "localization", "score": s,
+                  "relevant_kept": 0.5 if name != "none" else 1.0, "flops_reduction": 0.4, "kept_counts": kept}
+                 for s in loc]
+        rows += [{"name": name, "keep_fraction": f, "task": "exact_match", "group": g, "score": s,
+                  "relevant_kept": None, "flops_reduction": 0.4, "kept_counts": kept}
+                 for s, g in zip(other, ["colour", "colour", "shape", "shape"])]
+    return pd.DataFrame(rows)
+
+
+def test_accuracy_table_by_family_and_task():
+    family = compare.accuracy_table(_rows()).set_index(["name", "family"])
+    assert family.loc[("fopru", "localization"), "accuracy"] == 1.0
+    assert family.loc[("fastv", "other tasks"), "accuracy"] == 0.5
+    assert family.loc[("none", "localization"), "samples"] == 2
+    task = compare.accuracy_table(_rows(), by="group").set_index(["name", "group"])
+    assert task.loc[("fopru", "shape"), "accuracy"] == 0.5 and task.loc[("fopru", "shape"), "family"] == "other tasks"
+    assert list(dict.fromkeys(task.index.get_level_values(0))) == ["none", "fastv", "fopru"]  # plan order
+
+
+def test_budget_table_means_the_measured_reduction_and_kept_counts():
+    plan = compare.matched_settings(["fastv", "fopru"], [0.5], GEO)
+    rows = _rows().assign(kept_counts=lambda f: f.kept_counts.where(f.name != "fastv", "[70]"))
+    rows.loc[rows.index[(rows.name == "fastv")][:1], "kept_counts"] = "[74]"
+    budget = compare.budget_table(plan, rows).set_index("name")
+    assert json.loads(budget.loc["fastv", "kept_per_stage"]) == [pytest.approx(70 + 4 / 6, abs=0.05)]
+    assert budget.loc["none", "kept_per_stage"] == "[]"
+    assert budget.loc["fopru", "flops_reduction"] == pytest.approx(0.4)
+
+
+def test_summary_ranks_each_family_with_numbers():
+    plan = compare.matched_settings(["fastv", "fopru"], [0.5], GEO)
+    budget = compare.budget_table(plan, _rows())
+    text = compare.summary(budget, compare.accuracy_table(_rows()))
+    assert "localization, accuracy over 2 samples (unpruned 0.50): fopru 1.00, fastv 0.00" in text
+    assert "other tasks, accuracy over 4 samples (unpruned 0.75): fopru 0.75, fastv 0.50" in text
+    assert "FastV's FLOPs reduction 40%" in text
+
+
+def test_accuracy_figure_has_a_line_per_method():
+    fig = compare.accuracy_figure(compare.accuracy_table(_rows()))
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["unpruned", "fastv", "fopru"]
+    plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    em = load_eval_model("data/embedded-model")
+    samples = load_dataset("synthetic", split="test", per_task=1)
+    return em, samples
+
+
+def test_evaluate_and_examples_on_the_embedded_model(embedded, tmp_path):
+    em, samples = embedded
+    geo = compare.geometry(em, samples, batch_size=4)
+    assert geo.grid == (12, 12) and geo.dims.layers == 6 and 10 < geo.n_text < 60
+    plan = compare.matched_settings(["fastv", "fopru_row"], [0.25], geo)
+    rows = compare.evaluate(em, samples[:3], plan, tmp_path, batch_size=3)
+    assert sorted(set(zip(rows.name, rows.keep_fraction))) == [("fastv", 0.25), ("fopru_row", 0.25), ("none", 1.0)]
+    kept = rows[rows.name == "fopru_row"].kept_counts.map(json.loads)
+    assert all(k == [36] for k in kept)
+    fig = compare.examples_figure(em, samples, rows, 0.25, count=1)
+    assert len(fig.axes) == 2 and fig.axes[0].get_ylabel() == "fastv"
+    plt.close(fig)
