@@ -31,6 +31,9 @@ COMMON: dict[str, object] = {
 # Each notebook's own parameters (layers are given for a paper_depth-layer model and scaled by depth).
 OWN: dict[str, dict[str, object]] = {
     "01_positional_bias": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "R": 0.75, "frequency_layer": 3},
+    "02_where_pruning_hurts": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "ratios": [0.25, 0.5, 0.75, 0.9],
+                               "R": 0.75, "ratio_layer": 3},
+    "04_benchmark_leakage": {"paper_layer": 3, "paper_depth": 32, "R": 0.75, "extra_datasets": []},
     # keep fractions 0.5 and 0.25: on a 6-layer model FEATHER and PyramidDrop (first stage at 8/32 -> layer 2)
     # cannot match FastV's FLOPs (layer 1) below ~0.25 without keeping a single token.
     "06_methods": {"keep_fractions": [0.5, 0.25], "paper_depth": 32,
@@ -41,14 +44,11 @@ OWN: dict[str, dict[str, object]] = {
 }
 # Notebooks being written: their parameters are fixed here first; each moves into OWN when it lands.
 PLANNED: dict[str, dict[str, object]] = {
-    "02_where_pruning_hurts": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "ratios": [0.25, 0.5, 0.75, 0.9],
-                               "R": 0.75, "ratio_layer": 3},
     "03_attention_dispersion": {"paper_layer": 3, "paper_depth": 32, "top_fraction": 0.2,
                                 "ratios": [0.5, 0.75, 0.9]},
-    "04_benchmark_leakage": {"paper_layer": 3, "paper_depth": 32, "R": 0.75, "extra_datasets": []},
     "05_criteria": {"paper_layers": [3, 8], "paper_depth": 32, "R": 0.75, "examples": 4},
 }
-NOTEBOOKS: dict[str, dict[str, object]] = {name: {**COMMON, **own} for name, own in OWN.items()}
+NOTEBOOKS: dict[str, dict[str, object]] = {name: {**COMMON, **own} for name, own in sorted(OWN.items())}
 _ALL = {**NOTEBOOKS, **{name: {**COMMON, **own} for name, own in PLANNED.items()}}
 
 def _check_positional(p: dict) -> None:
