@@ -33,7 +33,10 @@ OWN: dict[str, dict[str, object]] = {
     "01_positional_bias": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "R": 0.75, "frequency_layer": 3},
     "02_where_pruning_hurts": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "ratios": [0.25, 0.5, 0.75, 0.9],
                                "R": 0.75, "ratio_layer": 3},
+    "03_attention_dispersion": {"paper_layer": 3, "paper_depth": 32, "top_fraction": 0.2,
+                                "ratios": [0.5, 0.75, 0.9]},
     "04_benchmark_leakage": {"paper_layer": 3, "paper_depth": 32, "R": 0.75, "extra_datasets": []},
+    "05_criteria": {"paper_layers": [3, 8], "paper_depth": 32, "R": 0.75, "examples": 4},
     # keep fractions 0.5 and 0.25: on a 6-layer model FEATHER and PyramidDrop (first stage at 8/32 -> layer 2)
     # cannot match FastV's FLOPs (layer 1) below ~0.25 without keeping a single token.
     "06_methods": {"keep_fractions": [0.5, 0.25], "paper_depth": 32,
@@ -42,14 +45,7 @@ OWN: dict[str, dict[str, object]] = {
     "07_efficiency": {"keep_fractions": [0.5, 0.25, 0.1], "paper_depth": 32,
                       "methods": ["fastv", "feather", "fopru", "vispruner"], "repeats": 3, "new_tokens": 16},
 }
-# Notebooks being written: their parameters are fixed here first; each moves into OWN when it lands.
-PLANNED: dict[str, dict[str, object]] = {
-    "03_attention_dispersion": {"paper_layer": 3, "paper_depth": 32, "top_fraction": 0.2,
-                                "ratios": [0.5, 0.75, 0.9]},
-    "05_criteria": {"paper_layers": [3, 8], "paper_depth": 32, "R": 0.75, "examples": 4},
-}
 NOTEBOOKS: dict[str, dict[str, object]] = {name: {**COMMON, **own} for name, own in sorted(OWN.items())}
-_ALL = {**NOTEBOOKS, **{name: {**COMMON, **own} for name, own in PLANNED.items()}}
 
 def _check_positional(p: dict) -> None:
     check_range("R", p["R"], 0.0, 1.0, high_open=True)
@@ -60,8 +56,38 @@ def _check_positional(p: dict) -> None:
     check_choice("frequency_layer", p["frequency_layer"], p["paper_layers"])
 
 
+def _check_ratios(p: dict) -> None:
+    if not p["ratios"]:
+        raise ValueError("ratios: give at least one reduction ratio in [0, 1)")
+    for r in p["ratios"]:
+        check_range("ratios", r, 0.0, 1.0, high_open=True)
+
+
+def _check_layer(p: dict) -> None:
+    if not isinstance(p["paper_layer"], int) or not 1 <= p["paper_layer"] < p["paper_depth"]:
+        raise ValueError(f"paper_layer={p['paper_layer']!r}: a layer of a {p['paper_depth']}-layer model in "
+                         f"1..{p['paper_depth'] - 1}")
+
+
+def _check_dispersion(p: dict) -> None:
+    _check_layer(p)
+    _check_ratios(p)
+    check_range("top_fraction", p["top_fraction"], 0.0, 1.0, low_open=True)
+
+
+def _check_criteria(p: dict) -> None:
+    check_range("R", p["R"], 0.0, 1.0, high_open=True)
+    bad = [k for k in p["paper_layers"] if not isinstance(k, int) or not 1 <= k < p["paper_depth"]]
+    if bad or not p["paper_layers"]:
+        raise ValueError(f"paper_layers={p['paper_layers']!r}: layers of a {p['paper_depth']}-layer model, each in "
+                         f"1..{p['paper_depth'] - 1}")
+    if p["examples"] < 1:
+        raise ValueError(f"examples={p['examples']!r} must be >= 1")
+
+
 # Checks of each notebook's own parameters, run after the common ones.
-CHECKS = {"01_positional_bias": _check_positional}
+CHECKS = {"01_positional_bias": _check_positional, "03_attention_dispersion": _check_dispersion,
+          "05_criteria": _check_criteria}
 
 CHOICES = {"device_prefix": ("cpu", "cuda", "mps"), "dtype": ("float32", "float16", "bfloat16"),
            "attn_implementation": ("sdpa", "eager", "flash_attention_2")}
@@ -89,8 +115,8 @@ def _same_kind(value: object, default: object) -> bool:
 
 def collect(namespace: dict, notebook: str) -> SimpleNamespace:
     """The checked parameters of ``notebook`` from its namespace (``globals()`` in the notebook)."""
-    check_choice("notebook", notebook, _ALL)
-    defaults = _ALL[notebook]
+    check_choice("notebook", notebook, NOTEBOOKS)
+    defaults = NOTEBOOKS[notebook]
     given = _parameter_names(namespace)
     unknown = sorted(set(given) - set(defaults))
     if unknown:

@@ -1,0 +1,137 @@
+"""FEATHER's criteria (analyses.criteria): the settings, the preset FLOPs against Table 1, the table's
+aggregation, and the kept cells drawn for the examples."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis_lib.analyses import criteria
+from analysis_lib.evaluation.datasets import load_dataset
+from analysis_lib.evaluation.runner import load_eval_model
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_eval_model("data/embedded-model")
+
+
+def test_knn_keeps_as_many_tokens_as_the_stride_2_grid():
+    assert criteria.matched_knn_ratio((27, 27)) == pytest.approx(1 - 196 / 729)
+    assert criteria.matched_knn_ratio((12, 12)) == pytest.approx(0.75)
+    assert criteria.matched_knn_ratio((5, 5)) == pytest.approx(1 - 9 / 25)
+
+
+def test_settings_cover_every_criterion_at_every_layer():
+    settings = criteria.criterion_settings([3, 8], 32, 0.75, (12, 12))
+    assert [s.method for s in settings] == ["none"] + list(criteria.CRITERIA) * 2
+    for s in settings[1:]:
+        assert s.params["K"] in (3 / 32, 8 / 32)
+        (layer, _), *_ = s.schedule().resolve(32)
+        assert layer in ((0,) if s.method == "before_llm" else (3, 8))
+        s.schedule().resolve(6)  # fits the embedded model too
+    knn = [s for s in settings if s.method == "knn"][0]
+    assert knn.params["R"] == pytest.approx(0.75)
+    assert [s for s in settings if s.method == "before_llm"][0].params["criterion"] == "fastv_norope"
+
+
+def test_preset_flops_reproduce_feather_table_1():
+    """Table 1's FLOPs reductions (whole percent, truncated): K=3: 68 / 68 / 66 / 66 / 61; K=8: 56 / 56 / 55 /
+    55 / 50 for φ_original, φ-R, φ_KNN, φ_uniform, φ-R + φ_uniform."""
+    flops = criteria.preset_flops([3, 8], 32, 0.75).set_index(["criterion", "paper_K"])
+    percent = (100 * flops.preset_flops_reduction).map(math.floor)
+    expected = {"φ_original": (68, 56), "φ-R": (68, 56), "φ_KNN": (66, 55), "φ_uniform": (66, 55),
+                "φ-R + φ_uniform": (61, 50)}
+    for name, (k3, k8) in expected.items():
+        assert (percent[(name, 3)], percent[(name, 8)]) == (k3, k8), name
+    assert flops.preset_kept[("φ_uniform", 3)] == 196 and flops.preset_kept[("φ-R", 8)] == 182
+    assert flops.preset_kept[("φ-R + φ_uniform", 3)] == pytest.approx(243, abs=2)
+
+
+def _rows():
+    k3, k8 = json.dumps({"K": 3 / 32, "R": 0.75}), json.dumps({"K": 8 / 32, "R": 0.75})
+    return pd.DataFrame({
+        "sample_id": ["a", "b", "a", "b", "a", "b"],
+        "method": ["none", "none", "fastv", "fastv", "uniform", "uniform"],
+        "params": ["{}", "{}", k3, k3, k8, k8],
+        "task": ["localization", "exact_match"] * 3,
+        "score": [1.0, 1.0, 0.0, 1.0, 1.0, 0.0],
+        "relevant_kept": [1.0, 1.0, 0.2, 0.6, 0.5, 0.3],
+        "kept_counts": ["[]", "[]", "[36]", "[36]", "[36]", "[40]"],
+        "kept": ["[]", "[]", json.dumps([[0, 13]]), json.dumps([[1]]), json.dumps([[143]]), json.dumps([[2]])],
+        "n_visual": [144] * 6,
+        "flops_reduction": [0.0, 0.0, 0.58, 0.58, 0.46, 0.44]})
+
+
+def test_criteria_table_aggregates_per_criterion_layer_and_family():
+    preset = pd.DataFrame({"criterion": ["φ_original"], "paper_K": [3], "preset_kept": [182],
+                           "preset_flops_reduction": [0.686]})
+    table = criteria.criteria_table(_rows(), 32, preset).set_index(["criterion", "paper_K"])
+    assert list(table.index) == [("unpruned", 0), ("φ_original", 3), ("φ_uniform", 8)]
+    assert table.accuracy_localization[("φ_original", 3)] == 0.0
+    assert table.accuracy_other[("φ_original", 3)] == 1.0
+    assert table.accuracy_all[("φ_uniform", 8)] == 0.5
+    assert table.relevant_kept_localization[("φ_uniform", 8)] == 0.5
+    assert table.relevant_kept_all[("φ_original", 3)] == pytest.approx(0.4)
+    assert table.kept_tokens[("unpruned", 0)] == 144 and table.kept_tokens[("φ_uniform", 8)] == 38
+    assert table.flops_reduction[("φ_uniform", 8)] == pytest.approx(0.45)
+    assert table.preset_kept[("φ_original", 3)] == 182 and np.isnan(table.preset_kept[("unpruned", 0)])
+
+
+def test_summary_names_the_best_criterion_for_localization():
+    table = pd.DataFrame({
+        "criterion": ["unpruned", "φ_original", "φ-R", "φ-R before the LLM"], "paper_K": [0, 3, 3, 3],
+        "accuracy_localization": [0.5, 0.1, 0.3, 0.9], "accuracy_other": [0.6, 0.55, 0.6, 0.6],
+        "relevant_kept_all": [1.0, 0.3, 0.5, 0.5], "relevant_kept_localization": [1.0, 0.2, 0.6, 0.6],
+        "flops_reduction": [0.0, 0.58, 0.58, 0.7], "preset_flops_reduction": [np.nan, 0.686, 0.686, 0.72],
+        "samples": [10, 10, 10, 10]})
+    text = criteria.summary(table)
+    assert "Unpruned: localization accuracy 0.50, other tasks 0.60 (10 samples)" in text
+    assert "φ_original 0.10 / 0.55 / 30% at 58% FLOPs reduction (69% on feather-siglip-llama2-7b)" in text
+    assert "Best for localization: φ-R (0.30)" in text  # Table 2's setting is not a Table 1 criterion
+    assert "most relevant tokens kept on localization: φ-R (60%)" in text
+
+
+def test_examples_prefer_localization_samples():
+    samples = load_dataset("synthetic", split="test", per_task=2)
+    chosen = criteria.example_samples(samples, 3)
+    assert len(chosen) == 2 and all(s.task == "localization" and s.box for s in chosen)
+    others = [s for s in samples if s.task != "localization"]
+    assert criteria.example_samples(others, 3) == others[:3]
+
+
+def test_kept_cells_map_recorded_indices_to_grid_cells(embedded):
+    samples = load_dataset("synthetic", split="test", per_task=1)[:2]
+    rows = _rows().assign(sample_id=[s.sample_id for s in samples] * 3)
+    cells = criteria.kept_cells(embedded, rows, samples, 32)
+    first = cells[(cells.sample_id == samples[0].sample_id) & (cells.criterion == "φ_original")]
+    assert sorted(zip(first.row, first.col)) == [(0, 0), (1, 1)]
+    last = cells[(cells.sample_id == samples[0].sample_id) & (cells.criterion == "φ_uniform")]
+    assert list(zip(last.row, last.col)) == [(11, 11)] and set(last.paper_K) == {8}
+    assert set(cells.criterion) == {"φ_original", "φ_uniform"}  # unpruned rows are not drawn
+    assert (cells.grid_rows == 12).all() and (cells.grid_cols == 12).all()
+
+
+def test_kept_tokens_figure_washes_out_the_pruned_cells():
+    from PIL import Image
+
+    from analysis_lib.evaluation.datasets import EvalSample
+
+    sample = EvalSample("s", Image.new("RGB", (96, 96)), "where?", ["[0, 0, 1, 1]"], "localization", "synthetic",
+                        box=(0.5, 0.5, 1.0, 1.0))
+    cells = pd.DataFrame({"sample_id": "s", "criterion": ["φ-R", "φ_uniform"], "paper_K": 3, "row": [0, 1],
+                          "col": [0, 1], "grid_rows": 2, "grid_cols": 2})
+    fig = criteria.kept_tokens_figure(cells, [sample], 3)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["φ-R", "φ_uniform"]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    height = pixels.shape[0]
+
+    def brightness(x, y):  # data coordinates (0..1, top = 0) -> pixel brightness
+        px, py = ax.transData.transform((x, y))
+        return pixels[height - int(py), int(px)].sum()
+    assert brightness(0.25, 0.25) < 50  # kept: the black image itself
+    assert brightness(0.75, 0.25) > 400  # pruned: washed out
+    assert len(ax.patches) == 1  # the target box
