@@ -47,12 +47,16 @@ OWN: dict[str, dict[str, object]] = {
 }
 NOTEBOOKS: dict[str, dict[str, object]] = {name: {**COMMON, **own} for name, own in sorted(OWN.items())}
 
-def _check_positional(p: dict) -> None:
+def _check_paper_layers(p: dict) -> None:
     check_range("R", p["R"], 0.0, 1.0, high_open=True)
     bad = [k for k in p["paper_layers"] if not isinstance(k, int) or not 1 <= k < p["paper_depth"]]
     if bad or not p["paper_layers"]:
         raise ValueError(f"paper_layers={p['paper_layers']!r}: layers of a {p['paper_depth']}-layer model, each in "
                          f"1..{p['paper_depth'] - 1}")
+
+
+def _check_positional(p: dict) -> None:
+    _check_paper_layers(p)
     check_choice("frequency_layer", p["frequency_layer"], p["paper_layers"])
 
 
@@ -76,11 +80,7 @@ def _check_dispersion(p: dict) -> None:
 
 
 def _check_criteria(p: dict) -> None:
-    check_range("R", p["R"], 0.0, 1.0, high_open=True)
-    bad = [k for k in p["paper_layers"] if not isinstance(k, int) or not 1 <= k < p["paper_depth"]]
-    if bad or not p["paper_layers"]:
-        raise ValueError(f"paper_layers={p['paper_layers']!r}: layers of a {p['paper_depth']}-layer model, each in "
-                         f"1..{p['paper_depth'] - 1}")
+    _check_paper_layers(p)
     if p["examples"] < 1:
         raise ValueError(f"examples={p['examples']!r} must be >= 1")
 
