@@ -44,6 +44,20 @@ def test_collect_rejects_bad_parameters(change, message):
         collect(namespace, "01_positional_bias")
 
 
+@pytest.mark.parametrize("name, change, message", [
+    ("02_where_pruning_hurts", {"ratios": [0.5, 1.2]}, "ratios=1.2"),
+    ("03_attention_dispersion", {"top_fraction": 0.0}, "top_fraction=0.0"),
+    ("04_benchmark_leakage", {"paper_layer": 32}, "paper_layer=32"),
+    ("05_criteria", {"examples": 0}, "examples=0"),
+    ("06_methods", {"methods": ["fastv", "fastvv"]}, "methods='fastvv'"),
+    ("07_efficiency", {"keep_fractions": [0.0]}, "keep_fractions=0.0"),
+])
+def test_each_notebook_checks_its_own_parameters(name, change, message):
+    assert collect({**NOTEBOOKS[name]}, name).notebook == name  # the defaults pass
+    with pytest.raises(ValueError, match=message):
+        collect({**NOTEBOOKS[name], **change}, name)
+
+
 def test_profiles_cover_known_notebooks():
     assert {"default", "ci", "llava-1.5-7b"} <= set(profiles())
     assert load_profile("llava-1.5-7b")["01_positional_bias"]["device"] == "cuda"

@@ -85,9 +85,39 @@ def _check_criteria(p: dict) -> None:
         raise ValueError(f"examples={p['examples']!r} must be >= 1")
 
 
+def _check_where(p: dict) -> None:
+    _check_paper_layers(p)
+    _check_ratios(p)
+    if not isinstance(p["ratio_layer"], int) or not 1 <= p["ratio_layer"] < p["paper_depth"]:
+        raise ValueError(f"ratio_layer={p['ratio_layer']!r}: a layer of a {p['paper_depth']}-layer model in "
+                         f"1..{p['paper_depth'] - 1}")
+
+
+def _check_leakage(p: dict) -> None:
+    _check_layer(p)
+    check_range("R", p["R"], 0.0, 1.0, high_open=True)
+    bad = [d for d in p["extra_datasets"] if not isinstance(d, str)]
+    if bad:
+        raise ValueError(f"extra_datasets: dataset specs are strings (names or paths), got {bad!r}")
+
+
+def _check_budgets(p: dict) -> None:
+    if not p["keep_fractions"]:
+        raise ValueError("keep_fractions: give at least one kept fraction in (0, 1]")
+    for f in p["keep_fractions"]:
+        check_range("keep_fractions", f, 0.0, 1.0, low_open=True)
+    from ..pruning.methods import METHODS
+    for name in p["methods"]:
+        check_choice("methods", name, [*METHODS, "fopru_row"])
+    for name in ("examples", "repeats", "new_tokens"):
+        if name in p and p[name] < 1:
+            raise ValueError(f"{name}={p[name]!r} must be >= 1")
+
+
 # Checks of each notebook's own parameters, run after the common ones.
-CHECKS = {"01_positional_bias": _check_positional, "03_attention_dispersion": _check_dispersion,
-          "05_criteria": _check_criteria}
+CHECKS = {"01_positional_bias": _check_positional, "02_where_pruning_hurts": _check_where,
+          "03_attention_dispersion": _check_dispersion, "04_benchmark_leakage": _check_leakage,
+          "05_criteria": _check_criteria, "06_methods": _check_budgets, "07_efficiency": _check_budgets}
 
 CHOICES = {"device_prefix": ("cpu", "cuda", "mps"), "dtype": ("float32", "float16", "bfloat16"),
            "attn_implementation": ("sdpa", "eager", "flash_attention_2")}
