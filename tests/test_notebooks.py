@@ -87,3 +87,12 @@ def test_ci_batch_runs_every_notebook_and_writes_reproducible_figures(tmp_path):
     assert {p: p.read_bytes() for p in (tmp_path / "figures").rglob("*.p*")} == first
     skipped = run_batch("ci", run_dir=run, root=tmp_path, skip_up_to_date=True, progress=False)
     assert [Path(p).stem for p in skipped] == list(NOTEBOOKS)
+
+
+def test_a_notebook_opened_in_jupyterlab_runs_from_the_repository_root(tmp_path):
+    """JupyterLab starts the kernel in notebooks/; papermill with that working directory mimics it."""
+    import papermill
+    papermill.execute_notebook(NOTEBOOK_DIR / "01_positional_bias.ipynb", tmp_path / "out.ipynb",
+                               parameters={"per_task": 1, "paper_layers": [3], "root": str(tmp_path)},
+                               kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
+    assert (tmp_path / "figures" / "01_positional_bias" / "kept_frequency.png").exists()

@@ -17,9 +17,8 @@ from pathlib import Path
 import yaml
 
 from ..validation import check_choice
-from .parameters import NOTEBOOKS
+from .parameters import NOTEBOOKS, REPO
 
-REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO / "notebooks"
 PROFILE_DIR = NOTEBOOK_DIR / "profiles"
 

@@ -8,9 +8,13 @@ notebook's parameters cell are the same table (a test keeps them equal).
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 from ..validation import check_choice, check_range
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Defaults every notebook shares: the embedded default on CPU. For LLaVA-1.5-7B on a GPU pass
 # model="llava-hf/llava-1.5-7b-hf" (or a local folder), device="cuda", dtype="float16", a dataset.
@@ -144,7 +148,12 @@ def _same_kind(value: object, default: object) -> bool:
 
 
 def collect(namespace: dict, notebook: str) -> SimpleNamespace:
-    """The checked parameters of ``notebook`` from its namespace (``globals()`` in the notebook)."""
+    """The checked parameters of ``notebook`` from its namespace (``globals()`` in the notebook).
+
+    JupyterLab starts a notebook's kernel in ``notebooks/``; relative paths (the default model, ``root``)
+    are meant from the repository root, so the kernel moves there (papermill runs already do)."""
+    if Path.cwd().resolve() == (REPO / "notebooks").resolve():
+        os.chdir(REPO)
     check_choice("notebook", notebook, NOTEBOOKS)
     defaults = NOTEBOOKS[notebook]
     given = _parameter_names(namespace)
