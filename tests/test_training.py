@@ -148,3 +148,34 @@ def test_image_word_loss_with_box_words():
     expected = np.mean([np.log(len(set(box))) for box in boxes if box[0] >= 0])
     loss = image_word_loss(logits, batch, image_token_id, tokenizer, ("box",))
     assert loss.item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_stage_tasks_and_objects_restrict_the_batches():
+    from analysis_lib.scenes.tasks import FOLLOW_UP_TASKS
+    from analysis_lib.training.data import task_follow_ups, training_samples
+
+    stage = Stage("binding", 1, "language", lr=1e-3, clutter=("low",), follow_ups=3,
+                  tasks=("colour", "existence"), objects=(2, 3))
+    scene = replace(TINY, scene=replace(TINY.scene, clutter={"low": (1, 2), "high": (4, 5)})).scene_for(stage)
+    assert scene.clutter == {"low": (2, 3)}
+    samples = training_samples(0, 8, scene, 0, stage.tasks)
+    assert [s.task for s in samples] == ["colour", "existence"] * 4
+    assert all(2 <= len(s.objects) <= 3 for s in samples)
+    tokenizer = build_tokenizer(TINY.scene)
+    batch = training_batch(build_processor(TINY.scene, tokenizer), 0, 8, scene, stage.follow_ups, 0, stage.tasks)
+    questions = [q for row in batch.input_ids for q in tokenizer.decode(row, skip_special_tokens=True).split("USER :")[1:]]
+    assert len(questions) > 8 and all(q.strip().startswith(("What colour", "Is there")) for q in questions)
+    # No tasks: exactly the suite's follow-ups, so existing recipes' batches are unchanged.
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    from analysis_lib.scenes.tasks import follow_up_questions
+    assert task_follow_ups(rng_a, samples[0].objects, scene, 5) == follow_up_questions(rng_b, samples[0].objects, scene, 5)
+    assert set(FOLLOW_UP_TASKS) <= set(TASKS)
+
+
+def test_bad_stage_tasks_or_objects_raise():
+    with pytest.raises(ValueError, match="tasks must be distinct tasks"):
+        Stage("x", 1, "language", lr=1e-3, tasks=("colour", "size"))
+    with pytest.raises(ValueError, match="follow_ups need one of"):
+        Stage("x", 1, "language", lr=1e-3, tasks=("prior",), follow_ups=2)
+    with pytest.raises(ValueError, match="objects must be"):
+        Stage("x", 1, "language", lr=1e-3, objects=(3, 2))

@@ -10,7 +10,8 @@ import torch
 from transformers import LlavaProcessor
 
 from ..scenes import COLOURS, SHAPES, TASKS, Sample, SceneConfig, generate_sample, object_mask, quantise_box
-from ..scenes.tasks import follow_up_questions
+# _follow_up: one follow-up question of a given task (scenes.tasks.follow_up_questions draws the task).
+from ..scenes.tasks import FOLLOW_UP_TASKS, _follow_up, follow_up_questions
 from .prompts import answer, follow_up, prompt
 
 IGNORE = -100
@@ -76,12 +77,31 @@ def patch_targets(sample: Sample, config: SceneConfig) -> tuple[np.ndarray, ...]
     return colour, shape, box, centre
 
 
-def training_samples(step: int, batch_size: int, config: SceneConfig, seed: int) -> list[Sample]:
-    """The main samples of a step: tasks in rotation over the endless train split, so a step's batch
-    is a pure function of (step, batch_size, config, seed) and resuming reproduces it."""
+def training_samples(step: int, batch_size: int, config: SceneConfig, seed: int,
+                     tasks: tuple[str, ...] | None = None) -> list[Sample]:
+    """The main samples of a step: tasks (all of the suite's when None) in rotation over the endless
+    train split, so a step's batch is a pure function of its arguments and resuming reproduces it."""
+    tasks = TASKS if tasks is None else tasks
     first = step * batch_size
-    return [generate_sample("train", TASKS[k % len(TASKS)], k // len(TASKS), config, seed)
+    return [generate_sample("train", tasks[k % len(tasks)], k // len(tasks), config, seed)
             for k in range(first, first + batch_size)]
+
+
+def task_follow_ups(rng: np.random.Generator, objects, config: SceneConfig, count: int,
+                    tasks: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+    """scenes.tasks.follow_up_questions (exactly, when tasks is None), or the same drawing restricted
+    to the follow-up tasks among `tasks`."""
+    if tasks is None:
+        return follow_up_questions(rng, objects, config, count)
+    allowed = [t for t in FOLLOW_UP_TASKS if t in tasks]
+    pairs: list[tuple[str, str]] = []
+    for _ in range(4 * count):
+        if len(pairs) == count:
+            break
+        pair = _follow_up(rng, objects, config, allowed[int(rng.integers(len(allowed)))])
+        if pair is not None and pair not in pairs:
+            pairs.append(pair)
+    return pairs
 
 
 def collate(processor: LlavaProcessor, samples: list[Sample], turns: list[list[tuple[str, str]]], config: SceneConfig) -> Batch:
@@ -102,11 +122,13 @@ def collate(processor: LlavaProcessor, samples: list[Sample], turns: list[list[t
     return Batch(input_ids, attention_mask, labels, pixel_values, colour, shape, box, centre, relevance)
 
 
-def training_batch(processor: LlavaProcessor, step: int, batch_size: int, config: SceneConfig, follow_ups: int, seed: int) -> Batch:
-    """Batch of `step`: each main sample's question, then `follow_ups` more questions on its image."""
-    samples = training_samples(step, batch_size, config, seed)
+def training_batch(processor: LlavaProcessor, step: int, batch_size: int, config: SceneConfig, follow_ups: int, seed: int,
+                   tasks: tuple[str, ...] | None = None) -> Batch:
+    """Batch of `step`: each main sample's question, then `follow_ups` more questions on its image,
+    all of `tasks` (None: every task)."""
+    samples = training_samples(step, batch_size, config, seed, tasks)
     turns = []
     for row, sample in enumerate(samples):
         rng = np.random.default_rng([seed, step, row])
-        turns.append([(sample.question, sample.answer)] + follow_up_questions(rng, sample.objects, config, follow_ups))
+        turns.append([(sample.question, sample.answer)] + task_follow_ups(rng, sample.objects, config, follow_ups, tasks))
     return collate(processor, samples, turns, config)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..scenes import SceneConfig
+from ..scenes import TASKS, SceneConfig
+from ..scenes.tasks import FOLLOW_UP_TASKS
 from .model import ModelShape
 
 TRAINABLE = ("tower", "language")
@@ -28,7 +29,10 @@ IMAGE_WORDS = ("colour", "shape", "box")
 class Stage:
     """steps: optimiser steps; trains: "tower" (tower + per-patch heads) or "language" (projector +
     language model, tower frozen); clutter: the clutter levels scenes are drawn from; follow_ups:
-    extra questions per image after the first."""
+    extra questions per image after the first; tasks: the tasks asked (main questions in rotation
+    and follow-ups), None for all of the suite's; objects: (fewest, most) objects per scene,
+    replacing the clutter levels' ranges (tasks needing more objects still raise the count), None
+    to keep them."""
 
     name: str
     steps: int
@@ -36,10 +40,19 @@ class Stage:
     lr: float
     clutter: tuple[str, ...] = ("low", "medium", "high")
     follow_ups: int = 0
+    tasks: tuple[str, ...] | None = None
+    objects: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.trains not in TRAINABLE:
             raise ValueError(f"trains must be one of {TRAINABLE}, got {self.trains!r}")
+        if self.tasks is not None:
+            if not self.tasks or len(set(self.tasks)) != len(self.tasks) or set(self.tasks) - set(TASKS):
+                raise ValueError(f"tasks must be distinct tasks of {TASKS}, got {self.tasks!r}")
+            if self.follow_ups and not set(self.tasks) & set(FOLLOW_UP_TASKS):
+                raise ValueError(f"follow_ups need one of {FOLLOW_UP_TASKS} among tasks, got {self.tasks!r}")
+        if self.objects is not None and not 1 <= self.objects[0] <= self.objects[1]:
+            raise ValueError(f"objects must be (fewest, most) with 1 <= fewest <= most, got {self.objects!r}")
 
 
 @dataclass(frozen=True)
@@ -81,8 +94,9 @@ class Recipe:
         raise ValueError(f"step must be below total_steps={self.total_steps}, got {step}")
 
     def scene_for(self, stage: Stage) -> SceneConfig:
-        """The suite's configuration restricted to the stage's clutter levels."""
-        clutter = {level: self.scene.clutter[level] for level in stage.clutter}
+        """The suite's configuration restricted to the stage's clutter levels (with the stage's
+        object counts, if it sets them)."""
+        clutter = {level: stage.objects or self.scene.clutter[level] for level in stage.clutter}
         return SceneConfig.from_dict({**self.scene.to_dict(), "clutter": clutter})
 
 
@@ -96,14 +110,45 @@ _ANSWER_ONLY = Recipe(
     ),
 )
 
+# The staged recipe plus the image-words loss (colour, shape and box words at every image token).
+_DEFAULT = replace(_ANSWER_ONLY, image_word_weight=1.0, image_words=("colour", "shape", "box"))
+
+
+def _language_lr(stages: tuple[Stage, ...], factor: float) -> tuple[Stage, ...]:
+    """`stages` with every language stage's learning rate multiplied by `factor`."""
+    return tuple(replace(s, lr=s.lr * factor) if s.trains == "language" else s for s in stages)
+
+
+# A first language stage of 1000 steps asking only colour, shape and existence questions about scenes
+# of 2-3 objects, then the default's language stages.
+_BINDING_FIRST = replace(_DEFAULT, stages=(
+    _DEFAULT.stages[0],
+    Stage("language-binding", 1000, "language", lr=2e-3, clutter=("low",), follow_ups=5,
+          tasks=("colour", "shape", "existence"), objects=(2, 3)),
+    *_DEFAULT.stages[1:],
+))
+_WIDE_LM = ModelShape(text_hidden=256, text_intermediate=768, text_layers=6, text_heads=4)
+
+
 RECIPES: dict[str, Recipe] = {
-    # The staged recipe plus the image-words loss (colour, shape and box words at every image token).
-    "default": replace(_ANSWER_ONLY, image_word_weight=1.0, image_words=("colour", "shape", "box")),
+    "default": _DEFAULT,
     # Measured alternatives: answer loss only; the same plus the relevance pointer; image words
     # without the box words.
     "answer-only": _ANSWER_ONLY,
     "pointer": replace(_ANSWER_ONLY, pointer_weight=1.0),
     "words-colour-shape": replace(_ANSWER_ONLY, image_word_weight=1.0),
+    # Language-stage experiments (DESIGN.md section 6), each a 20-minute run from the same trained tower
+    # (--init-tower-from runs/tower-snapshot.pt), compared with "default" at equal language steps.
+    # Twice the language learning rate (4e-3, then 2e-3 in language-all).
+    "lr-4e-3": replace(_DEFAULT, stages=_language_lr(_DEFAULT.stages, 2.0)),
+    # Binding curriculum: a first language stage of 1000 steps asking only colour, shape and existence
+    # questions about scenes of 2-3 objects, before the default's language stages.
+    "binding-first": _BINDING_FIRST,
+    # The binding curriculum with the wider language model below.
+    "binding-first-wide": replace(_BINDING_FIRST, model=_WIDE_LM),
+    # A wider language model (hidden 256, MLP 768, 6 layers, 4 heads); the tower's shape is unchanged,
+    # so --init-tower-from loads the same trained tower.
+    "wide-lm": replace(_DEFAULT, model=_WIDE_LM),
     # Seconds on one CPU thread: for tests and smoke runs.
     "tiny": Recipe(
         model=ModelShape(vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=32, text_layers=2,
