@@ -174,6 +174,15 @@ def test_follow_up_questions_agree_with_the_objects(test_split):
     assert asked > 3 * len(test_split)
 
 
+def test_follow_up_questions_keep_to_the_tasks_asked_for(test_split):
+    rng = np.random.default_rng(0)
+    asked = [q for s in test_split for q, _ in follow_up_questions(rng, s.objects, CONFIG, 4, ("existence", "spatial"))]
+    assert asked and all(q.startswith(("Is there", "Is the")) for q in asked)
+    assert any(q.startswith("Is there") for q in asked) and any(q.startswith("Is the") for q in asked)
+    with pytest.raises(ValueError, match=r"tasks must be a non-empty subset of \('localization', .*'spatial'\), got \('prior',\)"):
+        follow_up_questions(rng, test_split[0].objects, CONFIG, 4, ("prior",))
+
+
 FOLLOW_UP_PREFIXES = {
     "localization": "Where is",
     "colour": "What colour",

@@ -96,6 +96,24 @@ def test_training_batches_are_reproducible():
     assert not torch.equal(a.input_ids, training_batch(processor, 4, 4, TINY.scene, 2, 0).input_ids)
 
 
+def test_branch_carries_on_a_run_under_a_recipe_with_the_same_first_steps(trained, tmp_path, monkeypatch):
+    out, uninterrupted = trained
+    language = TINY.stages[1]
+    split = replace(TINY, stages=(TINY.stages[0], replace(language, steps=10),
+                                  Stage("counting", 20, "language", lr=3e-3, clutter=("low",), follow_ups=1, tasks=("counting",))))
+    monkeypatch.setitem(RECIPES, "tiny-split", split)
+    monkeypatch.setitem(RECIPES, "tiny-longer", replace(TINY, stages=(*TINY.stages, replace(language, name="more", steps=5))))
+    monkeypatch.setitem(RECIPES, "tiny-other-tower", replace(TINY, stages=(replace(TINY.stages[0], lr=1e-3), language)))
+    train("tiny", tmp_path / "source", time_limit_s=0, progress=False)  # stops after step 1
+    branched = train("tiny-split", tmp_path / "split", progress=False, branch_from=tmp_path / "source" / CHECKPOINT)
+    assert branched["loss_history"][:20] == uninterrupted["loss_history"][:20]
+    assert [name for _, name, _ in branched["loss_history"][20:]] == ["counting"] * 20
+    longer = train("tiny-longer", tmp_path / "longer", progress=False, branch_from=out / CHECKPOINT)
+    assert longer["loss_history"][:40] == uninterrupted["loss_history"] and len(longer["loss_history"]) == 45
+    with pytest.raises(ValueError, match="branch_from: .* did not train the same first 1 steps as recipe 'tiny-other-tower'"):
+        train("tiny-other-tower", tmp_path / "other", progress=False, branch_from=tmp_path / "source" / CHECKPOINT)
+
+
 def test_bad_stage_or_recipe_raises():
     with pytest.raises(ValueError, match=r"trains must be one of \('tower', 'language'\)"):
         Stage("x", 1, "projector", lr=1e-3)

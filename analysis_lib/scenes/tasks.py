@@ -292,16 +292,19 @@ FOLLOW_UP_TASKS: tuple[str, ...] = ("localization", "colour", "shape", "counting
 
 
 def follow_up_questions(
-    rng: np.random.Generator, objects: list[SceneObject], config: SceneConfig, count: int
+    rng: np.random.Generator, objects: list[SceneObject], config: SceneConfig, count: int,
+    tasks: tuple[str, ...] = FOLLOW_UP_TASKS,
 ) -> list[tuple[str, str]]:
-    """Up to `count` more (question, answer) pairs about an existing scene, with the tasks' wording
-    and rules (unique referents, clear relations, look-alike absent objects): extra supervision per
-    image for training."""
+    """Up to `count` more (question, answer) pairs of `tasks` about an existing scene, with the tasks'
+    wording and rules (unique referents, clear relations, look-alike absent objects): extra
+    supervision per image for training."""
+    if not tasks or set(tasks) - set(FOLLOW_UP_TASKS):
+        raise ValueError(f"tasks must be a non-empty subset of {FOLLOW_UP_TASKS}, got {tasks!r}")
     pairs: list[tuple[str, str]] = []
     for _ in range(4 * count):
         if len(pairs) == count:
             break
-        pair = _follow_up(rng, objects, config, _choice(rng, FOLLOW_UP_TASKS))
+        pair = _follow_up(rng, objects, config, _choice(rng, tasks))
         if pair is not None and pair not in pairs:
             pairs.append(pair)
     return pairs

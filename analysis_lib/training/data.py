@@ -10,8 +10,7 @@ import torch
 from transformers import LlavaProcessor
 
 from ..scenes import COLOURS, SHAPES, TASKS, Sample, SceneConfig, generate_sample, object_mask, quantise_box
-# _follow_up: one follow-up question of a given task (scenes.tasks.follow_up_questions draws the task).
-from ..scenes.tasks import FOLLOW_UP_TASKS, _follow_up, follow_up_questions
+from ..scenes.tasks import FOLLOW_UP_TASKS, follow_up_questions
 from .prompts import answer, follow_up, prompt
 
 IGNORE = -100
@@ -89,19 +88,9 @@ def training_samples(step: int, batch_size: int, config: SceneConfig, seed: int,
 
 def task_follow_ups(rng: np.random.Generator, objects, config: SceneConfig, count: int,
                     tasks: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
-    """scenes.tasks.follow_up_questions (exactly, when tasks is None), or the same drawing restricted
-    to the follow-up tasks among `tasks`."""
-    if tasks is None:
-        return follow_up_questions(rng, objects, config, count)
-    allowed = [t for t in FOLLOW_UP_TASKS if t in tasks]
-    pairs: list[tuple[str, str]] = []
-    for _ in range(4 * count):
-        if len(pairs) == count:
-            break
-        pair = _follow_up(rng, objects, config, allowed[int(rng.integers(len(allowed)))])
-        if pair is not None and pair not in pairs:
-            pairs.append(pair)
-    return pairs
+    """scenes.tasks.follow_up_questions of the follow-up tasks among `tasks` (all of them when None)."""
+    allowed = FOLLOW_UP_TASKS if tasks is None else tuple(t for t in FOLLOW_UP_TASKS if t in tasks)
+    return follow_up_questions(rng, objects, config, count, allowed)
 
 
 def collate(processor: LlavaProcessor, samples: list[Sample], turns: list[list[tuple[str, str]]], config: SceneConfig) -> Batch:

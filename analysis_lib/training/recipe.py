@@ -93,6 +93,23 @@ class Recipe:
             step -= stage.steps
         raise ValueError(f"step must be below total_steps={self.total_steps}, got {step}")
 
+    def steps_before(self, step: int) -> tuple[tuple[Stage, int], ...]:
+        """(stage with its length left out, steps trained in it) for every stage the first `step` steps
+        go through: recipes with equal prefixes (and equal all but stages) train the same first steps."""
+        done = []
+        for stage in self.stages:
+            if step <= 0:
+                break
+            done.append((replace(stage, steps=0), min(step, stage.steps)))
+            step -= stage.steps
+        return tuple(done)
+
+    def can_branch(self, other: Recipe, step: int) -> bool:
+        """Whether a run of `other` at `step` is also a run of this recipe at `step`, so that it can
+        carry on under this recipe: same model, data and losses, and the same stages up to `step`
+        (the stage in progress may end at another step here)."""
+        return replace(self, stages=()) == replace(other, stages=()) and self.steps_before(step) == other.steps_before(step)
+
     def scene_for(self, stage: Stage) -> SceneConfig:
         """The suite's configuration restricted to the stage's clutter levels (with the stage's
         object counts, if it sets them)."""
@@ -160,6 +177,11 @@ RECIPES: dict[str, Recipe] = {
     # A wider language model (hidden 256, MLP 768, 6 layers, 4 heads); the tower's shape is unchanged,
     # so --init-tower-from loads the same trained tower. Not run on its own (see "binding-first-wide").
     "wide-lm": replace(_DEFAULT, model=_WIDE_LM),
+    # Hard tasks: the default's run carried on (--branch-from runs/train-default at step 9250, when colour
+    # and shape probes were at 1.0) with only localization, counting, existence and spatial questions.
+    "hard-tasks": replace(_DEFAULT, stages=(*_DEFAULT.stages[:3], replace(_DEFAULT.stages[3], steps=1750),
+                                            Stage("language-hard", 38250, "language", lr=1e-3, follow_ups=5,
+                                                  tasks=("localization", "counting", "existence", "spatial")))),
     # Seconds on one CPU thread: for tests and smoke runs.
     "tiny": Recipe(
         model=ModelShape(vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=32, text_layers=2,

@@ -45,6 +45,15 @@ def _logger(out_dir: Path) -> logging.Logger:
     return logger
 
 
+def _restore(saved: dict, model, heads: PatchHeads, pointer: RelevancePointer | None, state: dict) -> None:
+    """Load a checkpoint's weights into the modules and its training state into `state`."""
+    model.load_state_dict(saved["model"])
+    heads.load_state_dict(saved["heads"])
+    if pointer is not None:
+        pointer.load_state_dict(saved["pointer"])
+    state.update({k: saved[k] for k in state})
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -86,11 +95,14 @@ def train(
     time_limit_s: float | None = None,
     progress: bool = True,
     init_tower_from: str | Path | None = None,
+    branch_from: str | Path | None = None,
 ) -> dict:
     """Train `RECIPES[recipe_name]` into out_dir, resuming from out_dir/checkpoint.pt if present.
     A fresh run can take its vision tower and patch heads from another run's checkpoint
     (init_tower_from) and skip its own leading tower stages, to compare language-stage recipes on
-    the same tower. Stops at the end of the recipe or after time_limit_s seconds (checkpointing first). The latest
+    the same tower. Or it can carry on from another run's checkpoint (branch_from) written by a recipe
+    that trains the same steps up to that checkpoint, to try other later stages without retraining
+    the earlier ones. Stops at the end of the recipe or after time_limit_s seconds (checkpointing first). The latest
     model is saved with save_pretrained in out_dir/model at every probe and at the end. Returns
     {"step", "loss_history", "train_seconds", "probes"}."""
     recipe = RECIPES[recipe_name]
@@ -110,14 +122,21 @@ def train(
         saved = torch.load(checkpoint_path, weights_only=False)
         if saved["recipe"] != recipe_name:
             raise ValueError(f"{checkpoint_path} was written by recipe {saved['recipe']!r}, not {recipe_name!r}")
-        model.load_state_dict(saved["model"])
-        heads.load_state_dict(saved["heads"])
-        if pointer is not None:
-            pointer.load_state_dict(saved["pointer"])
-        state.update({k: saved[k] for k in state})
+        _restore(saved, model, heads, pointer, state)
         log.info("resumed at step %d", state["step"])
     else:
         log.info("recipe %s: %s", recipe_name, recipe)
+        if init_tower_from is not None and branch_from is not None:
+            raise ValueError("give init_tower_from or branch_from, not both")
+        if branch_from is not None:
+            saved = torch.load(branch_from, weights_only=False)
+            if not recipe.can_branch(RECIPES[saved["recipe"]], saved["step"]):
+                raise ValueError(f"branch_from: {branch_from} (recipe {saved['recipe']!r}, step {saved['step']}) did not "
+                                 f"train the same first {saved['step']} steps as recipe {recipe_name!r}")
+            _restore(saved, model, heads, pointer, state)
+            if not recipe.can_branch(RECIPES[saved["recipe"]], state["step"] + 1):
+                state["stage_index"] = state["optimizer"] = None  # another stage starts here: fresh optimiser
+            log.info("branched from %s at step %d", branch_from, state["step"])
         if init_tower_from is not None:
             source = torch.load(init_tower_from, weights_only=False)
             tower = {k: v for k, v in source["model"].items() if k.startswith("model.vision_tower.")}
