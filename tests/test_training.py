@@ -114,9 +114,22 @@ def test_branch_carries_on_a_run_under_a_recipe_with_the_same_first_steps(traine
         train("tiny-other-tower", tmp_path / "other", progress=False, branch_from=tmp_path / "source" / CHECKPOINT)
 
 
+def test_learning_rate_warms_up_then_stays_or_falls_along_a_cosine():
+    constant = Stage("c", 101, "language", lr=1e-3)
+    falling = replace(constant, final_lr=1e-5)
+    assert [constant.lr_at(s, 4) for s in (0, 1, 3, 100)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3])
+    assert falling.lr_at(3, 4) == pytest.approx(1e-3 - 99e-5 * (1 - np.cos(np.pi * 3 / 100)) / 2)
+    assert falling.lr_at(50, 4) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert falling.lr_at(100, 4) == pytest.approx(1e-5)
+    rates = [falling.lr_at(s, 4) for s in range(3, 101)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
 def test_bad_stage_or_recipe_raises():
     with pytest.raises(ValueError, match=r"trains must be one of \('tower', 'language'\)"):
         Stage("x", 1, "projector", lr=1e-3)
+    with pytest.raises(ValueError, match=r"final_lr must be None or between 0 and lr=0.001, got 0.01"):
+        Stage("x", 1, "language", lr=1e-3, final_lr=1e-2)
     with pytest.raises(ValueError, match=r"image_words must be a non-empty subset of \('colour', 'shape', 'box'\)"):
         replace(TINY, image_words=("size",))
 

@@ -171,7 +171,7 @@ def train(
             state["stage_index"] = stage_index
             log.info("stage %s (%s) from step %d", stage.name, stage.trains, step)
         for group in optimizer.param_groups:
-            group["lr"] = stage.lr * min(1.0, (stage_step + 1) / recipe.warmup_steps)
+            group["lr"] = stage.lr_at(stage_step, recipe.warmup_steps)
 
         tick = time.monotonic()
         scene = recipe.scene_for(stage)
