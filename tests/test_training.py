@@ -100,7 +100,8 @@ def test_branch_carries_on_a_run_under_a_recipe_with_the_same_first_steps(traine
     out, uninterrupted = trained
     language = TINY.stages[1]
     split = replace(TINY, stages=(TINY.stages[0], replace(language, steps=10),
-                                  Stage("counting", 20, "language", lr=3e-3, clutter=("low",), follow_ups=1, tasks=("counting",))))
+                                  Stage("counting", 20, "language", lr=3e-3, clutter=("low",), follow_ups=1, tasks=("counting",),
+                                        pointer_weight=1.0)))
     monkeypatch.setitem(RECIPES, "tiny-split", split)
     monkeypatch.setitem(RECIPES, "tiny-longer", replace(TINY, stages=(*TINY.stages, replace(language, name="more", steps=5))))
     monkeypatch.setitem(RECIPES, "tiny-other-tower", replace(TINY, stages=(replace(TINY.stages[0], lr=1e-3), language)))
@@ -108,6 +109,7 @@ def test_branch_carries_on_a_run_under_a_recipe_with_the_same_first_steps(traine
     branched = train("tiny-split", tmp_path / "split", progress=False, branch_from=tmp_path / "source" / CHECKPOINT)
     assert branched["loss_history"][:20] == uninterrupted["loss_history"][:20]
     assert [name for _, name, _ in branched["loss_history"][20:]] == ["counting"] * 20
+    assert "pointer" in torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)  # a pointer stage added
     longer = train("tiny-longer", tmp_path / "longer", progress=False, branch_from=out / CHECKPOINT)
     assert longer["loss_history"][:40] == uninterrupted["loss_history"] and len(longer["loss_history"]) == 45
     with pytest.raises(ValueError, match="branch_from: .* did not train the same first 1 steps as recipe 'tiny-other-tower'"):
@@ -130,6 +132,8 @@ def test_bad_stage_or_recipe_raises():
         Stage("x", 1, "projector", lr=1e-3)
     with pytest.raises(ValueError, match=r"final_lr must be None or between 0 and lr=0.001, got 0.01"):
         Stage("x", 1, "language", lr=1e-3, final_lr=1e-2)
+    with pytest.raises(ValueError, match=r"pointer_weight must be None or >= 0, got -1.0"):
+        Stage("x", 1, "language", lr=1e-3, pointer_weight=-1.0)
     with pytest.raises(ValueError, match=r"image_words must be a non-empty subset of \('colour', 'shape', 'box'\)"):
         replace(TINY, image_words=("size",))
 

@@ -49,7 +49,7 @@ def _restore(saved: dict, model, heads: PatchHeads, pointer: RelevancePointer | 
     """Load a checkpoint's weights into the modules and its training state into `state`."""
     model.load_state_dict(saved["model"])
     heads.load_state_dict(saved["heads"])
-    if pointer is not None:
+    if pointer is not None and "pointer" in saved:  # else the pointer starts fresh (a branch that adds it)
         pointer.load_state_dict(saved["pointer"])
     state.update({k: saved[k] for k in state})
 
@@ -113,7 +113,7 @@ def train(
     processor = build_processor(recipe.scene, tokenizer)
     model = build_model(recipe.model, recipe.scene, tokenizer, seed=recipe.seed)
     heads = PatchHeads(recipe.model.vision_hidden, recipe.scene.box_bins)
-    pointer = RelevancePointer(recipe.model.text_hidden, recipe.pointer_layer) if recipe.pointer_weight else None
+    pointer = RelevancePointer(recipe.model.text_hidden, recipe.pointer_layer) if recipe.uses_pointer else None
     validation = generate_split("validation", recipe.eval_per_task, config=recipe.scene, seed=recipe.seed)
 
     state = {"step": 0, "stage_index": None, "optimizer": None, "loss_history": [], "train_seconds": 0.0, "probes": []}
@@ -181,10 +181,11 @@ def train(
                 parts = heads.losses(tower_features(model, batch.pixel_values), batch)
                 loss = sum(parts.values())
             else:
-                output = model(**batch.model_inputs(), output_hidden_states=pointer is not None)
+                pointer_weight = recipe.pointer_weight_of(stage)
+                output = model(**batch.model_inputs(), output_hidden_states=bool(pointer_weight))
                 loss = output.loss
-                if pointer is not None:
-                    loss = loss + recipe.pointer_weight * pointer.loss(output.hidden_states, batch, image_token_id)
+                if pointer_weight:
+                    loss = loss + pointer_weight * pointer.loss(output.hidden_states, batch, image_token_id)
                 if recipe.image_word_weight:
                     loss = loss + recipe.image_word_weight * image_word_loss(output.logits, batch, image_token_id, tokenizer, recipe.image_words)
         optimizer.zero_grad(set_to_none=True)
