@@ -122,6 +122,9 @@ def train(
         saved = torch.load(checkpoint_path, weights_only=False)
         if saved["recipe"] != recipe_name:
             raise ValueError(f"{checkpoint_path} was written by recipe {saved['recipe']!r}, not {recipe_name!r}")
+        if "recipe_spec" in saved and not recipe.can_branch(saved["recipe_spec"], saved["step"]):
+            raise ValueError(f"recipe {recipe_name!r} no longer trains the first {saved['step']} steps that wrote "
+                             f"{checkpoint_path}: carry the run on under a new recipe name with branch_from")
         _restore(saved, model, heads, pointer, state)
         log.info("resumed at step %d", state["step"])
     else:
@@ -130,11 +133,12 @@ def train(
             raise ValueError("give init_tower_from or branch_from, not both")
         if branch_from is not None:
             saved = torch.load(branch_from, weights_only=False)
-            if not recipe.can_branch(RECIPES[saved["recipe"]], saved["step"]):
+            source = saved.get("recipe_spec") or RECIPES[saved["recipe"]]
+            if not recipe.can_branch(source, saved["step"]):
                 raise ValueError(f"branch_from: {branch_from} (recipe {saved['recipe']!r}, step {saved['step']}) did not "
                                  f"train the same first {saved['step']} steps as recipe {recipe_name!r}")
             _restore(saved, model, heads, pointer, state)
-            if not recipe.can_branch(RECIPES[saved["recipe"]], state["step"] + 1):
+            if not recipe.can_branch(source, state["step"] + 1):
                 state["stage_index"] = state["optimizer"] = None  # another stage starts here: fresh optimiser
             log.info("branched from %s at step %d", branch_from, state["step"])
         if init_tower_from is not None:
@@ -214,7 +218,7 @@ def train(
         if step % recipe.checkpoint_every == 0 or stage_done or out_of_time:
             state["optimizer"] = optimizer.state_dict()
             extra = {} if pointer is None else {"pointer": pointer.state_dict()}
-            _save_checkpoint(checkpoint_path, {**state, "recipe": recipe_name, "model": model.state_dict(),
+            _save_checkpoint(checkpoint_path, {**state, "recipe": recipe_name, "recipe_spec": recipe, "model": model.state_dict(),
                                                "heads": heads.state_dict(), **extra})
         if out_of_time:
             log.info("time limit reached at step %d", step)
