@@ -161,6 +161,14 @@ def test_hub_cache_from_hf_home(tmp_path, monkeypatch):
     assert [s.sample_id for s in load_dataset("pope")] == ["100", "101", "102"]
 
 
+def test_hub_cache_folder_in_another_case(tmp_path, monkeypatch):
+    # lmms-eval downloads "lmms-lab/RefCOCOPlus"; the hub id is "lmms-lab/RefCOCOplus": the cache keeps the first.
+    table, _ = pope_table()
+    hub_snapshot(tmp_path / "hub", "lmms-lab/pope", {"data/test-00000-of-00001.parquet": table})
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert [s.sample_id for s in load_dataset("pope")] == ["100", "101", "102"]
+
+
 def test_missing_copy_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(FileNotFoundError) as error:

@@ -64,7 +64,8 @@ Sources
    k = the expression's index), with ``box`` = (x/W, y/H, (x+w)/W, (y+h)/H) for the image's width W
    and height H, and ``answers`` = that box written as "[x1, y1, x2, y2]" with 3 decimals.
    Multiple choice (ScienceQA, AI2D): ``answers`` is the correct option's letter ("A", "B", ...);
-   ScienceQA's hint goes to ``context``. MME: ``pair_id`` is ``question_id`` (the image path shared by
+   ScienceQA's hint goes to ``context``; its train split is still among the hub repo's files but no
+   longer in the dataset card's split list, so only a snapshot copy has it. MME: ``pair_id`` is ``question_id`` (the image path shared by
    its two questions); repeated ids get "#1", "#2", ... appended so sample ids stay unique.
    GQA keeps its images in a second config (``testdev_balanced_images``), joined on ``imageId``:
    found automatically in a hub snapshot, else pass ``images=<path to that config's copy>``.
@@ -603,11 +604,21 @@ def _choose_split_in_snapshot(root: Path, config: str | None, split: str | None,
         raise ValueError(f"{e}\n(configs there, pass config=... to use another: {_describe_groups(groups)})") from None
 
 
+def _repo_folder(cache: Path, hub_id: str) -> Path:
+    """The cache folder of a dataset repo. The hub ignores case in repo ids and the cache keeps the
+    spelling it was downloaded with (lmms-eval asks for "lmms-lab/RefCOCOPlus"), so another case
+    matches when the exact folder is missing."""
+    exact = cache / ("datasets--" + hub_id.replace("/", "--"))
+    if exact.is_dir() or not cache.is_dir():
+        return exact
+    return next((p for p in sorted(cache.iterdir()) if p.is_dir() and p.name.lower() == exact.name.lower()), exact)
+
+
 def _resolve(bench: Benchmark, path, split, config, cache_dir) -> tuple[_Table, str, Path | None]:
     """The table of the requested split, its name, and the snapshot it came from (None if not one)."""
     if path is None:
         cache, origin = (Path(cache_dir), "cache_dir") if cache_dir is not None else hub_cache_dir()
-        repo = cache / ("datasets--" + bench.hub_id.replace("/", "--"))
+        repo = _repo_folder(cache, bench.hub_id)
         snapshot = _pick_snapshot(repo) if repo.is_dir() else None
         if snapshot is None:
             raise _missing_copy_error(bench, repo / "snapshots" / "<revision>", cache, origin)
