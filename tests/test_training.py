@@ -12,7 +12,7 @@ from analysis_lib.training import RECIPES, Stage, build_model, build_processor, 
 from analysis_lib.training.data import conversation_ids, training_batch
 from analysis_lib.training.prompts import answer, prompt
 from analysis_lib.training.data import COLOUR_CLASSES, SHAPE_CLASSES
-from analysis_lib.training.auxiliary import image_word_loss
+from analysis_lib.training.auxiliary import RelevancePointer, image_word_loss
 from analysis_lib.training.train import CHECKPOINT, MODEL_DIR
 
 torch.set_num_threads(1)
@@ -135,6 +135,8 @@ def test_bad_stage_or_recipe_raises():
         Stage("x", 1, "projector", lr=1e-3)
     with pytest.raises(ValueError, match=r"final_lr must be None or between 0 and lr=0.001, got 0.01"):
         Stage("x", 1, "language", lr=1e-3, final_lr=1e-2)
+    with pytest.raises(ValueError, match=r"pointer_tokens must be one of \('first', 'answer'\), got 'all'"):
+        Stage("x", 1, "language", lr=1e-3, pointer_tokens="all")
     with pytest.raises(ValueError, match=r"pointer_weight must be None or >= 0, got -1.0"):
         Stage("x", 1, "language", lr=1e-3, pointer_weight=-1.0)
     with pytest.raises(ValueError, match=r"image_words must be a non-empty subset of \('colour', 'shape', 'box'\)"):
@@ -150,6 +152,37 @@ def test_pointer_recipe_starts_from_another_runs_tower(trained, tmp_path, monkey
     tower = [k for k in source["model"] if k.startswith("model.vision_tower.")]
     assert tower and all(torch.equal(source["model"][k], resumed["model"][k]) for k in tower)
     assert "pointer" in resumed
+
+
+def _pointer_oracle(pointer, hidden, batch, image_token_id, tokens):
+    """The pointer loss written out one query position at a time."""
+    losses = []
+    for row in range(hidden.shape[0]):
+        relevant = batch.relevance[row]
+        answer = (batch.labels[row] != -100).nonzero().squeeze(1).tolist()
+        run = [answer[0]]
+        while tokens == "answer" and run[-1] + 1 in answer:
+            run.append(run[-1] + 1)
+        image = hidden[row, batch.input_ids[row] == image_token_id]
+        for position in run:
+            if relevant.any():
+                scores = pointer.key(image) @ pointer.query(hidden[row, position - 1]) / 8
+                losses.append(-scores.log_softmax(0)[relevant].logsumexp(0))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("tokens", ["first", "answer"])
+def test_relevance_pointer_reads_the_first_answers_tokens(tokens):
+    tokenizer = build_tokenizer(TINY.scene)
+    batch = training_batch(build_processor(TINY.scene, tokenizer), 0, 8, TINY.scene, 1, 0, tasks=("localization", "counting"))
+    image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
+    torch.manual_seed(0)
+    pointer = RelevancePointer(16, 0)
+    hidden = torch.randn(*batch.input_ids.shape, 16)
+    loss = pointer.loss((hidden,), batch, image_token_id, tokens)
+    assert loss.item() == pytest.approx(_pointer_oracle(pointer, hidden, batch, image_token_id, tokens).item(), rel=1e-5)
+    if tokens == "answer":  # boxes have many tokens: more query positions, another loss
+        assert loss.item() != pytest.approx(pointer.loss((hidden,), batch, image_token_id, "first").item(), rel=1e-3)
 
 
 def _image_word_setup():

@@ -44,10 +44,12 @@ class PatchHeads(nn.Module):
 
 class RelevancePointer(nn.Module):
     """An auxiliary read-out, never part of the saved model: a bilinear score between the language
-    model's hidden state at the last prompt token and at each image token (after `layer` decoder
-    layers), trained so that its softmax over the image tokens puts its mass on the ground-truth
-    relevant patches. It teaches the language model to represent what to look for and where, without
-    touching the attention weights the pruning methods read."""
+    model's hidden state at a position that predicts an answer token and at each image token (after
+    `layer` decoder layers), trained so that its softmax over the image tokens puts its mass on the
+    ground-truth relevant patches of the first question. It teaches the language model to represent
+    what to look for and where, without touching the attention weights the pruning methods read.
+    tokens="first": only where the first answer token is predicted (the last prompt token);
+    "answer": at every token of the first answer (a box is four numbers, each read off its object)."""
 
     def __init__(self, hidden: int, layer: int, dim: int = 64):
         super().__init__()
@@ -55,15 +57,24 @@ class RelevancePointer(nn.Module):
         self.query = nn.Linear(hidden, dim)
         self.key = nn.Linear(hidden, dim)
 
-    def loss(self, hidden_states: tuple[torch.Tensor, ...], batch: Batch, image_token_id: int) -> torch.Tensor:
+    def loss(self, hidden_states: tuple[torch.Tensor, ...], batch: Batch, image_token_id: int,
+             tokens: str = "first") -> torch.Tensor:
         hidden = hidden_states[self.layer]
-        rows = torch.arange(hidden.shape[0])
-        last_prompt = (batch.labels != IGNORE).int().argmax(1) - 1  # predicts the first answer token
-        query = self.query(hidden[rows, last_prompt])
+        answer = batch.labels != IGNORE
+        start = answer.int().argmax(1, keepdim=True)
+        index = torch.arange(answer.shape[1]).expand_as(answer)
+        if tokens == "first":
+            first_answer = index == start
+        else:  # the first run of answer labels
+            first_answer = answer & ((~answer & (index > start)).cumsum(1) == 0)
+        # the hidden state one position earlier predicts each answer token
+        rows, positions = first_answer[:, 1:].nonzero(as_tuple=True)
+        query = self.query(hidden[rows, positions])
         image = hidden[batch.input_ids == image_token_id].reshape(hidden.shape[0], -1, hidden.shape[-1])
-        scores = torch.einsum("bd,bnd->bn", query, self.key(image)) / self.query.out_features**0.5
-        log_p = scores.float().log_softmax(-1).masked_fill(~batch.relevance, float("-inf"))
-        has_target = batch.relevance.any(-1)
+        scores = torch.einsum("qd,qnd->qn", query, self.key(image)[rows]) / self.query.out_features**0.5
+        relevance = batch.relevance[rows]
+        log_p = scores.float().log_softmax(-1).masked_fill(~relevance, float("-inf"))
+        has_target = relevance.any(-1)
         return -log_p.logsumexp(-1)[has_target].mean()
 
 

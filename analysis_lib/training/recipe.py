@@ -24,6 +24,7 @@ from .model import ModelShape
 
 TRAINABLE = ("tower", "language")
 IMAGE_WORDS = ("colour", "shape", "box")
+POINTER_TOKENS = ("first", "answer")  # see auxiliary.RelevancePointer
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class Stage:
     replacing the clutter levels' ranges (tasks needing more objects still raise the count), None
     to keep them; final_lr: the learning rate falls from lr to final_lr over the stage along a cosine
     (None: constant lr); pointer_weight: the relevance pointer's weight in this stage (None: the
-    recipe's)."""
+    recipe's); pointer_tokens: where the pointer reads the question, "first" (the last prompt token)
+    or "answer" (every token of the first answer)."""
 
     name: str
     steps: int
@@ -47,6 +49,7 @@ class Stage:
     objects: tuple[int, int] | None = None
     final_lr: float | None = None
     pointer_weight: float | None = None
+    pointer_tokens: str = "first"
 
     def __post_init__(self) -> None:
         if self.trains not in TRAINABLE:
@@ -62,6 +65,8 @@ class Stage:
             raise ValueError(f"final_lr must be None or between 0 and lr={self.lr}, got {self.final_lr!r}")
         if self.pointer_weight is not None and self.pointer_weight < 0:
             raise ValueError(f"pointer_weight must be None or >= 0, got {self.pointer_weight!r}")
+        if self.pointer_tokens not in POINTER_TOKENS:
+            raise ValueError(f"pointer_tokens must be one of {POINTER_TOKENS}, got {self.pointer_tokens!r}")
 
     def lr_at(self, step: int, warmup_steps: int) -> float:
         """Learning rate at `step` of the stage: linear warm-up over warmup_steps, then lr, or a cosine
@@ -231,8 +236,16 @@ RECIPES: dict[str, Recipe] = {
     # (runs/exp-pointer-late; validation, 300 per task): existence .76 at step 10500 vs .63 at 9250 and
     # .62 for the default at 10000; localization .34 and counting .46 unchanged.
     "pointer-late": _after_9250(_pointer_stage(1.0)),
-    # The same with the pointer's weight at 3.
+    # The same with the pointer's weight at 3 (runs/exp-pointer-late-3: stopped after 400 steps for the
+    # next one, not measured).
     "pointer-late-3": _after_9250(_pointer_stage(3.0)),
+    # Pointer at every answer token: "pointer-late" carried on (--branch-from its checkpoint at step
+    # 11100, existence .96 but localization .33 on validation) with the pointer read at every token of
+    # the first answer, since a box's four numbers are each read off the object; at 11000, 61% of
+    # localization answers were still the box of an object of the same colour or shape.
+    "pointer-answer": _after_9250(replace(_pointer_stage(1.0), steps=1850),
+                                  replace(_pointer_stage(1.0), name="language-pointer-answer", steps=36400,
+                                          pointer_tokens="answer")),
     # Seconds on one CPU thread: for tests and smoke runs.
     "tiny": Recipe(
         model=ModelShape(vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=32, text_layers=2,

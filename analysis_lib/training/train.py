@@ -189,7 +189,7 @@ def train(
                 output = model(**batch.model_inputs(), output_hidden_states=bool(pointer_weight))
                 loss = output.loss
                 if pointer_weight:
-                    loss = loss + pointer_weight * pointer.loss(output.hidden_states, batch, image_token_id)
+                    loss = loss + pointer_weight * pointer.loss(output.hidden_states, batch, image_token_id, stage.pointer_tokens)
                 if recipe.image_word_weight:
                     loss = loss + recipe.image_word_weight * image_word_loss(output.logits, batch, image_token_id, tokenizer, recipe.image_words)
         optimizer.zero_grad(set_to_none=True)
