@@ -1,6 +1,8 @@
 """Tests of the embedded model's training (analysis_lib.training) on the tiny recipe (seconds)."""
 
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +59,15 @@ def test_interrupted_training_resumes_exactly(trained, tmp_path):
     resumed = train("tiny", tmp_path, progress=False)
     assert resumed["loss_history"] == uninterrupted["loss_history"]
     assert (tmp_path / "train.log").read_text().count("resumed at step 1") == 1
+
+
+def test_training_stops_after_until_step_and_carries_on_exactly(trained, tmp_path):
+    _, uninterrupted = trained
+    first = train("tiny", tmp_path, progress=False, until_step=15)
+    assert first["step"] == 15 and (tmp_path / MODEL_DIR / "model.safetensors").is_file()
+    assert train("tiny", tmp_path, progress=False)["loss_history"] == uninterrupted["loss_history"]
+    with pytest.raises(ValueError, match=r"until_step must be between 1 and recipe 'tiny''s 40 steps, got 41"):
+        train("tiny", tmp_path / "other", progress=False, until_step=41)
 
 
 def test_evaluation_scores_every_task(trained):
@@ -128,6 +139,16 @@ def test_learning_rate_warms_up_then_stays_or_falls_along_a_cosine():
     assert falling.lr_at(100, 4) == pytest.approx(1e-5)
     rates = [falling.lr_at(s, 4) for s in range(3, 101)]
     assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_make_train_default_retrains_the_shipped_recipe_and_step():
+    root = Path(__file__).resolve().parents[1]
+    make = (root / "Makefile").read_text()
+    recipe = re.search(r"^RECIPE \?= (\S+)$", make, re.M).group(1)
+    step = int(re.search(r"^UNTIL_STEP \?= (\d+)$", make, re.M).group(1))
+    assert recipe in RECIPES and step <= RECIPES[recipe].total_steps
+    card = (root / "data" / "embedded-model" / "MODEL_CARD.md").read_text()
+    assert f"| recipe | `{recipe}` (`analysis_lib/training/recipe.py`), step {step:,} |" in card
 
 
 def test_bad_stage_or_recipe_raises():

@@ -1,4 +1,4 @@
-"""python -m analysis_lib.training train --recipe default --out runs/train-default [--hours H] [--init-tower-from CKPT | --branch-from CKPT]
+"""python -m analysis_lib.training train --recipe default --out runs/train-default [--hours H] [--until-step N] [--init-tower-from CKPT | --branch-from CKPT]
 python -m analysis_lib.training evaluate --model runs/train-default/model [--split test] [--per-task N]"""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--recipe", choices=sorted(RECIPES), default="default")
     run.add_argument("--out", required=True)
     run.add_argument("--hours", type=float, default=None, help="stop (after checkpointing) after this long")
+    run.add_argument("--until-step", type=int, default=None, help="stop (after checkpointing) after this step")
     run.add_argument("--init-tower-from", default=None, help="a fresh run takes its tower from this checkpoint.pt")
     run.add_argument("--branch-from", default=None,
                      help="a fresh run carries on from this checkpoint.pt of a recipe with the same steps so far")
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "train":
         limit_s = None if args.hours is None else args.hours * 3600
         result = train(args.recipe, args.out, limit_s, init_tower_from=args.init_tower_from,
-                       branch_from=args.branch_from)
+                       branch_from=args.branch_from, until_step=args.until_step)
         print(json.dumps({"step": result["step"], "train_seconds": result["train_seconds"],
                           "last_probe": result["probes"][-1] if result["probes"] else None}))
     else:

@@ -96,16 +96,21 @@ def train(
     progress: bool = True,
     init_tower_from: str | Path | None = None,
     branch_from: str | Path | None = None,
+    until_step: int | None = None,
 ) -> dict:
     """Train `RECIPES[recipe_name]` into out_dir, resuming from out_dir/checkpoint.pt if present.
     A fresh run can take its vision tower and patch heads from another run's checkpoint
     (init_tower_from) and skip its own leading tower stages, to compare language-stage recipes on
     the same tower. Or it can carry on from another run's checkpoint (branch_from) written by a recipe
     that trains the same steps up to that checkpoint, to try other later stages without retraining
-    the earlier ones. Stops at the end of the recipe or after time_limit_s seconds (checkpointing first). The latest
+    the earlier ones. Stops at the end of the recipe, after step until_step, or after time_limit_s
+    seconds (checkpointing first). The latest
     model is saved with save_pretrained in out_dir/model at every probe and at the end. Returns
     {"step", "loss_history", "train_seconds", "probes"}."""
     recipe = RECIPES[recipe_name]
+    end = recipe.total_steps if until_step is None else until_step
+    if not 1 <= end <= recipe.total_steps:
+        raise ValueError(f"until_step must be between 1 and recipe {recipe_name!r}'s {recipe.total_steps} steps, got {until_step!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = _logger(out_dir)
@@ -158,9 +163,9 @@ def train(
     image_token_id = model.config.image_token_index
     started = time.monotonic()
     seconds_at_start = state["train_seconds"]
-    bar = tqdm(total=recipe.total_steps, initial=state["step"], disable=not progress, desc=recipe_name)
+    bar = tqdm(total=end, initial=state["step"], disable=not progress, desc=recipe_name)
     model.train()
-    while state["step"] < recipe.total_steps:
+    while state["step"] < end:
         step = state["step"]
         stage_index, stage, stage_step = recipe.stage_at(step)
         if optimizer is None or state["stage_index"] != stage_index:
@@ -215,7 +220,7 @@ def train(
                 f.write(json.dumps(state["probes"][-1]) + "\n")
             save_pretrained(out_dir / MODEL_DIR, model, processor, recipe.scene)
         out_of_time = time_limit_s is not None and time.monotonic() - started > time_limit_s
-        if step % recipe.checkpoint_every == 0 or stage_done or out_of_time:
+        if step % recipe.checkpoint_every == 0 or stage_done or out_of_time or step == end:
             state["optimizer"] = optimizer.state_dict()
             extra = {} if pointer is None else {"pointer": pointer.state_dict()}
             _save_checkpoint(checkpoint_path, {**state, "recipe": recipe_name, "recipe_spec": recipe, "model": model.state_dict(),
@@ -224,6 +229,6 @@ def train(
             log.info("time limit reached at step %d", step)
             break
     bar.close()
-    if state["step"] == recipe.total_steps:
+    if state["step"] == end:
         save_pretrained(out_dir / MODEL_DIR, model, processor, recipe.scene)
     return {k: state[k] for k in ("step", "loss_history", "train_seconds", "probes")}
