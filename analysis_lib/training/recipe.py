@@ -231,18 +231,19 @@ RECIPES: dict[str, Recipe] = {
     "anneal": _after_9250(replace(_DEFAULT.stages[3], name="language-anneal", steps=2000, final_lr=1e-5)),
     # Late pointer: the default's run carried on (--branch-from runs/train-default at step 9250) with the
     # relevance pointer (weight 1, layer 3) added, to teach selecting the object that matches colour AND
-    # shape: at step 9250, 72% of localization answers were the exact box of another object (one of the
-    # same colour or the same shape: the expression's qualifiers were not the problem). Measured
-    # (runs/exp-pointer-late; validation, 300 per task): existence .76 at step 10500 vs .63 at 9250 and
-    # .62 for the default at 10000; localization .34 and counting .46 unchanged.
+    # shape: at step 9250, 87 of 150 validation localization answers were the box of another object of
+    # the same colour or the same shape, 4 the box of a same-colour same-shape object elsewhere (the
+    # expression's qualifiers were not the problem), 46 right. Measured (runs/exp-pointer-late;
+    # validation, 300 per task): existence .76 at step 10500 and .96 at 11000 vs .63 at 9250 and .62
+    # for the default at 10000; localization .34 / .33 and counting .46 / .53 about unchanged.
     "pointer-late": _after_9250(_pointer_stage(1.0)),
     # The same with the pointer's weight at 3 (runs/exp-pointer-late-3: stopped after 400 steps for the
     # next one, not measured).
     "pointer-late-3": _after_9250(_pointer_stage(3.0)),
     # Pointer at every answer token: "pointer-late" carried on (--branch-from its checkpoint at step
     # 11100, existence .96 but localization .33 on validation) with the pointer read at every token of
-    # the first answer, since a box's four numbers are each read off the object; at 11000, 61% of
-    # localization answers were still the box of an object of the same colour or shape.
+    # the first answer, since a box's four numbers are each read off the object; at 11000, 79 of 150
+    # localization answers were still the box of an object of the same colour or shape (52 right).
     "pointer-answer": _after_9250(replace(_pointer_stage(1.0), steps=1850),
                                   replace(_pointer_stage(1.0), name="language-pointer-answer", steps=36400,
                                           pointer_tokens="answer")),
