@@ -151,6 +151,16 @@ def test_make_train_default_retrains_the_shipped_recipe_and_step():
     assert f"| recipe | `{recipe}` (`analysis_lib/training/recipe.py`), step {step:,} |" in card
 
 
+def test_main_questions_may_come_from_other_tasks_than_the_follow_ups():
+    processor = build_processor(TINY.scene, build_tokenizer(TINY.scene))
+    batch = training_batch(processor, 0, 6, TINY.scene, 3, 0, main_tasks=("localization",))
+    texts = processor.tokenizer.batch_decode(batch.input_ids, skip_special_tokens=True)
+    questions = [re.findall(r"(?:Where|What|How|Is) [^?]*\?", t) for t in texts]
+    assert all(q[0].startswith("Where is") for q in questions)
+    assert any(not x.startswith("Where is") for q in questions for x in q[1:])  # follow-ups of every task
+    assert batch.relevance.any(1).all()  # a localization target on every image
+
+
 def test_bad_stage_or_recipe_raises():
     with pytest.raises(ValueError, match=r"trains must be one of \('tower', 'language'\)"):
         Stage("x", 1, "projector", lr=1e-3)
@@ -158,6 +168,8 @@ def test_bad_stage_or_recipe_raises():
         Stage("x", 1, "language", lr=1e-3, final_lr=1e-2)
     with pytest.raises(ValueError, match=r"pointer_tokens must be one of \('first', 'answer'\), got 'all'"):
         Stage("x", 1, "language", lr=1e-3, pointer_tokens="all")
+    with pytest.raises(ValueError, match=r"main_tasks must be distinct tasks of \('localization', .*\), got \('where',\)"):
+        Stage("x", 1, "language", lr=1e-3, main_tasks=("where",))
     with pytest.raises(ValueError, match=r"pointer_weight must be None or >= 0, got -1.0"):
         Stage("x", 1, "language", lr=1e-3, pointer_weight=-1.0)
     with pytest.raises(ValueError, match=r"image_words must be a non-empty subset of \('colour', 'shape', 'box'\)"):

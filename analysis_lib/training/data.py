@@ -112,10 +112,10 @@ def collate(processor: LlavaProcessor, samples: list[Sample], turns: list[list[t
 
 
 def training_batch(processor: LlavaProcessor, step: int, batch_size: int, config: SceneConfig, follow_ups: int, seed: int,
-                   tasks: tuple[str, ...] | None = None) -> Batch:
-    """Batch of `step`: each main sample's question, then `follow_ups` more questions on its image,
-    all of `tasks` (None: every task)."""
-    samples = training_samples(step, batch_size, config, seed, tasks)
+                   tasks: tuple[str, ...] | None = None, main_tasks: tuple[str, ...] | None = None) -> Batch:
+    """Batch of `step`: each main sample's question (of `main_tasks`; None: of `tasks`), then
+    `follow_ups` more questions on its image, of `tasks` (None: every task)."""
+    samples = training_samples(step, batch_size, config, seed, tasks if main_tasks is None else main_tasks)
     turns = []
     for row, sample in enumerate(samples):
         rng = np.random.default_rng([seed, step, row])

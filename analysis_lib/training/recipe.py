@@ -32,7 +32,8 @@ class Stage:
     """steps: optimiser steps; trains: "tower" (tower + per-patch heads) or "language" (projector +
     language model, tower frozen); clutter: the clutter levels scenes are drawn from; follow_ups:
     extra questions per image after the first; tasks: the tasks asked (main questions in rotation
-    and follow-ups), None for all of the suite's; objects: (fewest, most) objects per scene,
+    and follow-ups), None for all of the suite's; main_tasks: the main questions' tasks instead, if
+    set (the relevance pointer reads only the main question); objects: (fewest, most) objects per scene,
     replacing the clutter levels' ranges (tasks needing more objects still raise the count), None
     to keep them; final_lr: the learning rate falls from lr to final_lr over the stage along a cosine
     (None: constant lr); pointer_weight: the relevance pointer's weight in this stage (None: the
@@ -46,6 +47,7 @@ class Stage:
     clutter: tuple[str, ...] = ("low", "medium", "high")
     follow_ups: int = 0
     tasks: tuple[str, ...] | None = None
+    main_tasks: tuple[str, ...] | None = None
     objects: tuple[int, int] | None = None
     final_lr: float | None = None
     pointer_weight: float | None = None
@@ -54,11 +56,12 @@ class Stage:
     def __post_init__(self) -> None:
         if self.trains not in TRAINABLE:
             raise ValueError(f"trains must be one of {TRAINABLE}, got {self.trains!r}")
-        if self.tasks is not None:
-            if not self.tasks or len(set(self.tasks)) != len(self.tasks) or set(self.tasks) - set(TASKS):
-                raise ValueError(f"tasks must be distinct tasks of {TASKS}, got {self.tasks!r}")
-            if self.follow_ups and not set(self.tasks) & set(FOLLOW_UP_TASKS):
-                raise ValueError(f"follow_ups need one of {FOLLOW_UP_TASKS} among tasks, got {self.tasks!r}")
+        for name in ("tasks", "main_tasks"):
+            chosen = getattr(self, name)
+            if chosen is not None and (not chosen or len(set(chosen)) != len(chosen) or set(chosen) - set(TASKS)):
+                raise ValueError(f"{name} must be distinct tasks of {TASKS}, got {chosen!r}")
+        if self.tasks is not None and self.follow_ups and not set(self.tasks) & set(FOLLOW_UP_TASKS):
+            raise ValueError(f"follow_ups need one of {FOLLOW_UP_TASKS} among tasks, got {self.tasks!r}")
         if self.objects is not None and not 1 <= self.objects[0] <= self.objects[1]:
             raise ValueError(f"objects must be (fewest, most) with 1 <= fewest <= most, got {self.objects!r}")
         if self.final_lr is not None and not 0 <= self.final_lr <= self.lr:
@@ -252,6 +255,14 @@ RECIPES: dict[str, Recipe] = {
     "pointer-answer": _after_9250(replace(_pointer_stage(1.0), steps=1850),
                                   replace(_pointer_stage(1.0), name="language-pointer-answer", steps=36400,
                                           pointer_tokens="answer")),
+    # Localization and counting as the main question: "pointer-answer" carried on (--branch-from its
+    # checkpoint at step 12100) with the main question (the one the pointer reads) always localization
+    # or counting, the five follow-ups still of every task.
+    "pointer-main-loc": _after_9250(replace(_pointer_stage(1.0), steps=1850),
+                                    replace(_pointer_stage(1.0), name="language-pointer-answer", steps=1000,
+                                            pointer_tokens="answer"),
+                                    replace(_pointer_stage(1.0), name="language-pointer-localization", steps=35400,
+                                            pointer_tokens="answer", main_tasks=("localization", "counting"))),
     # Seconds on one CPU thread: for tests and smoke runs.
     "tiny": Recipe(
         model=ModelShape(vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=32, text_layers=2,

@@ -184,7 +184,8 @@ def train(
 
         tick = time.monotonic()
         scene = recipe.scene_for(stage)
-        batch = training_batch(processor, step, recipe.batch_size, scene, stage.follow_ups, recipe.seed, stage.tasks)
+        batch = training_batch(processor, step, recipe.batch_size, scene, stage.follow_ups, recipe.seed, stage.tasks,
+                               stage.main_tasks)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
             if stage.trains == "tower":
                 parts = heads.losses(tower_features(model, batch.pixel_values), batch)
