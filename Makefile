@@ -35,8 +35,8 @@ clean:
 # Retrain the shipped embedded model (data/embedded-model/MODEL_CARD.md: recipe and step) from scratch
 # into runs/train-$(RECIPE), resuming from its checkpoint when one exists; runs/train-$(RECIPE)/model is
 # the result. HOURS=2 stops (after checkpointing) after two hours; run it again to carry on.
-RECIPE ?= pointer-late
-UNTIL_STEP ?= 11000
+RECIPE ?= pointer-main-loc
+UNTIL_STEP ?= 13000
 .PHONY: train-default
 train-default: setup
 	nice -n 19 $(BIN)/python -m analysis_lib.training train --recipe $(RECIPE) --out runs/train-$(RECIPE) --until-step $(UNTIL_STEP) $(if $(HOURS),--hours $(HOURS))
