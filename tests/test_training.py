@@ -125,6 +125,8 @@ def test_branch_carries_on_a_run_under_a_recipe_with_the_same_first_steps(traine
     assert longer["loss_history"][:40] == uninterrupted["loss_history"] and len(longer["loss_history"]) == 45
     with pytest.raises(ValueError, match="branch_from: .* did not train the same first 1 steps as recipe 'tiny-other-tower'"):
         train("tiny-other-tower", tmp_path / "other", progress=False, branch_from=tmp_path / "source" / CHECKPOINT)
+    with pytest.raises(ValueError, match="give init_tower_from or branch_from, not both"):
+        train("tiny", tmp_path / "both", progress=False, init_tower_from=out / CHECKPOINT, branch_from=out / CHECKPOINT)
     monkeypatch.setitem(RECIPES, "tiny", RECIPES["tiny-other-tower"])  # the recipe changed since the checkpoint
     with pytest.raises(ValueError, match="recipe 'tiny' no longer trains the first 1 steps that wrote"):
         train("tiny", tmp_path / "source", progress=False)

@@ -108,6 +108,8 @@ def train(
     model is saved with save_pretrained in out_dir/model at every probe and at the end. Returns
     {"step", "loss_history", "train_seconds", "probes"}."""
     recipe = RECIPES[recipe_name]
+    if init_tower_from is not None and branch_from is not None:
+        raise ValueError("give init_tower_from or branch_from, not both")
     end = recipe.total_steps if until_step is None else until_step
     if not 1 <= end <= recipe.total_steps:
         raise ValueError(f"until_step must be between 1 and recipe {recipe_name!r}'s {recipe.total_steps} steps, got {until_step!r}")
@@ -134,8 +136,6 @@ def train(
         log.info("resumed at step %d", state["step"])
     else:
         log.info("recipe %s: %s", recipe_name, recipe)
-        if init_tower_from is not None and branch_from is not None:
-            raise ValueError("give init_tower_from or branch_from, not both")
         if branch_from is not None:
             saved = torch.load(branch_from, weights_only=False)
             source = saved.get("recipe_spec") or RECIPES[saved["recipe"]]
