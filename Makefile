@@ -1,22 +1,27 @@
-# Two entry points (see README): `make reproduce` and `make test`. Both build .venv themselves,
-# installing torch==2.13.0 first (a plain `torch` requirement would pull a multi-GB CUDA build).
+# Two entry points (see README): `make reproduce` and `make test`. Both build .venv themselves from the
+# lock (.ci/lock.txt: every package at the exact version the tests passed with), installing
+# torch==2.13.0 first (a plain `torch` requirement would pull a multi-GB CUDA build).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+LOCK := .ci/lock.txt
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test reproduce benchmark clean
+.PHONY: setup test reproduce benchmark clean lock test-compat
 
 setup: $(STAMP)
 
-# the editable install records which folders are packages: re-install when the package root changes
-$(STAMP): pyproject.toml analysis_lib/__init__.py
+# re-install when the lock or the dependencies change, and when the package root changes (the editable
+# install records which folders are packages); then check the environment holds every locked version
+$(STAMP): pyproject.toml analysis_lib/__init__.py $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[notebooks,dev]"
+	$(PIP) pip setuptools
+	$(PIP) torch==2.13.0
+	$(PIP) --no-build-isolation -e ".[notebooks,dev]"
+	$(BIN)/python analysis_lib/dependencies.py verify
 	touch $(STAMP)
 
 test: setup
@@ -31,6 +36,19 @@ benchmark: setup
 
 clean:
 	rm -rf $(VENV) runs
+
+# Refresh the lock: the newest releases pyproject.toml's ranges allow, in a throw-away environment
+# (runs/envs/lock); the lock is written only if the whole test suite passes there, otherwise the
+# changed versions and the failing tests are listed. Run it when a dependency releases, then commit.
+# Both this and test-compat run as a script (standard library only), independent of .venv and the lock.
+lock:
+	$(PYTHON) analysis_lib/dependencies.py lock
+
+# Both ends of the supported range (every direct dependency at its lower bound; the newest releases
+# in range), each in a throw-away environment, running the engine, capture and generation invariants.
+# FULL=1 runs the whole suite in both.
+test-compat:
+	$(PYTHON) analysis_lib/dependencies.py compat $(if $(FULL),--full)
 
 # Retrain the shipped embedded model (data/embedded-model/MODEL_CARD.md: recipe and step) from scratch
 # into runs/train-$(RECIPE), resuming from its checkpoint when one exists; runs/train-$(RECIPE)/model is

@@ -161,16 +161,18 @@ def vision_features(hidden: torch.Tensor, adapter: ModelAdapter) -> torch.Tensor
 
 
 def watch_output(hooks: HookSet, module: nn.Module, on_output: Callable[[torch.Tensor], None]) -> None:
-    """Call ``on_output(hidden_states)`` with the first output of ``module`` after every call."""
+    """Call ``on_output(hidden)`` with the first output of ``module`` after every call."""
     def hook(_m, _a, _k, out):
         on_output(out[0] if isinstance(out, tuple) else out)
     hooks.post(module, hook)
 
 
-def watch_qk(hooks: HookSet, attention: nn.Module, armed: Callable[[], bool],
+def watch_qk(hooks: HookSet, adapter: ModelAdapter, attention: nn.Module, armed: Callable[[], bool],
              on_rows: Callable[[torch.Tensor, torch.Tensor, tuple | None], None]) -> None:
-    """Call ``on_rows(q, k, position_embeddings)`` after ``attention`` ran, while ``armed()`` is true."""
+    """Call ``on_rows(q, k, rope)`` after ``attention`` ran, while ``armed()`` is true; ``rope`` is the
+    (cos, sin) the block was called with."""
     store: dict = {}
+    q_proj, k_proj = adapter.qk_projections(attention)
 
     def keep(name):
         def hook(_m, _a, _k, out):
@@ -180,7 +182,7 @@ def watch_qk(hooks: HookSet, attention: nn.Module, armed: Callable[[], bool],
 
     def before(_m, _a, kwargs):
         store.clear()
-        store["pe"] = kwargs.get("position_embeddings")
+        store["pe"] = adapter.attention_rope(kwargs)
 
     def after(_m, _a, _k, _out):
         if "q" in store:
@@ -188,6 +190,6 @@ def watch_qk(hooks: HookSet, attention: nn.Module, armed: Callable[[], bool],
         store.clear()
 
     hooks.pre(attention, before)
-    hooks.post(attention.q_proj, keep("q"))
-    hooks.post(attention.k_proj, keep("k"))
+    hooks.post(q_proj, keep("q"))
+    hooks.post(k_proj, keep("k"))
     hooks.post(attention, after)

@@ -94,10 +94,10 @@ def capture_attention(model: nn.Module, layers: Sequence[int] | str | None = "al
                 for spec in specs:
                     rows = text_visual_rows(q, k, *pe, view, adapter, spec)
                     cap.text[(spec.name, layer)] = rows_to_visual(rows, view, n_max)
-            watch_qk(hooks, adapter.decoder_attention(layer), armed, on_text)
+            watch_qk(hooks, adapter, adapter.decoder_attention(layer), armed, on_text)
         for layer in vis_layers:
             def on_vision(q, k, _pe, layer=layer):
                 cap.vision[layer] = vision_rows(q, k, adapter, vision_maps)
             # the tower runs once per new image set, inside forward or before it (generate pre-encodes images)
-            watch_qk(hooks, adapter.vision_attention(layer), lambda: True, on_vision)
+            watch_qk(hooks, adapter, adapter.vision_attention(layer), lambda: True, on_vision)
         yield cap

@@ -7,7 +7,6 @@ the ``SlotView`` of the layer they are at, so attention rows always map back to 
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -111,23 +110,14 @@ class Tracker:
         self._listeners: list = []
         self.hooks = HookSet()
         self.hooks.pre(model, self._on_forward, prepend=True)
+        # the image sizes of the last image encoding: ``generate`` may encode images before calling forward,
+        # so forward itself may not receive them (LLaVA-NeXT needs them)
         self._image_sizes = None
-        self._watch_image_features()
+        self._unwatch = adapter.watch_image_sizes(self._remember_image_sizes)
         self.users = 0
 
-    def _watch_image_features(self) -> None:
-        """Remember the image sizes of the last image encoding: ``generate`` encodes images before calling
-        forward (``mm_encoder_outputs``), so forward itself may not receive them (LLaVA-NeXT needs them)."""
-        owner = self.adapter.image_feature_owner
-        original = owner.get_image_features
-
-        @functools.wraps(original)
-        def get_image_features(*args, **kwargs):
-            self._image_sizes = kwargs.get("image_sizes")
-            return original(*args, **kwargs)
-
-        owner.get_image_features = get_image_features
-        self._owner = owner
+    def _remember_image_sizes(self, sizes) -> None:
+        self._image_sizes = sizes
 
     # ---- views ---------------------------------------------------------------------------
     def push_stage_view(self, start: int, view: SlotView) -> None:
@@ -154,25 +144,25 @@ class Tracker:
 
     # ---- the hook ------------------------------------------------------------------------
     def _on_forward(self, module, args, kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        call = self.adapter.model_call(args, kwargs)
+        input_ids = call.input_ids
         if input_ids is None:
-            raise ValueError("input_ids: capture and pruning need input_ids (not inputs_embeds) to find the "
+            raise ValueError("input_ids: capture and pruning need token ids (not precomputed embeddings) to find the "
                              "image tokens")
         batch, length = input_ids.shape
-        cache = kwargs.get("past_key_values")
-        prefill = cache is None or cache.get_seq_length() == 0
-        mask = kwargs.get("attention_mask")
+        prefill = call.cached_length == 0
+        mask = call.attention_mask
         if prefill:
             full = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
-            if kwargs.get("position_ids") is None:
-                kwargs["position_ids"] = padded_position_ids(full)
+            if call.position_ids is None:
+                call.position_ids = padded_position_ids(full)
             self.new_prompt = self.prompt is None or not self.prompt.continues_with(input_ids)
             if self.new_prompt:
-                sizes = kwargs.get("image_sizes")
+                sizes = call.image_sizes
                 layout = self.adapter.layout(input_ids, self._image_sizes if sizes is None else sizes)
-                self.prompt = Prompt(input_ids, full, kwargs["position_ids"], layout)
+                self.prompt = Prompt(input_ids, full, call.position_ids, layout)
                 self._starts, self.views = [0], [self.prompt.identity_view()]
-            self.call = Call(0, length, full, kwargs["position_ids"])
+            self.call = Call(0, length, full, call.position_ids)
             self._seen = length
         else:
             if self.prompt is None:
@@ -180,10 +170,10 @@ class Tracker:
             past = self._seen
             full = (torch.ones(batch, past + length, dtype=torch.bool, device=input_ids.device)
                     if mask is None else mask.bool())
-            if kwargs.get("position_ids") is None:
+            if call.position_ids is None:
                 last = self.prompt.position_ids[:, -1:] + (past - self.prompt.length)
-                kwargs["position_ids"] = last + torch.arange(1, length + 1, device=input_ids.device)
-            self.call = Call(past, length, full, kwargs["position_ids"])
+                call.position_ids = last + torch.arange(1, length + 1, device=input_ids.device)
+            self.call = Call(past, length, full, call.position_ids)
             self._seen += length
         if prefill and self.new_prompt:
             for fn in self._listeners:
@@ -192,7 +182,7 @@ class Tracker:
 
     def close(self) -> None:
         self.hooks.remove()
-        del self._owner.get_image_features  # drop the instance attribute: the class method is back
+        self._unwatch()
 
 
 class tracker_for:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from analysis_lib.adapters.calls import cache_tensors
 from analysis_lib.analyses import efficiency
 from analysis_lib.analyses import methods as compare
 from analysis_lib.evaluation.datasets import load_dataset
@@ -18,8 +19,9 @@ def test_cache_bytes_and_tokens_read_every_layers_tensors():
     cache = DynamicCache()
     cache.update(torch.zeros(2, 4, 10, 8), torch.zeros(2, 4, 10, 8), 0)
     cache.update(torch.zeros(2, 4, 3, 8, dtype=torch.float16), torch.zeros(2, 4, 3, 8, dtype=torch.float16), 1)
-    assert efficiency.cache_tokens(cache) == [10, 3]
-    assert efficiency.cache_bytes(cache) == 2 * (2 * 4 * 10 * 8 * 4) + 2 * (2 * 4 * 3 * 8 * 2)
+    layers = cache_tensors(cache)
+    assert efficiency.cache_tokens(layers) == [10, 3]
+    assert efficiency.cache_bytes(layers) == 2 * (2 * 4 * 10 * 8 * 4) + 2 * (2 * 4 * 3 * 8 * 2)
 
 
 def test_timing_samples_spread_over_the_list():

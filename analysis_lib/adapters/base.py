@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..layout import VisualLayout
+from . import calls
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,45 @@ class ModelAdapter(ABC):
     def image_token_id(self) -> int:
         return self.config.image_token_id
 
+    # ---- forward calls (every spelling of the supported transformers range: see calls.py) ------
+    def model_call(self, args: tuple, kwargs: dict) -> calls.ModelCall:
+        """The arguments of a top-level forward of the VLM (a pre-hook's view)."""
+        return calls.ModelCall(args, kwargs)
+
+    def language_model_call(self, args: tuple, kwargs: dict) -> calls.LanguageModelCall:
+        """The arguments the VLM passes to its language model."""
+        return calls.LanguageModelCall(args, kwargs)
+
+    def decoder_layer_call(self, args: tuple, kwargs: dict) -> calls.DecoderLayerCall:
+        """The arguments of one decoder layer's call."""
+        return calls.DecoderLayerCall(args, kwargs)
+
+    def attention_rope(self, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (cos, sin) an attention block of this model is called with."""
+        return calls.attention_rope(kwargs)
+
+    def qk_projections(self, attention: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """The modules whose outputs are an attention block's raw queries and keys."""
+        return attention.q_proj, attention.k_proj
+
+    def output_cache(self, output):
+        """The KV cache a forward of this model returned (None without one)."""
+        return calls.output_cache(output)
+
+    def cache_tensors(self, cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(keys, values) per decoder layer of this model's KV cache."""
+        return calls.cache_tensors(cache)
+
+    def watch_image_sizes(self, on_sizes) -> object:
+        """Call ``on_sizes(image_sizes)`` whenever the model encodes images (inside forward, or before it
+        when ``generate`` pre-encodes them); returns the function that removes the watch."""
+        return calls.watch_argument(self.image_feature_owner, "get_image_features", "image_sizes", on_sizes)
+
     # ---- inputs ---------------------------------------------------------------------------
+    def inputs_layout(self, inputs) -> VisualLayout:
+        """The layout of a processor's batch (``input_ids`` and, where the family has them, image sizes)."""
+        return self.layout(inputs["input_ids"].cpu(), inputs.get("image_sizes"))
+
     @abstractmethod
     def layout(self, input_ids: torch.Tensor, image_sizes: torch.Tensor | None = None) -> VisualLayout:
         """Where the visual tokens of each sample are, and where each lies in its image."""

@@ -140,7 +140,7 @@ def kept_cells(em: EvalModel, rows: pd.DataFrame, examples: Sequence[EvalSample]
     stage in each example, from the run's recorded kept indices; unpruned and Table 2 (the same kept set as
     φ-R) left out."""
     inputs = prompt_inputs(em, examples)
-    layout = em.adapter.layout(inputs["input_ids"].cpu(), inputs.get("image_sizes"))
+    layout = em.adapter.inputs_layout(inputs)
     rows = _label_rows(rows, paper_depth)
     rows = rows[rows.method.isin([m for m in CRITERIA if m != "before_llm"])]
     out = []

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..adapters import ModelAdapter
 from ..evaluation.datasets import EvalSample
 from ..evaluation.runner import NO_PRUNING, EvalModel, MethodSetting, model_fingerprint, prompt_inputs
 from ..flops import LMDims, schedule_flops
@@ -55,18 +56,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cache_tokens(cache) -> list[int]:
-    """Cached positions per decoder layer of a transformers cache (the same for every sample)."""
-    return [int(layer.keys.shape[-2]) for layer in cache.layers]
+def cache_tokens(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> list[int]:
+    """Cached positions per decoder layer, from each layer's (keys, values) (the same for every sample)."""
+    return [int(keys.shape[-2]) for keys, _ in layers]
 
 
-def cache_bytes(cache) -> int:
-    """Bytes held by the keys and values of every layer of a transformers cache."""
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+def cache_bytes(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """Bytes held by the keys and values of every decoder layer."""
+    return sum(t.numel() * t.element_size() for pair in layers for t in pair)
 
 
 @contextmanager
-def forward_probe(model: torch.nn.Module, device: torch.device) -> Iterator[dict]:
+def forward_probe(model: torch.nn.Module, adapter: ModelAdapter, device: torch.device) -> Iterator[dict]:
     """Records the end time of every top-level forward (CUDA synchronised) and the KV cache after the
     first one (the prefill)."""
     state: dict = {"ends": []}
@@ -75,8 +76,9 @@ def forward_probe(model: torch.nn.Module, device: torch.device) -> Iterator[dict
         _sync(device)
         state["ends"].append(time.perf_counter())
         if len(state["ends"]) == 1:
-            state["kv_bytes"] = cache_bytes(output.past_key_values)
-            state["kv_tokens"] = cache_tokens(output.past_key_values)
+            layers = adapter.cache_tensors(adapter.output_cache(output))
+            state["kv_bytes"] = cache_bytes(layers)
+            state["kv_tokens"] = cache_tokens(layers)
     handle = model.register_forward_hook(after)
     try:
         yield state
@@ -105,7 +107,7 @@ def measure(em: EvalModel, setting: MethodSetting, inputs, new_tokens: int) -> d
     with ExitStack() as stack:
         engine = (stack.enter_context(PruningEngine(em.model, schedule, adapter=em.adapter))
                   if schedule else None)
-        probe = stack.enter_context(forward_probe(em.model, device))
+        probe = stack.enter_context(forward_probe(em.model, em.adapter, device))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
@@ -116,7 +118,7 @@ def measure(em: EvalModel, setting: MethodSetting, inputs, new_tokens: int) -> d
     ends = probe["ends"]
     generated = output.shape[1] - inputs["input_ids"].shape[1]
     kept = (np.mean([len(k) for k in engine.records[0].stages[-1].kept]) if engine
-            else float(np.mean(em.adapter.layout(inputs["input_ids"].cpu(), inputs.get("image_sizes")).counts())))
+            else float(np.mean(em.adapter.inputs_layout(inputs).counts())))
     return {"prefill_ms": 1000 * (ends[0] - start),
             "decode_ms_per_token": 1000 * (ends[-1] - ends[0]) / max(len(ends) - 1, 1),
             "generated_tokens": generated, "kv_cache_mb": probe["kv_bytes"] / MB,

@@ -85,7 +85,7 @@ def geometry(em: EvalModel, samples: Sequence[EvalSample], batch_size: int = 8) 
     n_text, grid = [], None
     for start in range(0, len(samples), batch_size):
         inputs = prompt_inputs(em, samples[start:start + batch_size])
-        layout = em.adapter.layout(inputs["input_ids"].cpu(), inputs.get("image_sizes"))
+        layout = em.adapter.inputs_layout(inputs)
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         n_text += [length - n for length, n in zip(lengths, layout.counts())]
         segment = layout.samples[0].segments[0]
@@ -290,7 +290,7 @@ def examples_figure(em: EvalModel, samples: Sequence[EvalSample], rows: pd.DataF
     if not chosen:
         raise ValueError("examples: no localization sample with a box among the samples")
     inputs = prompt_inputs(em, chosen)
-    layout = em.adapter.layout(inputs["input_ids"].cpu(), inputs.get("image_sizes"))
+    layout = em.adapter.inputs_layout(inputs)
     part = rows[np.isclose(rows.keep_fraction, keep_fraction) & (rows.name != NO_PRUNING)]
     names = list(dict.fromkeys(part.name))
     fig, axes = plt.subplots(len(names), len(chosen), figsize=(1.35 * len(chosen) + 0.9, 1.35 * len(names)),

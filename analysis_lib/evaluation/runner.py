@@ -160,7 +160,7 @@ def _dims(model) -> LMDims:
 def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str], predictions: list[str],
                  record: PruneRecord | None, inputs, timings: list[float], new_tokens: int) -> list[dict]:
     dims = _dims(em.model)
-    layout = record.layout if record else em.adapter.layout(inputs["input_ids"].cpu(), inputs.get("image_sizes"))
+    layout = record.layout if record else em.adapter.inputs_layout(inputs)
     prefill = 1000 * timings[0] if timings else float("nan")
     decode = 1000 * sum(timings[1:]) / max(len(timings) - 1, 1) if len(timings) > 1 else float("nan")
     rows = []

@@ -129,13 +129,13 @@ class PruningEngine:
                     rows = text_visual_rows(q, k_proj, *pe, view, adapter, stage.scorer.spec)
                     n_max = max(self.tracker.prompt.layout.counts())
                     self._text_rows[s] = rows_to_visual(rows, view, n_max).mean(dim=1)
-                watch_qk(hooks, adapter.decoder_attention(k - 1), armed, on_text)
+                watch_qk(hooks, adapter, adapter.decoder_attention(k - 1), armed, on_text)
         # the tower runs once per new image set, inside forward or before it (generate pre-encodes images)
         feature_layer = adapter.vision_feature_encoder_layer
         if any(stage.scorer.needs_vision_attention for _, stage in self.stages):
             def on_vision(q, k, _pe):
                 self._vision_rows = vision_rows(q, k, adapter, with_map=False)
-            watch_qk(hooks, adapter.vision_attention(feature_layer), lambda: True, on_vision)
+            watch_qk(hooks, adapter, adapter.vision_attention(feature_layer), lambda: True, on_vision)
         if any(stage.needs_features for _, stage in self.stages):
             def on_features(hidden):
                 self._features = vision_features(hidden, adapter).detach()
@@ -221,8 +221,9 @@ class PruningEngine:
         if self._probing:
             return None
         tracker = self.tracker
+        lm_call = self.adapter.language_model_call(args, kwargs)
         if self._probe_layer != self.stages[0][0] and tracker.call.is_prefill and not self.records[-1].stages:
-            self._probe(kwargs)
+            self._probe(lm_call)
         if self.stages[0][0] != 0 or self.mode != "remove":
             return None
         v = self._stage_for_layer(0)
@@ -233,12 +234,12 @@ class PruningEngine:
             sequence = self.records[-1].stages[0].sequence
             if sequence is not None:
                 source = _content_positions(source, view, tracker.prompt.layout, sequence)
-            kwargs["inputs_embeds"] = _gather_slots(kwargs["inputs_embeds"], source)
-        kwargs["attention_mask"] = kv_valid.long()
-        kwargs["position_ids"] = q_position
+            lm_call.inputs_embeds = _gather_slots(lm_call.inputs_embeds, source)
+        lm_call.attention_mask = kv_valid.long()
+        lm_call.position_ids = q_position
         return args, kwargs
 
-    def _probe(self, kwargs) -> None:
+    def _probe(self, lm_call) -> None:
         """Run the unpruned prompt through layers 0..K-1 of the language model only to record the attention
         the first stage scores with (its kept set is then applied before the LLM)."""
         stop = HookSet()
@@ -248,9 +249,7 @@ class PruningEngine:
         stop.post(self.adapter.decoder_layers[self._probe_layer - 1], done)
         self._probing = True
         try:
-            self.adapter.language_model(inputs_embeds=kwargs["inputs_embeds"],
-                                        attention_mask=kwargs.get("attention_mask"),
-                                        position_ids=kwargs.get("position_ids"), use_cache=False)
+            self.adapter.language_model(**lm_call.prefix_kwargs())
         except _ProbeDone:
             pass
         finally:
@@ -268,17 +267,13 @@ class PruningEngine:
             prev = self._view_index(layer - 1) if layer > 0 else v
             view, call = tracker.views[v], tracker.call
             kv_index, kv_valid, q_index, q_position = call_slots(view, call, tracker.prompt.length)
-            hidden = args[0] if args else kwargs["hidden_states"]
+            layer_call = adapter.decoder_layer_call(args, kwargs)
+            hidden = layer_call.hidden_states
             if self.mode == "remove" and call.is_prefill and v != prev:
                 hidden = _gather_slots(hidden, self._source_slots(prev, kv_index))
-            kwargs["attention_mask"] = attention_mask(kv_index, kv_valid, q_index, adapter.attn_implementation,
-                                                      hidden.dtype)
-            kwargs["position_ids"] = q_position
-            kwargs["position_embeddings"] = adapter.rotary_embedding(hidden, position_ids=q_position)
-            if args:
-                return (hidden, *args[1:]), kwargs
-            kwargs["hidden_states"] = hidden
-            return args, kwargs
+            mask = attention_mask(kv_index, kv_valid, q_index, adapter.attn_implementation, hidden.dtype)
+            return layer_call.rewrite(hidden, mask, q_position,
+                                      adapter.rotary_embedding(hidden, position_ids=q_position))
 
         return hook
 
