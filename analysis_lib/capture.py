@@ -58,6 +58,8 @@ class AttentionCapture:
 
 
 def _check_layers(name: str, layers: Sequence[int], count: int) -> list[int]:
+    if isinstance(layers, (str, int)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+        raise ValueError(f"{name}={layers!r}: give a list of layer indices (e.g. [{min(count - 1, 5)}]), 'all' or None")
     bad = [layer for layer in layers if not 0 <= layer < count]
     if bad:
         raise ValueError(f"{name}={bad} outside the model; allowed: 0..{count - 1}")

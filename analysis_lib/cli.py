@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .flops import FFN_MATRICES, PRESETS, preset_or_config, schedule_flops
 from .pruning.methods import METHODS, get_method
 from .pruning.nominal import nominal_kept
+from .validation import check_int
 
 
 BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
@@ -19,22 +21,39 @@ def parse_params(pairs: list[str], defaults: dict[str, object]) -> dict[str, obj
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"method parameter {pair!r}: write NAME=VALUE, e.g. R=0.75")
-        key, value = pair.split("=", 1)
+        key, value = (part.strip() for part in pair.split("=", 1))
+        if key in params:
+            raise ValueError(f"method parameter {key} is given twice ({key}={params[key]!r} and {key}={value!r}); "
+                             "give it once")
         default = defaults.get(key)
         if isinstance(default, bool):
             if value.lower() not in BOOLEANS:
                 raise ValueError(f"method parameter {key}={value!r}: allowed values: {', '.join(BOOLEANS)}")
             params[key] = BOOLEANS[value.lower()]
-        elif isinstance(default, int):
-            params[key] = int(value) if value.lstrip("-").isdigit() else float(value)
-        elif isinstance(default, float):
-            params[key] = float(value)
+        elif isinstance(default, (int, float)):
+            params[key] = _number(key, value, integer=isinstance(default, int))
         else:
             params[key] = value
     return params
 
 
+def _number(key: str, text: str, integer: bool) -> int | float:
+    """An int where the text is one and the default is an int, else a finite float."""
+    if integer and text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"method parameter {key}={text!r}: must be a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"method parameter {key}={text!r}: must be a finite number")
+    return value
+
+
 def flops_command(args: argparse.Namespace) -> None:
+    check_int("--text-tokens", args.text_tokens, minimum=0)
+    if args.system_tokens is not None:
+        check_int("--system-tokens", args.system_tokens, minimum=0)
     preset = preset_or_config(args.model, n_system=args.system_tokens)
     method = get_method(args.method)
     schedule = method.schedule(**parse_params(args.params, method.parameters))
@@ -75,7 +94,7 @@ def reproduce_command(args: argparse.Namespace) -> None:
     from .notebooks.batch import NotebookFailed, run_batch
     try:
         run_batch(args.profile, only=args.only, root=args.root, skip_up_to_date=args.skip_up_to_date,
-                  threads=args.threads)
+                  threads=args.threads, update_committed=args.update_committed)
     except NotebookFailed as err:
         raise ValueError(str(err)) from None
 
@@ -117,12 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="run only these notebooks")
     p.add_argument("--skip-up-to-date", action="store_true", help="skip notebooks whose inputs did not change")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per notebook kernel (0 = torch's default)")
-    p.add_argument("--root", default=".", help="figures/ and data/results/ are written under it")
+    p.add_argument("--root", default=None, help="figures/ and data/results/ are written under it (default: the "
+                   "repository for the default profile, runs/reproduce/<profile>/ for the others)")
+    p.add_argument("--update-committed", action="store_true",
+                   help="let a non-default profile write the repository's committed figures/ and data/results/")
     p.set_defaults(fn=reproduce_command)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -11,17 +11,21 @@ needs "sdpa" or "eager".
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
 from .adapters import ADAPTERS, ModelAdapter, adapter_for
-from .validation import check_choice
+from .validation import check_choice, check_device
 
 MODEL_CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
+#: "owner/name" as the Hugging Face hub spells repository ids
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
 
 
 def resolve_attention(requested: str) -> str:
@@ -36,10 +40,22 @@ def load_vlm(name_or_path: str | Path, device: str = "cpu", dtype: str = "float3
              load_processor: bool = True) -> tuple[torch.nn.Module, object | None, ModelAdapter]:
     """(model in eval mode, processor or None, adapter) for a hub id or a local checkpoint folder."""
     check_choice("dtype", dtype, DTYPES)
+    check_device(device)
     local = Path(name_or_path).expanduser().is_dir()
     if not local and Path(name_or_path).expanduser().exists():
         raise ValueError(f"name_or_path={str(name_or_path)!r} is a file; give a checkpoint folder or a hub id")
-    config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
+    if not local and not HUB_ID.fullmatch(str(name_or_path)):
+        raise FileNotFoundError(f"model {str(name_or_path)!r}: no such folder (and not a hub id like "
+                                "'llava-hf/llava-1.5-7b-hf')")
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
+    except OSError as err:
+        if local:
+            raise ValueError(f"model folder {str(name_or_path)!r}: no readable config.json ({err})") from None
+        raise FileNotFoundError(
+            f"model {str(name_or_path)!r}: not in the local Hugging Face cache and the hub cannot be reached "
+            f"(offline={os.environ.get('HF_HUB_OFFLINE', '0')}); download it first (huggingface-cli download "
+            f"{name_or_path}) or give a local folder") from None
     check_choice("model_type", config.model_type, ADAPTERS)
     model = MODEL_CLASSES[config.model_type].from_pretrained(
         name_or_path, dtype=DTYPES[dtype], attn_implementation=resolve_attention(attn_implementation),

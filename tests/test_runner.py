@@ -7,26 +7,10 @@ import pytest
 
 from analysis_lib.cli import main
 from analysis_lib.evaluation import runner
-from analysis_lib.evaluation.runner import TIMING_COLUMNS, MethodSetting, load_eval_model, run_grid, summarize
-from analysis_lib.training import RECIPES, build_model, build_processor, build_tokenizer, save_pretrained
+from analysis_lib.evaluation.runner import TIMING_COLUMNS, MethodSetting, run_grid, summarize
 
 METHODS = ["none", "fastv:K=0.5,R=0.5", "vispruner:keep=0.5", "fopru:R=0.5,strategy=row"]
 VARYING = list(TIMING_COLUMNS) + ["batch_index", "batch_size"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    recipe = RECIPES["tiny"]
-    tokenizer = build_tokenizer(recipe.scene)
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_pretrained(folder, build_model(recipe.model, recipe.scene, tokenizer), build_processor(recipe.scene, tokenizer),
-                    recipe.scene)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    return load_eval_model(str(checkpoint))
 
 
 def stable(frame: pd.DataFrame) -> pd.DataFrame:

@@ -297,8 +297,13 @@ def load_jsonl(path: str | Path, limit: int | None = None, dataset: str | None =
     default_dataset = dataset or path.stem
     samples: list[EvalSample] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}, line {line_no}: not UTF-8 text ({e.reason} at byte {e.start}); save the "
+                                 "file as UTF-8") from None
             if not line.strip():
                 continue
             if limit is not None and len(samples) >= limit:
@@ -851,7 +856,7 @@ def load_benchmark(name: str, path: str | Path | None = None, split: str | None 
 # -------------------------------------------------------------------------------- entry point
 
 def _is_scene_jsonl(path: Path) -> bool:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", errors="replace") as f:
         for line in f:
             if line.strip():
                 try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from string import Formatter
 
 from ..training.model import SCENE_CONFIG_FILE
 from ..training.prompts import prompt as embedded_prompt
@@ -66,12 +67,28 @@ class PromptStyle:
         return self.chat.format(image=self.image_token, text=body)
 
     def with_templates(self, overrides: dict[str, str]) -> PromptStyle:
-        """The same style with some task templates replaced (each must contain ``{question}``)."""
-        for task, template in overrides.items():
-            check_choice("task", task, TASKS)
-            if "{question}" not in template:
-                raise ValueError(f"prompt template for task {task!r} must contain '{{question}}': {template!r}")
+        """The same style with some task templates replaced (see ``check_templates``)."""
+        check_templates(overrides)
         return replace(self, templates={**self.templates, **overrides})
+
+
+TEMPLATE_FIELDS = ("question", "options")
+
+
+def check_templates(overrides: dict[str, str]) -> None:
+    """Each override names a task, contains ``{question}`` and no other field than ``TEMPLATE_FIELDS``."""
+    for task, template in overrides.items():
+        check_choice("prompt task", task, TASKS)
+        try:
+            fields = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+        except ValueError as err:
+            raise ValueError(f"prompt template for task {task!r}: {err} in {template!r}") from None
+        if "question" not in fields:
+            raise ValueError(f"prompt template for task {task!r} must contain '{{question}}': {template!r}")
+        unknown = sorted(fields - set(TEMPLATE_FIELDS))
+        if unknown:
+            raise ValueError(f"prompt template for task {task!r}: unknown field(s) {unknown} in {template!r}; "
+                             f"allowed fields: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
 
 
 STYLES: dict[str, PromptStyle] = {

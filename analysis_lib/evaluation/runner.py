@@ -13,9 +13,7 @@ but the timing columns).
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -31,13 +29,14 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..adapters import ModelAdapter
 from ..flops import LMDims, schedule_flops
-from ..loading import load_vlm
+from ..loading import DTYPES, load_vlm
 from ..pruning import PruneRecord, PruningEngine, get_method
 from ..pruning.schedule import Schedule
-from ..validation import check_choice
+from ..validation import check_choice, check_device, check_int, check_output_folder
 from .datasets import EvalSample, load_dataset
 from .metrics import get_metric
-from .prompts import PromptStyle, style_for
+from .parts import code_digest, digest, gather, sample_digest, stable_form, write_atomic
+from .prompts import PromptStyle, check_templates, style_for
 
 NO_PRUNING = "none"
 # The metric of each task (datasets.TASKS); yes/no questions are scored as POPE defines it.
@@ -76,8 +75,7 @@ class MethodSetting:
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha1(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.method}-{digest}"
+        return f"{self.method}-{digest(self.params)[:8]}"
 
 
 @dataclass
@@ -230,32 +228,52 @@ def evaluate_batch(em: EvalModel, setting: MethodSetting, samples: Sequence[Eval
     return _sample_rows(em, samples, texts, predictions, record, inputs, list(timings), new_tokens)
 
 
-def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".csv":
-        frame.to_csv(tmp, index=False)
-    else:
-        frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-80:]
 
 
-def _digest(*parts: object) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
 def model_fingerprint(em: EvalModel) -> str:
-    """Changes when the weights, config or prompts change: finished parts of another checkpoint saved at
-    the same path are never reused."""
+    """Changes when the weights, config, prompts, device or dtype change: finished parts of another
+    checkpoint saved at the same path, or computed on another device, are never reused."""
     files = []
     folder = Path(em.name)
     if folder.is_dir():
         files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file()]
-    return _digest(em.name, em.model.config.to_json_string(), files, em.style.templates, em.style.chat)
+    device, dtype = _device_dtype(em)
+    return digest(em.name, em.model.config.to_json_string(), files, em.style.templates, em.style.chat, device, dtype,
+                  em.adapter.attn_implementation)
+
+
+def _device_dtype(em: EvalModel) -> tuple[str, str]:
+    parameter = next(em.model.parameters())
+    return str(parameter.device), str(parameter.dtype).removeprefix("torch.")
+
+
+def setting_fingerprint(setting: MethodSetting, mode: str, positions: str | None, seed: int) -> str:
+    """Changes with the full schedule (every stage, scorer and selector field), the run settings and the
+    code that computes rows."""
+    return digest(setting.method, setting.params, stable_form(setting.schedule()), mode, positions, seed,
+                  code_digest())
+
+
+def check_fits(em: EvalModel, settings: Sequence[MethodSetting], data: dict[str, list[EvalSample]]) -> None:
+    """Every schedule's layers fit the model and its budgets fit the visual tokens of each dataset's first
+    sample (the processor alone tells; nothing runs through the model)."""
+    for s in settings:
+        schedule = s.schedule()
+        if schedule is None:
+            continue
+        stages = schedule.resolve(em.adapter.num_layers)
+        for dataset_name, samples in data.items():
+            counts = em.adapter.inputs_layout(prompt_inputs(em, samples[:1])).counts()
+            n_in = counts[0]
+            for _, stage in stages:
+                if stage.keep is None or stage.scope != "global":
+                    break
+                try:
+                    n_in = stage.budget(n_in, counts[0])
+                except ValueError as err:
+                    raise ValueError(f"method {s.label!r} on dataset {dataset_name!r}: {err}") from None
 
 
 def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSetting],
@@ -266,53 +284,62 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
     """Evaluate every model × method setting × dataset; returns (and writes to ``out``) all rows.
 
     ``datasets``: specs for ``load_dataset`` ("synthetic", "pope", a .jsonl or a folder) or (name, samples)
-    pairs already loaded. Settings, methods and datasets are checked before any model is loaded;
-    finished batches are kept on disk and skipped when the same grid is run again.
+    pairs already loaded. Every argument is checked before any model is loaded, and every schedule
+    against the model before any batch runs; finished batches are kept on disk (``parts.py``) and reused
+    only while everything that determines their rows is unchanged. Several runs into one ``out`` share
+    the batches instead of computing them twice.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
+    check_int("batch_size", batch_size, minimum=1)
     check_choice("mode", mode, ("remove", "mask"))
     if positions is not None:
         check_choice("positions", positions, ("keep", "reindex"))
+    check_device(device)
+    check_choice("dtype", dtype, DTYPES)
+    out = check_output_folder(out)
     settings = [m if isinstance(m, MethodSetting) else MethodSetting.parse(m) for m in methods]
     for s in settings:
         s.schedule()  # bad parameters fail here, before loading anything
+    if prompts:
+        check_templates(prompts)
     data = dict(d if isinstance(d, tuple) else (d, load_dataset(d, split=split, limit=limit, seed=seed))
                 for d in datasets)
-    out = Path(out)
-    parts: list[Path] = []
+    jobs: dict[Path, tuple] = {}
     for model_spec in models:
         em = model_spec if isinstance(model_spec, EvalModel) else load_eval_model(model_spec, device, dtype,
                                                                                    prompts=prompts)
-        for s in settings:  # the layers must fit this model
-            schedule = s.schedule()
-            if schedule is not None:
-                schedule.resolve(em.adapter.num_layers)
+        check_fits(em, settings, data)
+        model_dir = out / "parts" / f"{_slug(em.name)}-{model_fingerprint(em)}"
+        device_used, dtype_used = _device_dtype(em)
         common = {"model": em.name, "prompt_style": em.style.name, "mode": mode, "batch_size": batch_size,
-                  "seed": seed, "library_version": __version__, "git_commit": git_commit()}
+                  "seed": seed, "device": device_used, "dtype": dtype_used, "library_version": __version__,
+                  "git_commit": git_commit()}
         for dataset_name, samples in data.items():
+            keys = [sample_digest(x) for x in samples]
             for s in settings:
-                folder = (out / "parts" / f"{_slug(em.name)}-{model_fingerprint(em)}"
-                          / f"{_slug(dataset_name)}-{_digest([x.sample_id for x in samples], batch_size)}"
-                          / f"{s.key}-{_digest(mode, positions, seed)}")
-                starts = range(0, len(samples), batch_size)
-                bar = tqdm(starts, desc=f"{Path(em.name).name} | {dataset_name} | {s.label}", disable=not progress)
-                for index, start in enumerate(bar):
-                    part = folder / f"batch-{index:05d}.parquet"
-                    parts.append(part)
-                    if part.exists():
-                        continue
-                    torch.manual_seed(seed)
-                    rows = evaluate_batch(em, s, samples[start:start + batch_size], mode, positions)
-                    schedule = s.schedule()
-                    used = positions or (schedule.positions if schedule else "keep")
-                    frame = pd.DataFrame([{**common, "dataset": dataset_name, "method": s.method,
-                                           "params": json.dumps(s.params, sort_keys=True), "setting": s.label,
-                                           "positions": used, "batch_index": index, **row} for row in rows])
-                    _write_atomic(frame, part)
-    results = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-    _write_atomic(results, out / "results.parquet")
-    _write_atomic(results, out / "results.csv")
+                folder = model_dir / _slug(dataset_name) / f"{s.key}-{setting_fingerprint(s, mode, positions, seed)}"
+                for index, start in enumerate(range(0, len(samples), batch_size)):
+                    batch = samples[start:start + batch_size]
+                    part = folder / f"batch-{index:05d}-{digest(keys[start:start + batch_size])}.parquet"
+                    jobs[part] = (em, s, batch, index, {**common, "dataset": dataset_name})
+    bar = tqdm(total=len(jobs), initial=sum(p.exists() for p in jobs), desc="evaluation batches",
+               disable=not progress)
+
+    def compute(part: Path) -> pd.DataFrame:
+        em, s, batch, index, context = jobs[part]
+        bar.set_postfix_str(f"{Path(em.name).name} | {context['dataset']} | {s.label}")
+        torch.manual_seed(seed)
+        rows = evaluate_batch(em, s, batch, mode, positions)
+        schedule = s.schedule()
+        used = positions or (schedule.positions if schedule else "keep")
+        bar.update()
+        return pd.DataFrame([{**context, "method": s.method, "params": json.dumps(s.params, sort_keys=True),
+                              "setting": s.label, "positions": used, "batch_index": index, **row} for row in rows])
+
+    frames = gather(jobs, compute)
+    bar.close()
+    results = pd.concat(frames, ignore_index=True)
+    write_atomic(results, out / "results.parquet")
+    write_atomic(results, out / "results.csv")
     return results
 
 

@@ -21,6 +21,7 @@ from .parameters import NOTEBOOKS, REPO
 
 NOTEBOOK_DIR = REPO / "notebooks"
 PROFILE_DIR = NOTEBOOK_DIR / "profiles"
+DEFAULT_PROFILE = "default"
 
 
 class NotebookFailed(RuntimeError):
@@ -37,7 +38,18 @@ def load_profile(name_or_path: str | Path) -> dict:
     if path.suffix not in (".yaml", ".yml"):
         check_choice("profile", str(name_or_path), profiles())
         path = PROFILE_DIR / f"{name_or_path}.yaml"
-    data = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise FileNotFoundError(f"profile {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        line = f", line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"profile {path}{line}: not valid YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"profile {path}: expected a mapping with 'common' and/or 'notebooks', got "
+                         f"{type(data).__name__}")
     unknown = set(data) - {"common", "notebooks"}
     if unknown:
         raise ValueError(f"profile {path}: unknown sections {sorted(unknown)}; allowed: 'common', 'notebooks'")
@@ -66,16 +78,37 @@ def _execute(name: str, source: Path, target: Path, parameters: dict, progress: 
                              f"(executed copy: {target})") from None
 
 
-def run_batch(profile: str | Path = "default", only: list[str] | None = None, run_dir: str | Path | None = None,
-              root: str | Path = ".", skip_up_to_date: bool = False, progress: bool = True,
-              threads: int = 1) -> list[Path]:
+def output_root(profile: str | Path, root: str | Path | None, update_committed: bool) -> Path:
+    """Where a profile's figures/ and data/results/ go: the repository for the default profile (its
+    committed results), ``runs/reproduce/<profile>/`` for any other unless ``update_committed``."""
+    if root is not None:
+        chosen = Path(root).resolve()
+        if chosen == REPO.resolve() and str(profile) != DEFAULT_PROFILE and not update_committed:
+            raise ValueError(f"root={str(root)!r} is the repository: profile {str(profile)!r} would overwrite the "
+                             "committed figures and tables; pass --update-committed (update_committed=True) to do so")
+        return chosen
+    if str(profile) == DEFAULT_PROFILE or update_committed:
+        return REPO
+    return REPO / "runs" / "reproduce" / Path(str(profile)).stem
+
+
+def outputs_exist(root: Path, name: str) -> bool:
+    """The notebook's figure and table folders exist and hold files."""
+    return all(folder.is_dir() and any(folder.iterdir())
+               for folder in (root / "figures" / name, root / "data" / "results" / name))
+
+
+def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = None, run_dir: str | Path | None = None,
+              root: str | Path | None = None, skip_up_to_date: bool = False, progress: bool = True,
+              threads: int = 1, update_committed: bool = False) -> list[Path]:
     """Execute the notebooks in order; returns the executed copies. ``root`` is where figures/ and
-    data/results/ are written (the notebooks' own ``root`` parameter). ``threads``: CPU threads of each
-    notebook's kernel (OMP_NUM_THREADS; 0 keeps torch's default). One thread is the default: several
-    threads on a small shared machine were measured 20x slower than one."""
+    data/results/ are written (the notebooks' own ``root`` parameter; see ``output_root``). ``threads``:
+    CPU threads of each notebook's kernel (OMP_NUM_THREADS; 0 keeps torch's default). One thread is the
+    default: several threads on a small shared machine were measured 20x slower than one."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ValueError(f"threads={threads!r}: must be an integer >= 0 (0 = torch's default)")
     settings = load_profile(profile)
+    root = output_root(profile, root, update_committed)
     names = list(NOTEBOOKS) if not only else [check_choice("notebook", n, NOTEBOOKS) for n in only]
     run_dir = Path(run_dir or REPO / "runs" / "notebooks" / Path(str(profile)).stem)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,10 +119,11 @@ def run_batch(profile: str | Path = "default", only: list[str] | None = None, ru
     try:
         for i, name in enumerate(names, 1):
             source, target = NOTEBOOK_DIR / f"{name}.ipynb", run_dir / f"{name}.ipynb"
-            parameters = {**settings[name], "root": str(Path(root).resolve())}
+            parameters = {**settings[name], "root": str(root)}
             stamp_file, stamp = run_dir / f"{name}.stamp", _stamp(source, parameters)
             executed.append(target)
-            if skip_up_to_date and target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
+            if (skip_up_to_date and target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp
+                    and outputs_exist(root, name)):
                 print(f"[{i}/{len(names)}] {name}: up to date, skipped")
                 continue
             print(f"[{i}/{len(names)}] {name}")
@@ -101,6 +135,5 @@ def run_batch(profile: str | Path = "default", only: list[str] | None = None, ru
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = previous
-    print(f"executed notebooks: {run_dir}\nfigures: {Path(root).resolve() / 'figures'}\n"
-          f"tables: {Path(root).resolve() / 'data' / 'results'}")
+    print(f"executed notebooks: {run_dir}\nfigures: {root / 'figures'}\ntables: {root / 'data' / 'results'}")
     return executed

@@ -77,6 +77,9 @@ class PruningEngine:
     def __init__(self, model: nn.Module, schedule: Schedule, mode: str = "remove", positions: str | None = None,
                  adapter: ModelAdapter | None = None):
         """``positions``: "keep" | "reindex"; None uses the schedule's own policy (``Schedule.positions``)."""
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule={schedule!r}: expected a Schedule, e.g. get_method('fastv').schedule(K=3, "
+                            "R=0.75) (analysis_lib.pruning.methods)")
         self.model, self.schedule = model, schedule
         self.adapter = adapter or adapter_for(model)
         self.mode, self.positions = mode, positions or schedule.positions

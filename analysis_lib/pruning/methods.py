@@ -9,6 +9,7 @@ the same method runs on a shallow model.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -171,6 +172,19 @@ def rows(part: str = "bottom", R: float = 0.5, K: int | float = 0) -> Schedule:
 COMMON_PARAMETERS: dict[str, object] = {"scope": "global"}
 
 
+def check_parameter_type(name: str, value: object, default: object) -> None:
+    """A value must have its default's kind: a bool for a bool, a finite number for a number (an int
+    default also takes a float, a fraction of depth), a string for a string."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r}: must be True or False")
+    elif isinstance(default, (int, float)) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name}={value!r}: must be a finite number (default {default!r})")
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ValueError(f"{name}={value!r}: must be a string (default {default!r})")
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -187,8 +201,10 @@ class Method:
         return inspect.getdoc(self.factory).replace("\n", " ")
 
     def schedule(self, **params) -> Schedule:
-        for key in params:
-            check_choice(f"{self.name} parameter", key, self.parameters)
+        defaults = self.parameters
+        for key, value in params.items():
+            check_choice(f"{self.name} parameter", key, defaults)
+            check_parameter_type(f"{self.name} parameter {key}", value, defaults[key])
         scope = check_choice("scope", params.pop("scope", "global"), SCOPES)
         schedule = self.factory(**params)
         return replace(schedule, stages=tuple(replace(s, scope=scope) for s in schedule.stages))

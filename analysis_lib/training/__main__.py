@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
+from ..validation import check_int
 from .evaluate import evaluate_checkpoint
 from .recipe import RECIPES
 from .train import train
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis_lib.training")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("train", help="train a recipe, resuming from OUT/checkpoint.pt if present")
@@ -30,7 +32,17 @@ def main(argv: list[str] | None = None) -> None:
     score.add_argument("--per-task", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    try:
+        check_int("threads", args.threads, minimum=1)
+        torch.set_num_threads(args.threads)
+        _run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "train":
         limit_s = None if args.hours is None else args.hours * 3600
         result = train(args.recipe, args.out, limit_s, init_tower_from=args.init_tower_from,
@@ -42,4 +54,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

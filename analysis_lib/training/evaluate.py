@@ -8,7 +8,9 @@ import torch
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from ..scenes import Sample, accuracy_by_task, generate_split
-from .model import load_pretrained
+from ..scenes.attributes import SPLITS
+from ..validation import check_choice, check_int
+from .model import SCENE_CONFIG_FILE, load_pretrained
 from .prompts import prompt
 
 MAX_NEW_TOKENS = 12  # a box answer is 9 tokens plus the end-of-turn token
@@ -48,6 +50,13 @@ def evaluate_model(
 
 
 def evaluate_checkpoint(directory: str | Path, split: str = "test", per_task: int | None = None, seed: int = 0) -> dict[str, float]:
-    """Score a directory written by save_pretrained on a split of its own scene suite."""
+    """Score a directory written by save_pretrained on a split of its own scene suite (the split, the count
+    and the folder are checked before the model loads)."""
+    check_choice("split", split, SPLITS)
+    if per_task is not None:
+        check_int("per_task", per_task, minimum=1)
+    if not (Path(directory) / SCENE_CONFIG_FILE).is_file():
+        raise ValueError(f"model={str(directory)!r}: not a checkpoint folder of this repository's embedded model "
+                         f"(no {SCENE_CONFIG_FILE}); give a folder written by training, e.g. data/embedded-model")
     model, processor, scene = load_pretrained(directory)
     return evaluate_model(model, processor, generate_split(split, per_task, config=scene, seed=seed), scene.box_bins)
