@@ -142,3 +142,15 @@ def test_the_cli_never_prints_a_traceback_for_a_user_error_unless_asked():
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     debug = subprocess.run([*command[:3], "--debug", *command[3:]], capture_output=True, text=True, cwd=ROOT)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_skip_up_to_date_needs_the_notebooks_outputs(tmp_path):
+    from analysis_lib.notebooks.batch import outputs_exist
+    figures, tables = tmp_path / "figures" / "01_positional_bias", tmp_path / "data" / "results" / "01_positional_bias"
+    assert not outputs_exist(tmp_path, "01_positional_bias")
+    figures.mkdir(parents=True)
+    tables.mkdir(parents=True)
+    (tables / "t.csv").write_text("a\n")
+    assert not outputs_exist(tmp_path, "01_positional_bias"), "an empty figure folder is not up to date"
+    (figures / "f.png").write_bytes(b"")
+    assert outputs_exist(tmp_path, "01_positional_bias")
