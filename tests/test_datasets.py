@@ -119,14 +119,14 @@ def test_save_to_disk_dataset_dict_and_splits(tmp_path):
     samples = load_benchmark("pope", path=root, split="random")
     assert [s.sample_id for s in samples] == ["101", "102"]
     np.testing.assert_array_equal(rgb(samples[1]), arrays[2])
-    with pytest.raises(ValueError, match=r"split 'val' not found.*'adversarial', 'random'"):
-        load_benchmark("pope", path=root, split="val")
+    with pytest.raises(ValueError, match=r"split 'popular' not found.*'adversarial', 'random'"):
+        load_benchmark("pope", path=root, split="popular")
     # No split given and the default ('test') is not there: the splits found are listed.
     with pytest.raises(ValueError, match=r"several splits.*'adversarial', 'random'"):
         load_benchmark("pope", path=root)
     # A single-split folder refuses another split by name.
-    with pytest.raises(ValueError, match=r"split 'val' not found.*splits found: \['random'\]"):
-        load_benchmark("pope", path=root / "random", split="val")
+    with pytest.raises(ValueError, match=r"split 'popular' not found.*splits found: \['random'\]"):
+        load_benchmark("pope", path=root / "random", split="popular")
 
 
 # --------------------------------------------------------------------------------- hub cache
@@ -145,9 +145,9 @@ def test_hub_cache(tmp_path, monkeypatch):
     # The same copy elsewhere: the repo folder (its name gives the benchmark) or the snapshot itself.
     assert load_dataset(str(root)) == samples
     assert load_benchmark("pope", path=snapshot) == samples
-    other_configs = r"(?s)split 'val' not found.*splits found: \['test'\].*'Full': splits \['random'\]"
+    other_configs = r"(?s)split 'test' not found.*splits found: \['random'\].*'data': splits \['test'\]"
     with pytest.raises(ValueError, match=other_configs):
-        load_dataset("pope", split="val")
+        load_dataset("pope", split="test", config="Full")
     # Another config of the same snapshot.
     assert load_dataset("pope", split="random", config="Full") == samples[2:]
 
