@@ -386,3 +386,39 @@ def test_eval_sample_checks_task():
     with pytest.raises(ValueError, match="allowed values"):
         EvalSample("a", image, "Q?", ["x"], "caption", "d")
     assert EvalSample("a", image, "Q?", ["x"], "vqa", "d").task in TASKS
+
+
+# ------------------------------------------------------------------- lmms-eval's downloads, subsets
+
+def test_lmms_eval_cache_under_lmms_lab_encoder_and_pope_subsets(tmp_path, monkeypatch):
+    table, _ = pope_table()
+    cache = tmp_path / "hub"
+    root, _ = hub_snapshot(cache, "lmms-lab-encoder/POPE", {"data/test-00000-of-00001.parquet": table,
+                                                            "Full/adversarial-00000-of-00001.parquet": table.slice(0, 1),
+                                                            "Full/popular-00000-of-00001.parquet": table.slice(1, 1),
+                                                            "Full/random-00000-of-00001.parquet": table.slice(2)})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    assert [s.sample_id for s in load_dataset("pope")] == ["100", "101", "102"]
+    for subset, ids in [("adversarial", ["100"]), ("popular", ["101"]), ("random", ["102"])]:
+        assert [s.sample_id for s in load_dataset(f"pope:{subset}")] == ids  # config "Full", as lmms-eval's pope_full
+    assert load_dataset(str(root))[0].dataset == "pope"  # the folder name gives the benchmark
+    with pytest.raises(ValueError, match=r"split='adversarail' does not exist.*'adversarial', 'popular', 'random'"):
+        load_dataset("pope:adversarail")
+
+
+def test_the_lmms_lab_copy_is_preferred_and_a_missing_copy_names_both(tmp_path, monkeypatch):
+    table, _ = pope_table()
+    cache = tmp_path / "hub"
+    hub_snapshot(cache, "lmms-lab/POPE", {"data/test-00000-of-00001.parquet": table.slice(0, 1)})
+    hub_snapshot(cache, "lmms-lab-encoder/POPE", {"data/test-00000-of-00001.parquet": table})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    assert len(load_dataset("pope")) == 1
+    with pytest.raises(FileNotFoundError, match=r"datasets--lmms-lab--MME.*lmms-lab-encoder/MME"):
+        load_dataset("mme")
+
+
+def test_textvqa_ocr_tokens_become_the_context(tmp_path):
+    table = pa.table({"question_id": ["7"], "question": ["what brand?"], "answers": [["sony"] * 10],
+                      "ocr_tokens": [["sony", "tv"]], "image": image_column([pixels(4, 4, 1)])})
+    (sample,) = load_benchmark("textvqa", path=save_to_disk(tmp_path / "t", table, "validation"))
+    assert sample.context == "sony, tv"
