@@ -47,8 +47,9 @@ def _module(name: str):
 
 
 def _exact_match(prediction: str, reference: str) -> float:
+    """The registered exact_match on the stripped answer (lmms-eval strips answers before scoring)."""
     metrics = _module("lmms_eval.api.metrics")
-    return float(metrics.exact_match_hf_evaluate(predictions=[prediction], references=[reference],
+    return float(metrics.exact_match_hf_evaluate(predictions=[prediction.strip()], references=[reference],
                                                  **_EXACT_MATCH_KWARGS)["exact_match"])
 
 
@@ -83,7 +84,7 @@ def _ai2d(prediction: str, fields: Mapping[str, Any]) -> float:
     ai2d = _module("ai2d.utils")
     flt = ai2d.MultiChoiceRegexFilter(regex_pattern=r"([A-Z])\.", group_select=0, **_EXACT_MATCH_KWARGS)
     filtered = flt.apply([[prediction]], [{}])[0]
-    return _exact_match(filtered.strip(), _single_reference(fields).strip().upper())
+    return _exact_match(filtered, _single_reference(fields).strip().upper())
 
 
 def _refcoco_result(prediction: str, fields: Mapping[str, Any]) -> dict:
