@@ -225,3 +225,16 @@ def test_run_grid_refuses_bad_scoring_before_loading_anything(tmp_path, no_lmms_
         with pytest.raises(ValueError, match=message):
             run_grid([missing_model], ["none"], ["synthetic"], tmp_path, **kwargs)
     assert not (tmp_path / "parts").exists()
+
+
+def test_summaries_state_the_scoring_mode_and_box_frame():
+    import json
+
+    from analysis_lib.evaluation.runner import summarize
+    rows = [{"model": "m", "dataset": "pope", "setting": "none", "task": "yes_no", "scoring": mode, "box_frame": "padded",
+             "rule": "pope", "prediction": p, "answers": json.dumps([a]), "score": score(scoring, "pope", p, answer=a),
+             "flops_reduction": 0.0} for mode, scoring in (("official", OFFICIAL), ("lenient", LENIENT))
+            for p, a in (("No!", "no"), ("Yes", "yes"))]
+    summary = summarize(pd.DataFrame(rows)).set_index("scoring")
+    assert summary.loc["official", "accuracy"] == 0.5 and summary.loc["lenient", "accuracy"] == 1.0
+    assert (summary.box_frame == "padded").all() and summary.loc["official", "yes_ratio"] == 1.0
