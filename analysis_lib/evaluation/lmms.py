@@ -142,7 +142,8 @@ def _mme_aggregate(frame: pd.DataFrame) -> dict[str, float]:
     out = {}
     with contextlib.redirect_stdout(io.StringIO()):
         for category in sorted({r["category"] for r in results}):
-            out[f"{category}/score"] = float(mme.mme_aggregate_results([r for r in results if r["category"] == category]))
+            chosen = [r for r in results if r["category"] == category]
+            out[f"{category}/score"] = float(mme.mme_aggregate_results(chosen))
         for kind, names in mme.eval_type_dict.items():
             chosen = [r for r in results if r["category"] in names]
             out[kind.lower()] = float(mme.mme_aggregate_results(chosen)) if chosen else 0.0

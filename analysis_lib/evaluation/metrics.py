@@ -137,7 +137,8 @@ def vqa_accuracy(prediction: str, answers: Sequence[str],
     Prediction and answers are both normalised with ``normalise`` (default ``normalise_vqa_answer``;
     TextVQA and VizWiz use the EvalAI processor, ``official.normalise_evalai_answer``). The VQA script
     normalises only when the annotators disagree; LLaVA-1.5 uploads answers already normalised by the
-    EvalAI processor, so normalising every time gives the numbers it reports. With 10 answers: 1 match -> 0.3, 2 -> 0.6, 3 -> 0.9, 4 or more -> 1.0.
+    EvalAI processor, so normalising every time gives the numbers it reports.
+    With 10 answers: 1 match -> 0.3, 2 -> 0.6, 3 -> 0.9, 4 or more -> 1.0.
     With k < 10 answers the same leave-one-out average is taken, so the score is at most (k - 1) / 3:
     a single reference answer always scores 0 — use ``exact_match`` for single-answer data.
     """
@@ -274,8 +275,8 @@ def pope_metrics(predictions: Sequence[str], labels: Sequence[str],
                  parse: Callable[[str], str] = parse_yes_no) -> dict[str, float]:
     """POPE: accuracy, precision, recall, F1 (positive class "yes") and the ratio of "yes" answers.
 
-    ``predictions`` are raw answers, read with ``parse`` (default ``parse_yes_no``); ``labels`` are "yes" / "no" (case and
-    surrounding spaces ignored). A zero denominator gives 0.0.
+    ``predictions`` are raw answers, read with ``parse`` (default ``parse_yes_no``); ``labels`` are
+    "yes" / "no" (case and surrounding spaces ignored). A zero denominator gives 0.0.
     """
     if len(predictions) != len(labels):
         raise ValueError(f"got {len(predictions)} predictions for {len(labels)} labels")
