@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOC
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test reproduce benchmark clean lock test-compat
+.PHONY: setup test reproduce benchmark clean lock test-compat check-lmms
 
 setup: $(STAMP)
 
@@ -49,6 +49,18 @@ lock:
 # FULL=1 runs the whole suite in both.
 test-compat:
 	$(PYTHON) analysis_lib/dependencies.py compat $(if $(FULL),--full)
+
+# --scoring lmms-eval against lmms-eval 0.7.3 itself (tests/test_lmms_eval.py), in a throw-away venv that
+# sees the project's packages through a .pth file. lmms-eval is installed without its ~60 requirements
+# (a CUDA torch build, torchvision, wandb, openai, ...): its task functions import only these few.
+LMMS_VENV := runs/lmms-venv
+check-lmms: setup
+	test -x $(LMMS_VENV)/bin/python || $(PYTHON) -m venv $(LMMS_VENV)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+	    "$$($(LMMS_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/project.pth"
+	$(LMMS_VENV)/bin/python -m pip install --quiet --no-deps lmms-eval==0.7.3
+	$(LMMS_VENV)/bin/python -m pip install --quiet loguru pytz datasets accelerate evaluate sacrebleu
+	$(LMMS_VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/test_lmms_eval.py
 
 # Retrain the shipped embedded model (data/embedded-model/MODEL_CARD.md: recipe and step) from scratch
 # into runs/train-$(RECIPE), resuming from its checkpoint when one exists; runs/train-$(RECIPE)/model is

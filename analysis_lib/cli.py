@@ -84,7 +84,8 @@ def eval_command(args: argparse.Namespace) -> None:
     prompts = dict(parse_params(args.prompt, {})) if args.prompt else None
     results = run_grid(args.model, args.methods, args.dataset, args.out, batch_size=args.batch_size, limit=args.limit,
                        split=args.split, device=args.device, dtype=args.dtype, mode=args.mode,
-                       positions=args.positions, seed=args.seed, prompts=prompts)
+                       positions=args.positions, seed=args.seed, prompts=prompts, scoring=args.scoring,
+                       box_frame=args.box_frame)
     summary = summarize(results)
     print(summary.to_string(index=False))
     print(f"rows: {args.out}/results.parquet (and .csv); re-running the same command resumes")
@@ -128,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="remove", choices=("remove", "mask"))
     p.add_argument("--positions", default=None, choices=("keep", "reindex"), help="override the methods' policy")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompt", nargs="*", default=None, help="TASK=TEMPLATE overrides with {question}")
+    p.add_argument("--prompt", nargs="*", default=None, help="TASK=TEMPLATE (or BENCHMARK=TEMPLATE) overrides "
+                   "with {question}")
+    p.add_argument("--scoring", default="official", help="official (each benchmark's official script, default), "
+                   "lmms-eval (lmms-eval 0.7.3's functions; pip install -e \".[lmms]\") or lenient")
+    p.add_argument("--box-frame", default=None, help="padded or image: what decimal boxes are fractions of "
+                   "(default: the model family's; LLaVA-1.5 padded)")
     p.set_defaults(fn=eval_command)
     p = sub.add_parser("reproduce", help="run every notebook with papermill (default: the embedded model on CPU)")
     p.add_argument("--profile", default="default", help="notebooks/profiles/<name>.yaml or a YAML path "

@@ -119,14 +119,14 @@ def test_save_to_disk_dataset_dict_and_splits(tmp_path):
     samples = load_benchmark("pope", path=root, split="random")
     assert [s.sample_id for s in samples] == ["101", "102"]
     np.testing.assert_array_equal(rgb(samples[1]), arrays[2])
-    with pytest.raises(ValueError, match=r"split 'val' not found.*'adversarial', 'random'"):
-        load_benchmark("pope", path=root, split="val")
+    with pytest.raises(ValueError, match=r"split 'popular' not found.*'adversarial', 'random'"):
+        load_benchmark("pope", path=root, split="popular")
     # No split given and the default ('test') is not there: the splits found are listed.
     with pytest.raises(ValueError, match=r"several splits.*'adversarial', 'random'"):
         load_benchmark("pope", path=root)
     # A single-split folder refuses another split by name.
-    with pytest.raises(ValueError, match=r"split 'val' not found.*splits found: \['random'\]"):
-        load_benchmark("pope", path=root / "random", split="val")
+    with pytest.raises(ValueError, match=r"split 'popular' not found.*splits found: \['random'\]"):
+        load_benchmark("pope", path=root / "random", split="popular")
 
 
 # --------------------------------------------------------------------------------- hub cache
@@ -145,9 +145,9 @@ def test_hub_cache(tmp_path, monkeypatch):
     # The same copy elsewhere: the repo folder (its name gives the benchmark) or the snapshot itself.
     assert load_dataset(str(root)) == samples
     assert load_benchmark("pope", path=snapshot) == samples
-    other_configs = r"(?s)split 'val' not found.*splits found: \['test'\].*'Full': splits \['random'\]"
+    other_configs = r"(?s)split 'test' not found.*splits found: \['random'\].*'data': splits \['test'\]"
     with pytest.raises(ValueError, match=other_configs):
-        load_dataset("pope", split="val")
+        load_dataset("pope", split="test", config="Full")
     # Another config of the same snapshot.
     assert load_dataset("pope", split="random", config="Full") == samples[2:]
 
@@ -386,3 +386,39 @@ def test_eval_sample_checks_task():
     with pytest.raises(ValueError, match="allowed values"):
         EvalSample("a", image, "Q?", ["x"], "caption", "d")
     assert EvalSample("a", image, "Q?", ["x"], "vqa", "d").task in TASKS
+
+
+# ------------------------------------------------------------------- lmms-eval's downloads, subsets
+
+def test_lmms_eval_cache_under_lmms_lab_encoder_and_pope_subsets(tmp_path, monkeypatch):
+    table, _ = pope_table()
+    cache = tmp_path / "hub"
+    root, _ = hub_snapshot(cache, "lmms-lab-encoder/POPE", {"data/test-00000-of-00001.parquet": table,
+                                                            "Full/adversarial-00000-of-00001.parquet": table.slice(0, 1),
+                                                            "Full/popular-00000-of-00001.parquet": table.slice(1, 1),
+                                                            "Full/random-00000-of-00001.parquet": table.slice(2)})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    assert [s.sample_id for s in load_dataset("pope")] == ["100", "101", "102"]
+    for subset, ids in [("adversarial", ["100"]), ("popular", ["101"]), ("random", ["102"])]:
+        assert [s.sample_id for s in load_dataset(f"pope:{subset}")] == ids  # config "Full", as lmms-eval's pope_full
+    assert load_dataset(str(root))[0].dataset == "pope"  # the folder name gives the benchmark
+    with pytest.raises(ValueError, match=r"split='adversarail' does not exist.*'adversarial', 'popular', 'random'"):
+        load_dataset("pope:adversarail")
+
+
+def test_the_lmms_lab_copy_is_preferred_and_a_missing_copy_names_both(tmp_path, monkeypatch):
+    table, _ = pope_table()
+    cache = tmp_path / "hub"
+    hub_snapshot(cache, "lmms-lab/POPE", {"data/test-00000-of-00001.parquet": table.slice(0, 1)})
+    hub_snapshot(cache, "lmms-lab-encoder/POPE", {"data/test-00000-of-00001.parquet": table})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    assert len(load_dataset("pope")) == 1
+    with pytest.raises(FileNotFoundError, match=r"datasets--lmms-lab--MME.*lmms-lab-encoder/MME"):
+        load_dataset("mme")
+
+
+def test_textvqa_ocr_tokens_become_the_context(tmp_path):
+    table = pa.table({"question_id": ["7"], "question": ["what brand?"], "answers": [["sony"] * 10],
+                      "ocr_tokens": [["sony", "tv"]], "image": image_column([pixels(4, 4, 1)])})
+    (sample,) = load_benchmark("textvqa", path=save_to_disk(tmp_path / "t", table, "validation"))
+    assert sample.context == "sony, tv"

@@ -130,11 +130,11 @@ def test_localization_hit_square_format():
     # 200 x 100 image. Square (0.1, 0.6, 0.4, 0.7) -> y (120 - 50) / 100 = 0.7, (140 - 50) / 100 = 0.9.
     target = (0.1, 0.7, 0.4, 0.9)
     prediction = "[0.1, 0.6, 0.4, 0.7]"
-    assert localization_hit(prediction, target, "square", width=200, height=100) == 1.0
+    assert localization_hit(prediction, target, "padded", width=200, height=100) == 1.0
     assert localization_hit(prediction, target, "image") == 0.0  # read unconverted: no overlap
-    assert localization_hit("nothing here", target, "square", width=200, height=100) == 0.0
+    assert localization_hit("nothing here", target, "padded", width=200, height=100) == 0.0
     with pytest.raises(ValueError, match="width and height"):
-        localization_hit(prediction, target, "square", width=200)
+        localization_hit(prediction, target, "padded", width=200)
 
 
 def test_localization_hit_bins_format():
@@ -149,7 +149,7 @@ def test_localization_hit_bins_format():
 
 
 def test_localization_hit_bad_format():
-    with pytest.raises(ValueError, match=r"box_format='pixels'.*'image', 'square', 'bins'"):
+    with pytest.raises(ValueError, match=r"box_format='pixels'.*'image', 'padded', 'bins'"):
         localization_hit("[0, 0, 1, 1]", (0, 0, 1, 1), "pixels")
 
 
@@ -290,7 +290,7 @@ def test_registry_names_and_errors():
 def test_registry_scores():
     assert get_metric("vqa").score("Two", {"answers": ["2"] * 2 + ["3"] * 8}) == pytest.approx(0.6)
     loc = get_metric("localization")
-    assert loc.score("[0.1, 0.6, 0.4, 0.7]", {"box": (0.1, 0.7, 0.4, 0.9), "box_format": "square",
+    assert loc.score("[0.1, 0.6, 0.4, 0.7]", {"box": (0.1, 0.7, 0.4, 0.9), "box_format": "padded",
                                                "width": 200, "height": 100}) == 1.0
     assert loc.score("[0.1, 0.6, 0.4, 0.7]", {"box": (0.1, 0.7, 0.4, 0.9)}) == 0.0  # default: image
     assert loc.score("[0, 0, 2, 4]", {"box": (0, 0, 0.5, 1), "box_format": "bins", "bins": 5}) == 1.0

@@ -88,11 +88,13 @@ def test_the_code_digest_follows_code_not_comments(tmp_path):
 
 def test_the_full_schedule_is_part_of_the_key():
     from analysis_lib.evaluation.runner import MethodSetting, setting_fingerprint
+    from analysis_lib.evaluation.scoring import Scoring
     from analysis_lib.pruning import get_method
-    setting = MethodSetting("fastv", {"K": 2, "R": 0.5})
-    base = setting_fingerprint(setting, "remove", None, 0)
-    assert setting_fingerprint(MethodSetting("fastv", {"K": 2, "R": 0.5}), "remove", None, 0) == base
-    assert setting_fingerprint(setting, "mask", None, 0) != base
+    setting, official = MethodSetting("fastv", {"K": 2, "R": 0.5}), Scoring("official", None)
+    base = setting_fingerprint(setting, "remove", None, 0, official)
+    assert setting_fingerprint(MethodSetting("fastv", {"K": 2, "R": 0.5}), "remove", None, 0, official) == base
+    assert setting_fingerprint(setting, "mask", None, 0, official) != base
+    assert setting_fingerprint(setting, "remove", None, 0, Scoring("lenient", None)) != base
     schedule = get_method("feather").schedule()
     tweaked = replace(schedule, stages=(replace(schedule.stages[0], score_layer=5), *schedule.stages[1:]))
     assert parts.stable_form(schedule) != parts.stable_form(tweaked)

@@ -77,7 +77,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -336,7 +336,8 @@ class Benchmark:
     list of structs (VQAv2 answers) the field "answer" is taken. ``answer_index``: the answers column
     holds the index of the correct option (becomes its letter). ``one_per_expression``: the question
     column holds a list of expressions, one sample each (RefCOCO). ``box_format``: "xywh_pixels" or
-    "xyxy_normalised". ``images``: (config, key column here, key column there) of a separate image table."""
+    "xyxy_normalised". ``images``: (config, key column here, key column there) of a separate image table.
+    ``split_configs``: splits kept in another config (POPE's subsets in "Full")."""
 
     name: str
     hub_id: str
@@ -349,6 +350,7 @@ class Benchmark:
     one_per_expression: bool = False
     box_format: str = "xyxy_normalised"
     images: tuple[str, str, str] | None = None
+    split_configs: dict[str, str] = field(default_factory=dict)
 
 
 def _refcoco(name: str, hub_id: str, splits: tuple[str, ...]) -> Benchmark:
@@ -365,10 +367,11 @@ BENCHMARKS: dict[str, Benchmark] = {
     "refcocog": _refcoco("refcocog", "lmms-lab/RefCOCOg", ("val", "test")),
     "pope": Benchmark("pope", "lmms-lab/POPE", None, "test", "yes_no",
                       {"id": "question_id", "image": "image", "question": "question", "answers": "answer",
-                       "group": "category"}, splits=("test",)),
+                       "group": "category"}, splits=("test", "adversarial", "popular", "random"),
+                      split_configs={"adversarial": "Full", "popular": "Full", "random": "Full"}),
     "textvqa": Benchmark("textvqa", "lmms-lab/textvqa", None, "validation", "vqa",
-                         {"id": "question_id", "image": "image", "question": "question", "answers": "answers"},
-                         splits=("train", "validation", "test")),
+                         {"id": "question_id", "image": "image", "question": "question", "answers": "answers",
+                          "context": "ocr_tokens"}, splits=("train", "validation", "test")),
     "gqa": Benchmark("gqa", "lmms-lab/GQA", "testdev_balanced_instructions", "testdev", "exact_match",
                      {"id": "id", "question": "question", "answers": "answer"},
                      splits=("testdev",), images=("testdev_balanced_images", "imageId", "id")),
@@ -389,6 +392,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                      {"id": "question_id", "image": "image", "question": "question", "answers": "answer",
                       "group": "category", "pair_id": "question_id"}, splits=("test",)),
 }
+# lmms-eval 0.7.3 downloads the same datasets from lmms-lab-encoder/<name>.
+HUB_OWNERS: tuple[str, ...] = ("lmms-lab", "lmms-lab-encoder")
 ALIASES: dict[str, str] = {"refcocoplus": "refcoco+", "refcoco_plus": "refcoco+", "scienceqa": "scienceqa_img",
                            "scienceqa-img": "scienceqa_img", "vizwiz_vqa": "vizwiz", "vizwiz-vqa": "vizwiz"}
 
@@ -431,7 +436,8 @@ def _missing_copy_error(bench: Benchmark, looked: Path, cache: Path, origin: str
                   f"images='/path/to/that copy'")
     return FileNotFoundError(
         f"no local copy of benchmark {bench.name!r} (Hugging Face dataset {bench.hub_id}).\n"
-        f"Looked for: {looked}  (hub cache {cache}, from {origin}; set HF_HUB_CACHE or HF_HOME to look elsewhere)\n"
+        f"Looked for: {looked}, and the same under {' and '.join(hub_ids(bench)[1:])} (lmms-eval's download)  "
+        f"(hub cache {cache}, from {origin}; set HF_HUB_CACHE or HF_HOME to look elsewhere)\n"
         f"To get it, on a machine with network access run\n"
         f"    huggingface-cli download {bench.hub_id} --repo-type dataset\n"
         f"(`hf download` with newer huggingface_hub){only}, then copy the folder {repo_folder} from that "
@@ -609,21 +615,32 @@ def _choose_split_in_snapshot(root: Path, config: str | None, split: str | None,
         raise ValueError(f"{e}\n(configs there, pass config=... to use another: {_describe_groups(groups)})") from None
 
 
-def _repo_folder(cache: Path, hub_id: str) -> Path:
-    """The cache folder of a dataset repo. The hub ignores case in repo ids and the cache keeps the
-    spelling it was downloaded with (lmms-eval asks for "lmms-lab/RefCOCOPlus"), so another case
-    matches when the exact folder is missing."""
-    exact = cache / ("datasets--" + hub_id.replace("/", "--"))
-    if exact.is_dir() or not cache.is_dir():
-        return exact
-    return next((p for p in sorted(cache.iterdir()) if p.is_dir() and p.name.lower() == exact.name.lower()), exact)
+def hub_ids(bench: Benchmark) -> list[str]:
+    """The repos a benchmark's copy may come from: its lmms-lab id, then the lmms-lab-encoder one that
+    lmms-eval 0.7.3 downloads."""
+    return [f"{owner}/{bench.hub_id.split('/', 1)[1]}" for owner in HUB_OWNERS]
+
+
+def _repo_folder(cache: Path, bench: Benchmark) -> Path:
+    """The cache folder of a benchmark's repo, under any of ``hub_ids``. The hub ignores case in repo
+    ids and the cache keeps the spelling it was downloaded with (lmms-eval asks for
+    "lmms-lab/RefCOCOPlus"), so another case matches when the exact folder is missing."""
+    names = ["datasets--" + hub_id.replace("/", "--") for hub_id in hub_ids(bench)]
+    folders = sorted(p for p in cache.iterdir() if p.is_dir()) if cache.is_dir() else []
+    for name in names:
+        if (cache / name).is_dir():
+            return cache / name
+        found = next((p for p in folders if p.name.lower() == name.lower()), None)
+        if found is not None:
+            return found
+    return cache / names[0]
 
 
 def _resolve(bench: Benchmark, path, split, config, cache_dir) -> tuple[_Table, str, Path | None]:
     """The table of the requested split, its name, and the snapshot it came from (None if not one)."""
     if path is None:
         cache, origin = (Path(cache_dir), "cache_dir") if cache_dir is not None else hub_cache_dir()
-        repo = _repo_folder(cache, bench.hub_id)
+        repo = _repo_folder(cache, bench)
         snapshot = _pick_snapshot(repo) if repo.is_dir() else None
         if snapshot is None:
             raise _missing_copy_error(bench, repo / "snapshots" / "<revision>", cache, origin)
@@ -741,7 +758,12 @@ def load_benchmark(name: str, path: str | Path | None = None, split: str | None 
     for role, column in (columns or {}).items():
         check_choice("columns key", role, COLUMN_ROLES)
         mapping[role] = column
-    table, split_name, snapshot = _resolve(bench, path, split, bench.config if config is None else config, cache_dir)
+    if split is not None and bench.splits and split not in bench.splits:
+        raise ValueError(f"split={split!r} does not exist for benchmark {key!r}; allowed values: "
+                         f"{', '.join(map(repr, bench.splits))}")
+    if config is None:
+        config = bench.split_configs.get(split, bench.config)
+    table, split_name, snapshot = _resolve(bench, path, split, config, cache_dir)
 
     # Check the columns (cheap: the schema only) before reading any row.
     available = table.schema().names
@@ -828,7 +850,10 @@ def load_benchmark(name: str, path: str | Path | None = None, split: str | None 
         base_id = str(row[roles["id"]]) if "id" in roles else f"{key}-{split_name}-{i:06d}"
 
         def text(role: str) -> str | None:
-            return None if role not in roles or row[roles[role]] in (None, "") else str(row[roles[role]])
+            value = row[roles[role]] if role in roles else None
+            if isinstance(value, list):  # TextVQA's OCR tokens, listed as its prompt lists them
+                value = ", ".join(map(str, value))
+            return None if value in (None, "") else str(value)
 
         common = dict(image=image, task=bench.task, dataset=key, options=options, box=box, group=text("group"),
                       pair_id=text("pair_id"), context=text("context"))
@@ -870,7 +895,7 @@ def _is_scene_jsonl(path: Path) -> bool:
 def _infer_benchmark(path: Path) -> str:
     """The registry name a dataset path holds, from a hub-cache folder name, dataset_info.json, or the
     path's last two names; else a ValueError asking for benchmark=..."""
-    by_hub = {b.hub_id.lower(): k for k, b in BENCHMARKS.items()}
+    by_hub = {hub_id.lower(): k for k, b in BENCHMARKS.items() for hub_id in hub_ids(b)}
     by_repo = {b.hub_id.split("/")[1].lower(): k for k, b in BENCHMARKS.items()}
     for part in (*path.parts, *path.resolve().parts):
         m = re.match(r"^datasets--(.+?)--(.+)$", part)
@@ -975,5 +1000,5 @@ def load_dataset(spec: str | Path, split: str | None = None, limit: int | None =
     return load_benchmark(benchmark, path=path, split=split, limit=limit, **options)
 
 
-__all__ = ["TASKS", "SCENE_TASK_MAP", "EvalSample", "Benchmark", "BENCHMARKS", "COLUMN_ROLES", "hub_cache_dir",
-           "load_synthetic", "load_jsonl", "load_benchmark", "load_dataset"]
+__all__ = ["TASKS", "SCENE_TASK_MAP", "EvalSample", "Benchmark", "BENCHMARKS", "COLUMN_ROLES", "HUB_OWNERS",
+           "hub_cache_dir", "hub_ids", "load_synthetic", "load_jsonl", "load_benchmark", "load_dataset"]

@@ -1,4 +1,7 @@
-"""Per-sample metrics as the benchmarks define them, and a small registry to score and aggregate them.
+"""Shared scoring primitives and the lenient rules (``--scoring lenient``), with a small registry.
+
+The default scoring follows each benchmark's official script (``official.py``); the parsers here
+accept more answer shapes than those scripts and are kept as the explicit "lenient" mode.
 
 * ``vqa``: VQAv2 / TextVQA / VizWiz accuracy with the answer normalisation of the official VQA
   evaluation script (``normalise_vqa_answer``, ``vqa_accuracy``).
@@ -36,7 +39,7 @@ __all__ = [
     "ARTICLES", "BOX_FORMATS", "CONTRACTIONS", "IOU_THRESHOLD", "METRICS", "MME_PERCEPTION", "Metric",
     "NUMBER_WORDS", "bins_to_box", "box_iou", "choice_accuracy", "exact_match", "get_metric",
     "localization_hit", "mme_scores", "normalise_exact", "normalise_vqa_answer", "parse_box",
-    "parse_choice", "parse_yes_no", "pope_metrics", "square_to_image_box", "vqa_accuracy",
+    "parse_choice", "parse_yes_no", "pope_aggregate", "pope_metrics", "square_to_image_box", "vqa_accuracy",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -126,22 +129,25 @@ def normalise_vqa_answer(text: str) -> str:
     return " ".join(words)
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+def vqa_accuracy(prediction: str, answers: Sequence[str],
+                 normalise: Callable[[str], str] = normalise_vqa_answer) -> float:
     """The official VQA accuracy: for each ground-truth answer, min(1, (matches among the others) / 3),
     averaged over the answers (leave-one-out over the 10 annotators of VQAv2 / TextVQA / VizWiz).
 
-    Prediction and answers are both normalised with ``normalise_vqa_answer`` (the official script
-    normalises the ground truth only when the annotators disagree, which changes nothing for answers
-    already in normal form). With 10 answers: 1 match -> 0.3, 2 -> 0.6, 3 -> 0.9, 4 or more -> 1.0.
+    Prediction and answers are both normalised with ``normalise`` (default ``normalise_vqa_answer``;
+    TextVQA and VizWiz use the EvalAI processor, ``official.normalise_evalai_answer``). The VQA script
+    normalises only when the annotators disagree; LLaVA-1.5 uploads answers already normalised by the
+    EvalAI processor, so normalising every time gives the numbers it reports.
+    With 10 answers: 1 match -> 0.3, 2 -> 0.6, 3 -> 0.9, 4 or more -> 1.0.
     With k < 10 answers the same leave-one-out average is taken, so the score is at most (k - 1) / 3:
     a single reference answer always scores 0 — use ``exact_match`` for single-answer data.
     """
     if isinstance(answers, str):
         raise TypeError("answers must be a list of ground-truth answers, not a single string")
-    references = [normalise_vqa_answer(a) for a in answers]
+    references = [normalise(a) for a in answers]
     if not references:
         raise ValueError("answers is empty: VQA accuracy needs the annotators' answers")
-    predicted = normalise_vqa_answer(prediction)
+    predicted = normalise(prediction)
     matches = sum(r == predicted for r in references)
     return sum(min(1.0, (matches - (r == predicted)) / 3) for r in references) / len(references)
 
@@ -150,7 +156,7 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 # Boxes (RefCOCO / RefCOCO+ / RefCOCOg: a hit is IoU >= 0.5 with the target box)
 # --------------------------------------------------------------------------------------------------
 
-BOX_FORMATS: tuple[str, ...] = ("image", "square", "bins")
+BOX_FORMATS: tuple[str, ...] = ("image", "padded", "bins")
 
 # A number not glued to a letter, digit or period on its left (so "x1" in "x1: 0.2" is not one).
 _BOX_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])-?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -213,26 +219,28 @@ def bins_to_box(box: Sequence[int], bins: int) -> Box:
 
 
 def localization_hit(prediction: str, target: Sequence[float], box_format: str = "image", *,
-                     width: int | None = None, height: int | None = None, bins: int | None = None) -> float:
+                     width: int | None = None, height: int | None = None, bins: int | None = None,
+                     parse: Callable[[str], Box | None] = parse_box) -> float:
     """RefCOCO accuracy@0.5 for one answer: 1.0 if the predicted box has IoU >= 0.5 with ``target``,
     else 0.0 (also when no box can be parsed).
 
     ``target`` is (x1, y1, x2, y2) normalised to the original image (the suite's ``box_normalised``).
-    ``box_format`` says how the prediction is written: "image" (fractions of the image), "square"
+    ``box_format`` says how the prediction is written: "image" (fractions of the image), "padded"
     (fractions of LLaVA-1.5's padded square; needs ``width`` and ``height``) or "bins" (the synthetic
     suite's "[x1, y1, x2, y2]" integer bins; needs ``bins``; parsed exactly as ``scenes.scoring``
-    does — four integers in 0 .. bins-1 — so the two agree).
+    does — four integers in 0 .. bins-1 — so the two agree). ``parse`` reads a decimal box (default
+    the lenient ``parse_box``; the official rule passes ``official.parse_box_strict``).
     """
     check_choice("box_format", box_format, BOX_FORMATS)
     if box_format == "bins" and bins is None:
         raise ValueError("box_format='bins' needs bins")
-    if box_format == "square" and (width is None or height is None):
-        raise ValueError("box_format='square' needs width and height of the original image")
+    if box_format == "padded" and (width is None or height is None):
+        raise ValueError("box_format='padded' needs width and height of the original image")
     if box_format == "bins":
         predicted = parse_bin_box(prediction, 1, bins)
     else:
-        predicted = parse_box(prediction)
-        if box_format == "square" and predicted is not None:
+        predicted = parse(prediction)
+        if box_format == "padded" and predicted is not None:
             predicted = square_to_image_box(predicted, width, height)
     if predicted is None:
         return 0.0
@@ -263,18 +271,19 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else 0.0
 
 
-def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+def pope_metrics(predictions: Sequence[str], labels: Sequence[str],
+                 parse: Callable[[str], str] = parse_yes_no) -> dict[str, float]:
     """POPE: accuracy, precision, recall, F1 (positive class "yes") and the ratio of "yes" answers.
 
-    ``predictions`` are raw answers, parsed with ``parse_yes_no``; ``labels`` are "yes" / "no" (case and
-    surrounding spaces ignored). A zero denominator gives 0.0.
+    ``predictions`` are raw answers, read with ``parse`` (default ``parse_yes_no``); ``labels`` are
+    "yes" / "no" (case and surrounding spaces ignored). A zero denominator gives 0.0.
     """
     if len(predictions) != len(labels):
         raise ValueError(f"got {len(predictions)} predictions for {len(labels)} labels")
     tp = fp = tn = fn = 0
     for prediction, label in zip(predictions, labels):
         label = check_choice("labels", str(label).strip().lower(), ("yes", "no"))
-        predicted_yes = parse_yes_no(prediction) == "yes"
+        predicted_yes = parse(prediction) == "yes"
         if label == "yes":
             tp, fn = tp + predicted_yes, fn + (not predicted_yes)
         else:
@@ -374,10 +383,12 @@ def parse_choice(text: str, n_options: int) -> str | None:
     return candidate if candidate is not None and candidate in letters else None
 
 
-def choice_accuracy(prediction: str, answer_letter: str, n_options: int) -> float:
-    """1.0 if ``parse_choice(prediction, n_options)`` is ``answer_letter`` (case ignored), else 0.0."""
+def choice_accuracy(prediction: str, answer_letter: str, n_options: int,
+                    parse: Callable[[str, int], str | None] = parse_choice) -> float:
+    """1.0 if ``parse(prediction, n_options)`` (default ``parse_choice``) is ``answer_letter`` (case
+    ignored), else 0.0."""
     answer = check_choice("answer_letter", str(answer_letter).strip().upper(), _letters(n_options))
-    return float(parse_choice(prediction, n_options) == answer)
+    return float(parse(prediction, n_options) == answer)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,9 +468,10 @@ def _yes_no_score(prediction: str, fields: Mapping[str, Any]) -> float:
     return float(parse_yes_no(prediction) == _single_reference(fields).strip().lower())
 
 
-def _pope_aggregate(frame: "pd.DataFrame") -> dict[str, float]:
+def pope_aggregate(frame: "pd.DataFrame", parse: Callable[[str], str] = parse_yes_no) -> dict[str, float]:
+    """``pope_metrics`` of a frame's predictions (read with ``parse``) and answers, with ``n``."""
     _require(frame, ["prediction"])
-    return {**pope_metrics(list(frame["prediction"]), _frame_references(frame)), "n": float(len(frame))}
+    return {**pope_metrics(list(frame["prediction"]), _frame_references(frame), parse), "n": float(len(frame))}
 
 
 def _mme_aggregate(frame: "pd.DataFrame") -> dict[str, float]:
@@ -485,10 +497,10 @@ METRICS: dict[str, Metric] = {
         lambda prediction, fields: vqa_accuracy(prediction, _references(fields)), _accuracy),
     "localization": Metric(
         "localization", "RefCOCO(+/g) accuracy at IoU >= 0.5 (fields: box normalised to the image; "
-        "box_format 'image' | 'square' (+ width, height) | 'bins' (+ bins))", _localization_score, _accuracy),
+        "box_format 'image' | 'padded' (+ width, height) | 'bins' (+ bins))", _localization_score, _accuracy),
     "pope": Metric(
         "pope", "POPE yes/no correctness; aggregate adds precision, recall, f1, yes_ratio (fields: answer)",
-        _yes_no_score, _pope_aggregate),
+        _yes_no_score, pope_aggregate),
     "multiple_choice": Metric(
         "multiple_choice", "ScienceQA-IMG / AI2D / MMBench option letter (fields: answer letter, "
         "options or n_options)", _choice_score, _accuracy),

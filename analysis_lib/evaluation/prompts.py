@@ -1,18 +1,20 @@
-"""Prompts per model family and task, and how each family writes a box.
+"""Prompts per model family, task and benchmark, and how each family writes a box.
 
-A prompt is the family's chat wrapper (with the image placeholder) around a task template
-(``{question}``, and ``{options}`` for multiple choice). The LLaVA templates are LLaVA-1.5's
-evaluation prompts: short answers end with "Answer the question using a single word or phrase.",
-multiple choice lists "A. ..." lines and asks for the letter, and referring-expression localization
-asks for "the bounding box coordinate of the region this sentence describes", which LLaVA-1.5 answers
-as [x1, y1, x2, y2] normalised to the image padded to a square ("square" boxes). The embedded
+A prompt is the family's chat wrapper (with the image placeholder) around a template (``{question}``,
+``{options}`` for multiple choice, ``{context}`` for TextVQA's OCR tokens), chosen by benchmark when
+one has its own, else by task. The LLaVA templates are those of LLaVA-1.5's evaluation question files
+(README table "Prompts"): short answers end with "Answer the question using a single word or phrase."
+(MME's own " Please answer yes or no." is removed first), VizWiz adds the "Unanswerable" hint,
+TextVQA lists the reference OCR tokens, multiple choice lists "A. ..." lines and asks for the letter,
+and localization asks for "the bounding box coordinate of the region this sentence describes", which
+LLaVA-1.5 answers as [x1, y1, x2, y2] of the image padded to a square ("padded" boxes). The embedded
 default model was trained on the bare questions of the synthetic suite and answers boxes in bins.
-Every template can be overridden per task.
+Every template can be overridden per task or benchmark.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from string import Formatter
 
@@ -21,8 +23,10 @@ from ..training.prompts import prompt as embedded_prompt
 from ..validation import check_choice
 
 TASKS = ("localization", "vqa", "yes_no", "multiple_choice", "mme", "exact_match")
-BOX_FORMATS = ("image", "square", "bins")
-SHORT = "{question}\nAnswer the question using a single word or phrase."
+BOX_FORMATS = ("image", "padded", "bins")
+BENCHMARK_TEMPLATE_KEYS = ("textvqa", "vizwiz")
+SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
+SHORT = "{question}" + SHORT_SUFFIX
 
 LLAVA_TEMPLATES: dict[str, str] = {
     "localization": "Please provide the bounding box coordinate of the region this sentence describes: {question}",
@@ -31,7 +35,11 @@ LLAVA_TEMPLATES: dict[str, str] = {
     "multiple_choice": "{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
     "mme": SHORT,
     "exact_match": SHORT,
+    "textvqa": "{question}\nReference OCR token: {context}" + SHORT_SUFFIX,
+    "vizwiz": "{question}\nWhen the provided information is insufficient, respond with 'Unanswerable'." + SHORT_SUFFIX,
 }
+# Text removed from a task's questions before templating (MME's questions carry their own instruction).
+LLAVA_QUESTION_SUFFIXES: dict[str, str] = {"mme": " Please answer yes or no."}
 # Generated tokens per task: a box needs ~25 tokens in LLaVA's decimal format, short answers a few.
 LLAVA_MAX_NEW_TOKENS: dict[str, int] = {"localization": 32, "vqa": 16, "yes_no": 8, "multiple_choice": 8,
                                         "mme": 8, "exact_match": 16}
@@ -39,9 +47,10 @@ LLAVA_MAX_NEW_TOKENS: dict[str, int] = {"localization": 32, "vqa": 16, "yes_no":
 
 @dataclass(frozen=True)
 class PromptStyle:
-    """``chat``: the family's conversation wrapper with ``{image}`` and ``{text}``; ``templates``: per task;
-    ``box_format``: "image" (normalised to the image), "square" (to the image padded to a square) or
-    "bins" (integer bins, ``bins`` of them)."""
+    """``chat``: the family's conversation wrapper with ``{image}`` and ``{text}``; ``templates``: per task
+    or benchmark (BENCHMARK_TEMPLATE_KEYS); ``box_format``: "image" (normalised to the image), "padded"
+    (to the image padded to a square) or "bins" (integer bins, ``bins`` of them); ``question_suffixes``:
+    per task, text cut from the end of a question."""
 
     name: str
     chat: str
@@ -50,35 +59,45 @@ class PromptStyle:
     max_new_tokens: dict[str, int]
     bins: int | None = None
     image_token: str = "<image>"
+    question_suffixes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         check_choice("box_format", self.box_format, BOX_FORMATS)
-        for task in self.templates:
-            check_choice("task", task, TASKS)
+        for key in self.templates:
+            check_choice("template", key, TASKS + BENCHMARK_TEMPLATE_KEYS)
 
-    def text(self, task: str, question: str, options: list[str] | None = None, context: str | None = None) -> str:
-        """The full prompt text for one sample (the processor expands the image placeholder); a context
-        (ScienceQA's hint) goes before the question as "Context: ...", as LLaVA-1.5 evaluates it."""
+    def text(self, task: str, question: str, options: list[str] | None = None, context: str | None = None,
+             benchmark: str | None = None) -> str:
+        """The full prompt text for one sample (the processor expands the image placeholder). The
+        benchmark's template is used when there is one (and, if it asks for ``{context}``, a context is
+        given); otherwise the task's, with a context (ScienceQA's hint) before the question as
+        "Context: ...", as LLaVA-1.5 evaluates it."""
         check_choice("task", task, TASKS)
-        if context:
-            question = f"Context: {context}\n{question}"
+        suffix = self.question_suffixes.get(task)
+        if suffix and question.endswith(suffix):
+            question = question[:-len(suffix)]
+        template = self.templates.get(benchmark or "")
+        if template is None or ("{context}" in template and not context):
+            template = self.templates[task]
+            if context:
+                question = f"Context: {context}\n{question}"
         lettered = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options or []))
-        body = self.templates[task].format(question=question, options=lettered)
+        body = template.format(question=question, options=lettered, context=context or "")
         return self.chat.format(image=self.image_token, text=body)
 
     def with_templates(self, overrides: dict[str, str]) -> PromptStyle:
-        """The same style with some task templates replaced (see ``check_templates``)."""
+        """The same style with some task or benchmark templates replaced (see ``check_templates``)."""
         check_templates(overrides)
         return replace(self, templates={**self.templates, **overrides})
 
 
-TEMPLATE_FIELDS = ("question", "options")
+TEMPLATE_FIELDS = ("question", "options", "context")
 
 
 def check_templates(overrides: dict[str, str]) -> None:
-    """Each override names a task, contains ``{question}`` and no other field than ``TEMPLATE_FIELDS``."""
+    """Each override names a task or benchmark, contains ``{question}`` and no field but ``TEMPLATE_FIELDS``."""
     for task, template in overrides.items():
-        check_choice("prompt task", task, TASKS)
+        check_choice("prompt template", task, TASKS + BENCHMARK_TEMPLATE_KEYS)
         try:
             fields = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
         except ValueError as err:
@@ -92,10 +111,10 @@ def check_templates(overrides: dict[str, str]) -> None:
 
 
 STYLES: dict[str, PromptStyle] = {
-    "llava": PromptStyle("llava-1.5", "USER: {image}\n{text} ASSISTANT:", LLAVA_TEMPLATES, "square",
-                         LLAVA_MAX_NEW_TOKENS),
+    "llava": PromptStyle("llava-1.5", "USER: {image}\n{text} ASSISTANT:", LLAVA_TEMPLATES, "padded",
+                         LLAVA_MAX_NEW_TOKENS, question_suffixes=LLAVA_QUESTION_SUFFIXES),
     "llava_next": PromptStyle("llava-next (vicuna)", "USER: {image}\n{text} ASSISTANT:", LLAVA_TEMPLATES, "image",
-                              LLAVA_MAX_NEW_TOKENS),
+                              LLAVA_MAX_NEW_TOKENS, question_suffixes=LLAVA_QUESTION_SUFFIXES),
 }
 
 

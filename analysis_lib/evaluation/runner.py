@@ -7,8 +7,8 @@ Each (model, method setting, dataset) is cut into batches; every finished batch 
 to its own Parquet part (a temporary file renamed into place), so a killed run loses at most the batch
 in flight and a re-run skips what exists. ``results.parquet`` (and ``.csv``) gathers the parts in a
 fixed order. A row holds the prediction and its score, the kept visual indices per stage, the
-theoretical FLOPs reduction of that sample's real kept counts, batch timings, every setting, the
-library version and git commit. Greedy decoding and seeded methods make the rows reproducible (all
+theoretical FLOPs reduction of that sample's real kept counts, batch timings, every setting (the
+scoring mode, box frame and rule among them), the library version and git commit. Greedy decoding and seeded methods make the rows reproducible (all
 but the timing columns).
 """
 from __future__ import annotations
@@ -34,14 +34,11 @@ from ..pruning import PruneRecord, PruningEngine, get_method
 from ..pruning.schedule import Schedule
 from ..validation import check_choice, check_device, check_int, check_output_folder
 from .datasets import EvalSample, load_dataset
-from .metrics import get_metric
 from .parts import code_digest, digest, gather, sample_digest, stable_form, write_atomic
 from .prompts import PromptStyle, check_templates, style_for
+from .scoring import Scoring, benchmark_family, frame_of
 
 NO_PRUNING = "none"
-# The metric of each task (datasets.TASKS); yes/no questions are scored as POPE defines it.
-METRIC_OF_TASK = {"localization": "localization", "vqa": "vqa", "yes_no": "pope", "multiple_choice": "multiple_choice",
-                  "mme": "mme", "exact_match": "exact_match"}
 TIMING_COLUMNS = ("batch_prefill_ms", "batch_decode_ms_per_token", "batch_total_ms")
 
 
@@ -155,8 +152,17 @@ def _dims(model) -> LMDims:
     return LMDims(text.hidden_size, text.intermediate_size, text.num_hidden_layers)
 
 
+def score_fields(sample: EvalSample, box_format: str, bins: int | None) -> dict:
+    """What a scoring rule reads of a sample (boxes read in ``box_format``)."""
+    width, height = sample.image.size
+    return {"answers": sample.answers, "box": sample.box, "options": sample.options, "width": width, "height": height,
+            "box_format": box_format, "bins": bins, "sample_id": sample.sample_id, "question": sample.question,
+            "group": sample.group, "pair_id": sample.pair_id}
+
+
 def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str], predictions: list[str],
-                 record: PruneRecord | None, inputs, timings: list[float], new_tokens: int) -> list[dict]:
+                 record: PruneRecord | None, inputs, timings: list[float], new_tokens: int,
+                 scoring: Scoring) -> list[dict]:
     dims = _dims(em.model)
     layout = record.layout if record else em.adapter.inputs_layout(inputs)
     prefill = 1000 * timings[0] if timings else float("nan")
@@ -169,14 +175,14 @@ def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str],
         kept = [stage.kept[b].tolist() for stage in record.stages] if record else []
         stages = [(stage.layer, len(k)) for stage, k in zip(record.stages, kept)] if record else []
         final = torch.tensor(kept[-1] if kept else list(range(n_visual)), dtype=torch.long)
-        width, height = sample.image.size
-        fields = {"answers": sample.answers, "box": sample.box, "options": sample.options, "width": width,
-                  "height": height, "box_format": em.style.box_format, "bins": em.style.bins}
+        box_format = scoring.box_format(em.style.box_format)
+        family = benchmark_family(sample.dataset, sample.task, box_format)
         rows.append({
             "sample_id": sample.sample_id, "task": sample.task, "group": sample.group, "pair_id": sample.pair_id,
             "question": sample.question, "prompt": text, "prediction": prediction,
-            "answers": json.dumps(sample.answers),
-            "score": get_metric(METRIC_OF_TASK[sample.task]).score(prediction, fields),
+            "answers": json.dumps(sample.answers), "scoring": scoring.mode, "box_frame": frame_of(box_format),
+            "rule": family,
+            "score": scoring.rule(family).score(prediction, score_fields(sample, box_format, em.style.bins)),
             "n_visual": n_visual, "n_text": n_text, "kept": json.dumps(kept),
             "kept_counts": json.dumps([len(k) for k in kept]),
             "relevant_kept": relevant_kept(sample, grid, final),
@@ -189,7 +195,8 @@ def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str],
 
 
 def prompt_texts(em: EvalModel, samples: Sequence[EvalSample]) -> list[str]:
-    return [em.style.text(s.task, s.question, s.options, s.context) for s in samples]
+    return [em.style.text(s.task, s.question, s.options, s.context, benchmark_family(s.dataset, s.task))
+            for s in samples]
 
 
 def prompt_inputs(em: EvalModel, samples: Sequence[EvalSample]):
@@ -210,8 +217,10 @@ def prompt_inputs(em: EvalModel, samples: Sequence[EvalSample]):
 
 @torch.no_grad()
 def evaluate_batch(em: EvalModel, setting: MethodSetting, samples: Sequence[EvalSample], mode: str = "remove",
-                   positions: str | None = None, max_new_tokens: int | None = None) -> list[dict]:
-    """Greedy answers for one batch under one method setting, as row dicts (without run settings)."""
+                   positions: str | None = None, max_new_tokens: int | None = None,
+                   scoring: Scoring = Scoring()) -> list[dict]:
+    """Greedy answers for one batch under one method setting, as row dicts (without run settings), scored
+    as ``scoring`` says."""
     tokenizer = em.processor.tokenizer
     texts = prompt_texts(em, samples)
     new_tokens = max_new_tokens or max(em.style.max_new_tokens[s.task] for s in samples)
@@ -225,7 +234,7 @@ def evaluate_batch(em: EvalModel, setting: MethodSetting, samples: Sequence[Eval
     generated = output[:, inputs["input_ids"].shape[1]:]
     predictions = [t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
     record = engine.records[0] if engine else None
-    return _sample_rows(em, samples, texts, predictions, record, inputs, list(timings), new_tokens)
+    return _sample_rows(em, samples, texts, predictions, record, inputs, list(timings), new_tokens, scoring)
 
 
 def _slug(text: str) -> str:
@@ -249,11 +258,12 @@ def _device_dtype(em: EvalModel) -> tuple[str, str]:
     return str(parameter.device), str(parameter.dtype).removeprefix("torch.")
 
 
-def setting_fingerprint(setting: MethodSetting, mode: str, positions: str | None, seed: int) -> str:
-    """Changes with the full schedule (every stage, scorer and selector field), the run settings and the
-    code that computes rows."""
+def setting_fingerprint(setting: MethodSetting, mode: str, positions: str | None, seed: int,
+                        scoring: Scoring) -> str:
+    """Changes with the full schedule (every stage, scorer and selector field), the run settings, the
+    scoring and the code that computes rows."""
     return digest(setting.method, setting.params, stable_form(setting.schedule()), mode, positions, seed,
-                  code_digest())
+                  scoring.mode, scoring.box_frame, code_digest())
 
 
 def check_fits(em: EvalModel, settings: Sequence[MethodSetting], data: dict[str, list[EvalSample]]) -> None:
@@ -280,16 +290,19 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
              datasets: Sequence[str | tuple[str, list[EvalSample]]],
              out: str | Path, batch_size: int = 8, limit: int | None = None, split: str | None = None,
              device: str = "cpu", dtype: str = "float32", mode: str = "remove", positions: str | None = None,
-             seed: int = 0, prompts: dict[str, str] | None = None, progress: bool = True) -> pd.DataFrame:
+             seed: int = 0, prompts: dict[str, str] | None = None, progress: bool = True,
+             scoring: str = "official", box_frame: str | None = None) -> pd.DataFrame:
     """Evaluate every model × method setting × dataset; returns (and writes to ``out``) all rows.
 
     ``datasets``: specs for ``load_dataset`` ("synthetic", "pope", a .jsonl or a folder) or (name, samples)
-    pairs already loaded. Every argument is checked before any model is loaded, and every schedule
-    against the model before any batch runs; finished batches are kept on disk (``parts.py``) and reused
-    only while everything that determines their rows is unchanged. Several runs into one ``out`` share
-    the batches instead of computing them twice.
+    pairs already loaded. ``scoring``: "official" (each benchmark's official script), "lmms-eval" or
+    "lenient"; ``box_frame``: "padded" or "image" (None: the model family's). Every argument is checked
+    before any model is loaded, and every schedule against the model before any batch runs; finished
+    batches are kept on disk (``parts.py``) and reused only while everything that determines their rows
+    is unchanged. Several runs into one ``out`` share the batches instead of computing them twice.
     """
     check_int("batch_size", batch_size, minimum=1)
+    scorer = Scoring(scoring, box_frame)
     check_choice("mode", mode, ("remove", "mask"))
     if positions is not None:
         check_choice("positions", positions, ("keep", "reindex"))
@@ -316,7 +329,8 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
         for dataset_name, samples in data.items():
             keys = [sample_digest(x) for x in samples]
             for s in settings:
-                folder = model_dir / _slug(dataset_name) / f"{s.key}-{setting_fingerprint(s, mode, positions, seed)}"
+                fingerprint = setting_fingerprint(s, mode, positions, seed, scorer)
+                folder = model_dir / _slug(dataset_name) / f"{s.key}-{fingerprint}"
                 for index, start in enumerate(range(0, len(samples), batch_size)):
                     batch = samples[start:start + batch_size]
                     part = folder / f"batch-{index:05d}-{digest(keys[start:start + batch_size])}.parquet"
@@ -328,7 +342,7 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
         em, s, batch, index, context = jobs[part]
         bar.set_postfix_str(f"{Path(em.name).name} | {context['dataset']} | {s.label}")
         torch.manual_seed(seed)
-        rows = evaluate_batch(em, s, batch, mode, positions)
+        rows = evaluate_batch(em, s, batch, mode, positions, scoring=scorer)
         schedule = s.schedule()
         used = positions or (schedule.positions if schedule else "keep")
         bar.update()
@@ -344,13 +358,13 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per model × dataset × setting × task: the benchmark's aggregate metrics, mean FLOPs
-    reduction and the number of samples."""
+    """One row per model × dataset × setting × task × scoring mode, box frame and rule: the rule's
+    aggregate metrics, mean FLOPs reduction and the number of samples."""
     rows = []
-    keys = ["model", "dataset", "setting", "task"]
+    keys = ["model", "dataset", "setting", "task", "scoring", "box_frame", "rule"]
     for key, frame in results.groupby(keys, sort=False):
         frame = frame.assign(answers=frame.answers.map(json.loads))
-        metric = get_metric(METRIC_OF_TASK[key[-1]])
+        metric = Scoring(key[4]).rule(key[6])
         rows.append({**dict(zip(keys, key)), "samples": len(frame), **metric.aggregate(frame),
                      "flops_reduction": frame.flops_reduction.mean()})
     return pd.DataFrame(rows)
