@@ -24,6 +24,12 @@ import torch
 CACHE_NAMES = ("cache", "past_key_values")
 
 
+def _argument(name: str) -> property:
+    """A read/write view of one keyword argument of a call (None when it was not passed)."""
+    return property(lambda call: call.kwargs.get(name), lambda call, value: call.kwargs.__setitem__(name, value),
+                    doc=f"the call's ``{name}`` argument")
+
+
 def _first_present(kwargs: dict, names: tuple[str, ...]):
     for name in names:
         if kwargs.get(name) is not None:
@@ -52,21 +58,9 @@ class ModelCall:
         cache = self.cache
         return 0 if cache is None else int(cache.get_seq_length())
 
-    @property
-    def attention_mask(self) -> torch.Tensor | None:
-        return self.kwargs.get("attention_mask")
-
-    @property
-    def position_ids(self) -> torch.Tensor | None:
-        return self.kwargs.get("position_ids")
-
-    @position_ids.setter
-    def position_ids(self, value: torch.Tensor) -> None:
-        self.kwargs["position_ids"] = value
-
-    @property
-    def image_sizes(self) -> torch.Tensor | None:
-        return self.kwargs.get("image_sizes")
+    attention_mask = _argument("attention_mask")
+    position_ids = _argument("position_ids")
+    image_sizes = _argument("image_sizes")
 
 
 @dataclass
@@ -76,29 +70,9 @@ class LanguageModelCall:
     args: tuple
     kwargs: dict
 
-    @property
-    def inputs_embeds(self) -> torch.Tensor:
-        return self.kwargs["inputs_embeds"]
-
-    @inputs_embeds.setter
-    def inputs_embeds(self, value: torch.Tensor) -> None:
-        self.kwargs["inputs_embeds"] = value
-
-    @property
-    def attention_mask(self) -> torch.Tensor | None:
-        return self.kwargs.get("attention_mask")
-
-    @attention_mask.setter
-    def attention_mask(self, value: torch.Tensor) -> None:
-        self.kwargs["attention_mask"] = value
-
-    @property
-    def position_ids(self) -> torch.Tensor | None:
-        return self.kwargs.get("position_ids")
-
-    @position_ids.setter
-    def position_ids(self, value: torch.Tensor) -> None:
-        self.kwargs["position_ids"] = value
+    inputs_embeds = _argument("inputs_embeds")
+    attention_mask = _argument("attention_mask")
+    position_ids = _argument("position_ids")
 
     def prefix_kwargs(self) -> dict:
         """Arguments that run the same prompt again through the language model, without a cache."""
