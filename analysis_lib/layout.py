@@ -60,6 +60,9 @@ class VisualLayout:
 
     samples: list[SampleGrid]
     sequence_length: int
+    #: patches per encoder crop in the vision tower's padded [crops, crop_size] output (``patch // crop_size``
+    #: is a token's crop)
+    crop_size: int = 0
 
     @property
     def batch_size(self) -> int:

@@ -1,6 +1,6 @@
 """Tiny batches for the tests: left-padded pairs of samples, and one sample cut out of a batch."""
 from analysis_lib.tiny import tiny_inputs
-from analysis_lib.tracking import padded_position_ids
+from analysis_lib.adapters.calls import padded_position_ids
 
 FAMILIES = {
     # family -> image sizes (height, width) per sample; None for LLaVA-1.5's fixed square input

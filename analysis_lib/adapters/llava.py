@@ -76,4 +76,4 @@ class LlavaAdapter(ModelAdapter):
                 y=(row.float() + 0.5) / g, x=(col.float() + 0.5) / g,
                 segments=[Segment("image", g, g)]))
             image_offset += n // per_image
-        return VisualLayout(samples, int(input_ids.shape[1]))
+        return VisualLayout(samples, int(input_ids.shape[1]), self.patches_per_crop)
