@@ -18,6 +18,7 @@ from .adapters import ModelAdapter
 from .adapters.base import split_heads
 from .adapters.calls import AttentionCall
 from .hooks import HookSet
+from .layout import stack_padded
 from .tracking import SlotView
 from .validation import check_choice
 
@@ -138,17 +139,6 @@ def vision_per_token(rows: torch.Tensor, layout) -> list[torch.Tensor]:
     """Head-mean vision rows [crops, H, P] mapped onto each sample's visual tokens (NaN for tokens without a
     patch, such as LLaVA-NeXT's newlines)."""
     return patches_to_tokens(rows.mean(dim=1), layout)
-
-
-def stack_padded(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
-    """Stack tensors that differ in size along ``dim``, NaN-padding them to the largest."""
-    size = max(p.shape[dim] for p in parts)
-    padded = []
-    for p in parts:
-        pad = list(p.shape)
-        pad[dim] = size - p.shape[dim]
-        padded.append(torch.cat([p, p.new_full(pad, float("nan"))], dim=dim))
-    return torch.stack(padded)
 
 
 def vision_rows(q: torch.Tensor, k: torch.Tensor, call: AttentionCall, adapter: ModelAdapter, geometry,

@@ -70,3 +70,14 @@ class VisualLayout:
 
     def counts(self) -> list[int]:
         return [s.num_tokens for s in self.samples]
+
+
+def stack_padded(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """Stack tensors that differ in size along ``dim``, NaN-padding them to the largest."""
+    size = max(p.shape[dim] for p in parts)
+    padded = []
+    for p in parts:
+        pad = list(p.shape)
+        pad[dim] = size - p.shape[dim]
+        padded.append(torch.cat([p, p.new_full(pad, float("nan"))], dim=dim))
+    return torch.stack(padded)

@@ -191,7 +191,7 @@ class ModelAdapter(ABC):
     def layer_inputs(self, layer_call: calls.DecoderLayerCall, hidden: torch.Tensor, mask: torch.Tensor | None,
                      positions: torch.Tensor) -> tuple[tuple, dict]:
         """(args, kwargs) running a decoder layer on ``hidden`` with this 4D mask at [axes, B, S] positions."""
-        return layer_call.rewrite(hidden, mask, self.argument_positions(positions), self.rope(hidden, positions))
+        return layer_call.rewrite(hidden, mask, positions[0], self.rope(hidden, positions))
 
     def rewrite_language_model_call(self, lm_call: calls.LanguageModelCall, embeddings: torch.Tensor,
                                     mask: torch.Tensor, positions: torch.Tensor) -> None:

@@ -68,10 +68,10 @@ VISION_SCORES = ("cls", "received", "auto")
 @dataclass(frozen=True)
 class VisionAttentionScorer:
     """Vision-tower attention at the feature layer, mean over heads: the [CLS] row ("cls"), the mean
-    attention a patch receives from the patches ("received"), or "auto": [CLS] when the tower has one,
-    else received (VisPruner's rule for SigLIP-like towers)."""
+    attention a patch receives from the patches ("received"), or "auto" (the default): [CLS] when the tower
+    has one, else received (VisPruner's rule for towers without [CLS], §3.3; used on Qwen's tower)."""
 
-    kind: str = "cls"
+    kind: str = "auto"
     name: str = "vision_attention"
     needs_text_attention: bool = False
     needs_vision_attention: bool = True
