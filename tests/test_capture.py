@@ -171,8 +171,9 @@ def test_qwen_vision_rows_equal_the_towers_own_attention(models):
         cap.vision_per_token(cap.feature_layer, "cls")
 
 
-def test_hooks_removed_after_exit_and_after_error(models):
-    model = models[("llava", "sdpa")]
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hooks_removed_after_exit_and_after_error(models, family):
+    model = models[(family, "sdpa")]
     before = hook_count(model)
     with capture_attention(model, layers="all", vision_layers="all"):
         assert hook_count(model) > before
