@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 
 
@@ -81,3 +83,17 @@ def stack_padded(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
         pad[dim] = size - p.shape[dim]
         padded.append(torch.cat([p, p.new_full(pad, float("nan"))], dim=dim))
     return torch.stack(padded)
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int = 56 * 56,
+                  max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
+    """The Qwen processors' resize of a (height, width) image: nearest multiples of ``factor`` (patch × merge),
+    scaled into [min_pixels, max_pixels] (Qwen2.5-VL's defaults)."""
+    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        scale = (height * width / max_pixels) ** 0.5
+        h, w = max(factor, int(height / scale / factor) * factor), max(factor, int(width / scale / factor) * factor)
+    elif h * w < min_pixels:
+        scale = (min_pixels / (height * width)) ** 0.5
+        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
+    return h, w

@@ -9,14 +9,12 @@ put back into the image's patch order here. The language model uses 3-D M-RoPE p
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
-from ..layout import SampleGrid, Segment, VisualLayout, stack_padded
+from ..layout import SampleGrid, Segment, VisualLayout, smart_resize, stack_padded
 from . import calls
 from .base import AttentionGeometry, ModelAdapter
 
@@ -170,7 +168,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         × merge 2), clamped to its default pixel range [56², 28²·1280]."""
         if image_size is None:
             raise ValueError("image_size: Qwen models need the image's (height, width) to count its tokens")
-        h, w = _smart_resize(*image_size, self.config.vision_config.patch_size * self.merge)
+        h, w = smart_resize(*image_size, self.config.vision_config.patch_size * self.merge)
         return (h // self.config.vision_config.patch_size // self.merge) * (w // self.config.vision_config.patch_size
                                                                           // self.merge)
 
@@ -202,16 +200,3 @@ class Qwen2_5_VLAdapter(ModelAdapter):
             fields = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
             samples.append(SampleGrid(positions=positions.cpu(), segments=segments, **fields))
         return VisualLayout(samples, int(input_ids.shape[1]), width)
-
-
-def _smart_resize(height: int, width: int, factor: int, min_pixels: int = 56 * 56,
-                  max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
-    """The Qwen processors' resize: nearest multiples of ``factor``, scaled into [min_pixels, max_pixels]."""
-    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        scale = (height * width / max_pixels) ** 0.5
-        h, w = max(factor, int(height / scale / factor) * factor), max(factor, int(width / scale / factor) * factor)
-    elif h * w < min_pixels:
-        scale = (min_pixels / (height * width)) ** 0.5
-        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
-    return h, w
