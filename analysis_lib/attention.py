@@ -15,7 +15,10 @@ import torch
 from torch import nn
 
 from .adapters import ModelAdapter
+from .adapters.base import split_heads
+from .adapters.calls import AttentionCall
 from .hooks import HookSet
+from .layout import stack_padded
 from .tracking import SlotView
 from .validation import check_choice
 
@@ -47,12 +50,6 @@ class TextAttentionSpec:
         return f"{self.query}/{self.rope}/{self.softmax}"
 
 
-def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """[B, S, H*D] -> [B, H, S, D]."""
-    b, s, _ = x.shape
-    return x.view(b, s, -1, head_dim).transpose(1, 2)
-
-
 def _query_slots(view: SlotView, query: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Slot indices [B, Q] of the query tokens and their validity [B, Q]."""
     batch, length = view.index.shape
@@ -75,7 +72,7 @@ def text_visual_rows(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: t
     ``q``/``k`` are the raw projection outputs [B, S, heads*dim]; (cos, sin) are what the layer applied.
     """
     geo = adapter.decoder_geometry()
-    qh, kh = _heads(q, geo.head_dim).float(), _heads(k, geo.head_dim).float()
+    qh, kh = split_heads(q, geo.head_dim).float(), split_heads(k, geo.head_dim).float()
     cos, sin = cos.float(), sin.float()
     if spec.rope != "removed":
         q_rot, k_rot = adapter.apply_rotary(qh, kh, cos, sin)
@@ -112,10 +109,12 @@ def rows_to_visual(rows: torch.Tensor, view: SlotView, num_visual: int) -> torch
 
 @dataclass
 class VisionRows:
-    """Per vision-tower layer, per image crop, per head, over the patch tokens ([CLS] excluded):
-    the [CLS]→patch row; ``received``: mean attention each patch receives from the patch queries
-    (column means of the patch×patch block); ``given``: mean attention each patch gives to the patch
-    keys (row means of that block; FoPru's s1, ``received`` is its s2); optional head-mean map."""
+    """Per vision-tower layer, per encoder crop (Qwen: per image), per head, over the crop's visual tokens
+    ([CLS] excluded; NaN-padded where crops differ in size): the [CLS]→patch row; ``received``: mean
+    attention each patch receives from the patch queries (column means of the patch×patch block);
+    ``given``: mean attention each patch gives to the patch keys (row means; FoPru's s1, ``received`` is its
+    s2); optional head-mean map. A visual token made of several patches (Qwen's 2×2 merged cells) gets the
+    mean over its patches."""
 
     cls: torch.Tensor | None  # [crops, H, P]
     received: torch.Tensor  # [crops, H, P]
@@ -142,22 +141,25 @@ def vision_per_token(rows: torch.Tensor, layout) -> list[torch.Tensor]:
     return patches_to_tokens(rows.mean(dim=1), layout)
 
 
-def vision_rows(q: torch.Tensor, k: torch.Tensor, adapter: ModelAdapter, with_map: bool) -> VisionRows:
-    """Full self-attention of one vision layer (no mask, no RoPE) reduced to what analyses need."""
-    geo = adapter.vision_geometry()
-    qh, kh = _heads(q, geo.head_dim).float(), _heads(k, geo.head_dim).float()
-    attn = torch.softmax(torch.matmul(qh, kh.transpose(-1, -2)) * geo.scaling, dim=-1)
-    first_patch = 1 if adapter.has_cls else 0
-    patch_block = attn[:, :, first_patch:, first_patch:]
-    return VisionRows(cls=attn[:, :, 0, 1:] if adapter.has_cls else None,
-                      received=patch_block.mean(dim=2),
-                      given=patch_block.mean(dim=3),
-                      map=attn.mean(dim=1) if with_map else None)
+def vision_rows(q: torch.Tensor, k: torch.Tensor, call: AttentionCall, adapter: ModelAdapter, geometry,
+                with_map: bool) -> VisionRows:
+    """Self-attention of one vision layer, from its q/k projections, reduced to what analyses need."""
+    maps = adapter.vision_attention_maps(q, k, call, geometry)
+    first = 1 if adapter.has_cls else 0
+    blocks = [m[:, first:, first:] for m in maps]
+    pooled = adapter.pool_patches
+    cls = stack_padded([pooled(m[:, 0, 1:]) for m in maps], 1) if adapter.has_cls else None
+    if with_map and len({m.shape[-1] for m in maps}) > 1:
+        raise ValueError("vision_maps=True: the images of this batch differ in size; capture one image at a time")
+    return VisionRows(cls=cls,
+                      received=stack_padded([pooled(b.mean(dim=1)) for b in blocks], 1),
+                      given=stack_padded([pooled(b.mean(dim=2)) for b in blocks], 1),
+                      map=torch.stack([m.mean(dim=0) for m in maps]) if with_map else None)
 
 
-def vision_features(hidden: torch.Tensor, adapter: ModelAdapter) -> torch.Tensor:
-    """The patch features of the feature layer (what the projector reads): [crops, P, C], [CLS] dropped."""
-    return hidden[:, 1:] if adapter.has_cls else hidden
+def vision_features(hidden: torch.Tensor, adapter: ModelAdapter, geometry) -> torch.Tensor:
+    """The features the projector reads for each visual token, at the feature layer: [crops, P, C]."""
+    return adapter.vision_token_features(hidden, geometry)
 
 
 def watch_output(hooks: HookSet, module: nn.Module, on_output: Callable[[torch.Tensor], None]) -> None:
@@ -168,9 +170,10 @@ def watch_output(hooks: HookSet, module: nn.Module, on_output: Callable[[torch.T
 
 
 def watch_qk(hooks: HookSet, adapter: ModelAdapter, attention: nn.Module, armed: Callable[[], bool],
-             on_rows: Callable[[torch.Tensor, torch.Tensor, tuple | None], None]) -> None:
-    """Call ``on_rows(q, k, rope)`` after ``attention`` ran, while ``armed()`` is true; ``rope`` is the
-    (cos, sin) the block was called with."""
+             on_rows: Callable[[torch.Tensor, torch.Tensor, AttentionCall], None]) -> None:
+    """Call ``on_rows(q, k, call)`` after ``attention`` ran, while ``armed()`` is true; ``q``/``k`` are the
+    raw projection outputs (both the fused qkv output where the block has one), ``call`` the block's call
+    (its (cos, sin), its attention segments)."""
     store: dict = {}
     q_proj, k_proj = adapter.qk_projections(attention)
 
@@ -180,13 +183,13 @@ def watch_qk(hooks: HookSet, adapter: ModelAdapter, attention: nn.Module, armed:
                 store[name] = out
         return hook
 
-    def before(_m, _a, kwargs):
+    def before(_m, args, kwargs):
         store.clear()
-        store["pe"] = adapter.attention_rope(kwargs)
+        store["call"] = adapter.attention_call(args, kwargs)
 
     def after(_m, _a, _k, _out):
         if "q" in store:
-            on_rows(store.pop("q"), store.pop("k"), store.pop("pe", None))
+            on_rows(store.pop("q"), store.pop("k"), store.pop("call"))
         store.clear()
 
     hooks.pre(attention, before)

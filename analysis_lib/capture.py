@@ -90,16 +90,16 @@ def capture_attention(model: nn.Module, layers: Sequence[int] | str | None = "al
             return tracker.call is not None and tracker.call.is_prefill and tracker.new_prompt
 
         for layer in text_layers:
-            def on_text(q, k, pe, layer=layer):
+            def on_text(q, k, call, layer=layer):
                 view = tracker.view_at(layer)
                 n_max = max(tracker.prompt.layout.counts())
                 for spec in specs:
-                    rows = text_visual_rows(q, k, *pe, view, adapter, spec)
+                    rows = text_visual_rows(q, k, *call.rope, view, adapter, spec)
                     cap.text[(spec.name, layer)] = rows_to_visual(rows, view, n_max)
             watch_qk(hooks, adapter, adapter.decoder_attention(layer), armed, on_text)
         for layer in vis_layers:
-            def on_vision(q, k, _pe, layer=layer):
-                cap.vision[layer] = vision_rows(q, k, adapter, vision_maps)
+            def on_vision(q, k, call, layer=layer):
+                cap.vision[layer] = vision_rows(q, k, call, adapter, tracker.image_geometry, vision_maps)
             # the tower runs once per new image set, inside forward or before it (generate pre-encodes images)
             watch_qk(hooks, adapter, adapter.vision_attention(layer), lambda: True, on_vision)
         yield cap

@@ -50,17 +50,28 @@ def _number(key: str, text: str, integer: bool) -> int | float:
     return value
 
 
+def parse_image_size(text: str) -> tuple[int, int]:
+    """"HxW" (pixels) -> (height, width)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"image_size={text!r} must be HEIGHTxWIDTH in pixels, e.g. 448x448")
+    return int(parts[0]), int(parts[1])
+
+
 def flops_command(args: argparse.Namespace) -> None:
     check_int("--text-tokens", args.text_tokens, minimum=0)
     if args.system_tokens is not None:
         check_int("--system-tokens", args.system_tokens, minimum=0)
     preset = preset_or_config(args.model, n_system=args.system_tokens)
+    if args.image_size is not None:
+        preset = preset.at_image_size(*parse_image_size(args.image_size))
     method = get_method(args.method)
     schedule = method.schedule(**parse_params(args.params, method.parameters))
     stages = nominal_kept(schedule, preset.dims.layers, preset.grid)
     n_text = preset.n_system + args.text_tokens
     report = schedule_flops(preset.dims, preset.n_visual, n_text, stages, ffn_matrices=args.ffn_matrices)
-    print(f"model: {args.model} (d={preset.dims.hidden}, m={preset.dims.intermediate}, T={preset.dims.layers}, "
+    grid = f", {preset.grid[0]}x{preset.grid[1]} cells" if preset.cell_pixels else ""
+    print(f"model: {args.model}{grid} (d={preset.dims.hidden}, m={preset.dims.intermediate}, T={preset.dims.layers}, "
           f"{preset.n_visual} visual + {n_text} text tokens)")
     print(f"method: {args.method} {' '.join(args.params)}".rstrip())
     for layer, kept in stages:
@@ -111,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="2: FastV/FEATHER eq. 1; 3: PyramidDrop/SparseVLM (SwiGLU)")
     p.add_argument("--system-tokens", type=int, default=None, help="override the preset's system-token count")
     p.add_argument("--text-tokens", type=int, default=0, help="question tokens counted in n (default 0)")
+    p.add_argument("--image-size", default=None, metavar="HxW",
+                   help="image height x width in pixels (dynamic-resolution presets: qwen2.5-vl-7b, qwen3-vl-8b)")
     p.set_defaults(fn=flops_command)
     p = sub.add_parser("methods", help="list the pruning methods with their parameters and defaults")
     p.set_defaults(fn=methods_command)

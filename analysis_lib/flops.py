@@ -22,6 +22,7 @@ from numbers import Integral
 from pathlib import Path
 from typing import Any
 
+from .layout import smart_resize
 from .validation import check_choice, check_range
 
 FFN_MATRICES = (2, 3)
@@ -45,12 +46,26 @@ class LMDims:
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """A model's LM shapes and visual-token layout: ``n_visual`` tokens on a ``grid`` (rows, cols)."""
+    """A model's LM shapes and visual-token layout: ``n_visual`` tokens on a ``grid`` (rows, cols).
+
+    ``cell_pixels`` > 0 marks a dynamic-resolution model (Qwen): one visual token per ``cell_pixels``² of
+    the resized image, so the count follows ``at_image_size``; ``grid`` is then its default image's."""
 
     dims: LMDims
     n_visual: int
     n_system: int
     grid: tuple[int, int]
+    cell_pixels: int = 0
+
+    def at_image_size(self, height: int, width: int) -> ModelPreset:
+        """The preset for one (height, width) image, resized as the model's processor does."""
+        if not self.cell_pixels:
+            raise ValueError("image_size: this preset has a fixed-resolution vision tower; only the "
+                             "dynamic-resolution presets (qwen2.5-vl-7b, qwen3-vl-8b) take an image size")
+        h, w = smart_resize(_count("height", height, 1, math.inf), _count("width", width, 1, math.inf),
+                            self.cell_pixels)
+        grid = (h // self.cell_pixels, w // self.cell_pixels)
+        return replace(self, n_visual=grid[0] * grid[1], grid=grid)
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,13 @@ PRESETS: dict[str, ModelPreset] = {
     # SigLIP so400m/14 at 384 px: 27x27 patches; Llama-2-7B. The 35 system tokens are an assumption
     # (LLaVA's prompt); the FEATHER paper does not state its prompt length.
     "feather-siglip-llama2-7b": ModelPreset(_LLAMA_7B, n_visual=729, n_system=35, grid=(27, 27)),
+    # Dynamic resolution: one token per 2x2 merged cell of 14 px (Qwen2.5-VL) or 16 px (Qwen3-VL) patches;
+    # the default grid is a 448x448 image. System tokens: the chat template up to and around the image
+    # (Qwen2.5-VL's default system prompt included, about 20; Qwen3-VL has none, about 5), approximate.
+    "qwen2.5-vl-7b": ModelPreset(LMDims(hidden=3584, intermediate=18944, layers=28), n_visual=256, n_system=20,
+                                 grid=(16, 16), cell_pixels=28),
+    "qwen3-vl-8b": ModelPreset(LMDims(hidden=4096, intermediate=12288, layers=36), n_visual=196, n_system=5,
+                               grid=(14, 14), cell_pixels=32),
 }
 
 

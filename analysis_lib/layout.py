@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 
 
@@ -60,6 +62,9 @@ class VisualLayout:
 
     samples: list[SampleGrid]
     sequence_length: int
+    #: patches per encoder crop in the vision tower's padded [crops, crop_size] output (``patch // crop_size``
+    #: is a token's crop)
+    crop_size: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -67,3 +72,28 @@ class VisualLayout:
 
     def counts(self) -> list[int]:
         return [s.num_tokens for s in self.samples]
+
+
+def stack_padded(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """Stack tensors that differ in size along ``dim``, NaN-padding them to the largest."""
+    size = max(p.shape[dim] for p in parts)
+    padded = []
+    for p in parts:
+        pad = list(p.shape)
+        pad[dim] = size - p.shape[dim]
+        padded.append(torch.cat([p, p.new_full(pad, float("nan"))], dim=dim))
+    return torch.stack(padded)
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int = 56 * 56,
+                  max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
+    """The Qwen processors' resize of a (height, width) image: nearest multiples of ``factor`` (patch × merge),
+    scaled into [min_pixels, max_pixels] (Qwen2.5-VL's defaults)."""
+    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        scale = (height * width / max_pixels) ** 0.5
+        h, w = max(factor, int(height / scale / factor) * factor), max(factor, int(width / scale / factor) * factor)
+    elif h * w < min_pixels:
+        scale = (min_pixels / (height * width)) ** 0.5
+        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
+    return h, w

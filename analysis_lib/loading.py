@@ -16,12 +16,14 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+from transformers import (AutoConfig, AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration,
+                          Qwen2_5_VLForConditionalGeneration)
 
 from .adapters import ADAPTERS, ModelAdapter, adapter_for
 from .validation import check_choice, check_device
 
-MODEL_CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}
+MODEL_CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration,
+                 "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 #: "owner/name" as the Hugging Face hub spells repository ids

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .adapters import ModelAdapter
+
 from .hooks import HookSet
 from .layout import VisualLayout
 
@@ -24,7 +25,7 @@ class SlotView:
     index: torch.Tensor  # original sequence position, -1 for a filler slot
     valid: torch.Tensor  # bool: the slot may be attended to as a key
     visual: torch.Tensor  # original visual-token index, -1 for text/filler
-    position: torch.Tensor  # RoPE position ids these layers use
+    position: torch.Tensor  # [axes, B, S] RoPE position ids these layers use (axes: 1, or 3 for M-RoPE)
     shift: torch.Tensor  # [B] subtracted from the positions of tokens after the prompt (re-indexing)
 
     @property
@@ -32,43 +33,42 @@ class SlotView:
         return int(self.index.shape[1])
 
 
-def padded_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of a left-padded batch, as ``generate`` makes them: count of real tokens so far."""
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.masked_fill(attention_mask == 0, 0)
-
-
 @dataclass
 class Prompt:
     """The prompt of the current batch (the first, cache-less call)."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor  # bool [B, L]
-    position_ids: torch.Tensor  # [B, L]
+    tokens: torch.Tensor  # [B, L] token ids
+    mask: torch.Tensor  # bool [B, L]: real tokens (False = padding)
+    positions: torch.Tensor  # [axes, B, L]
     layout: VisualLayout
 
     @property
     def length(self) -> int:
-        return int(self.input_ids.shape[1])
+        return int(self.tokens.shape[1])
+
+    @property
+    def next_position(self) -> torch.Tensor:
+        """[B] position of the first token after the prompt on every axis: one past its largest position."""
+        valid = self.positions.masked_fill(~self.mask[None], torch.iinfo(self.positions.dtype).min)
+        return valid.amax(dim=(0, 2)) + 1
 
     def visual_index(self) -> torch.Tensor:
         """[B, L]: original visual-token index at each position, -1 elsewhere."""
-        out = torch.full_like(self.input_ids, -1)
+        out = torch.full_like(self.tokens, -1)
         for b, grid in enumerate(self.layout.samples):
             out[b, grid.positions.to(out.device)] = torch.arange(grid.num_tokens, device=out.device)
         return out
 
     def identity_view(self) -> SlotView:
-        batch = self.input_ids.shape[0]
-        index = torch.arange(self.length, device=self.input_ids.device).expand(batch, -1)
-        return SlotView(index=index, valid=self.attention_mask, visual=self.visual_index(),
-                        position=self.position_ids, shift=torch.zeros(batch, dtype=torch.long,
-                                                                      device=index.device))
+        batch = self.tokens.shape[0]
+        index = torch.arange(self.length, device=self.tokens.device).expand(batch, -1)
+        return SlotView(index=index, valid=self.mask, visual=self.visual_index(),
+                        position=self.positions, shift=torch.zeros(batch, dtype=torch.long, device=index.device))
 
-    def continues_with(self, input_ids: torch.Tensor) -> bool:
-        """True if ``input_ids`` is this prompt followed by more tokens (generation without a cache)."""
-        return (input_ids.shape[0] == self.input_ids.shape[0] and input_ids.shape[1] >= self.length
-                and bool((input_ids[:, : self.length] == self.input_ids).all()))
+    def continues_with(self, tokens: torch.Tensor) -> bool:
+        """True if ``tokens`` is this prompt followed by more tokens (generation without a cache)."""
+        return (tokens.shape[0] == self.tokens.shape[0] and tokens.shape[1] >= self.length
+                and bool((tokens[:, : self.length] == self.tokens).all()))
 
 
 @dataclass
@@ -77,8 +77,8 @@ class Call:
 
     past: int
     length: int
-    attention_mask: torch.Tensor  # bool [B, past + length] over original positions
-    position_ids: torch.Tensor  # [B, length] original position ids of the new tokens
+    mask: torch.Tensor  # bool [B, past + length] over original positions
+    positions: torch.Tensor  # [axes, B, length] original position ids of the new tokens
 
     @property
     def is_prefill(self) -> bool:
@@ -87,8 +87,8 @@ class Call:
     def tail(self, prompt_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Original positions and validity of the tokens after the prompt seen so far, [B, T]."""
         end = self.past + self.length
-        idx = torch.arange(prompt_length, end, device=self.attention_mask.device)
-        return idx.expand(self.attention_mask.shape[0], -1), self.attention_mask[:, prompt_length:end]
+        idx = torch.arange(prompt_length, end, device=self.mask.device)
+        return idx.expand(self.mask.shape[0], -1), self.mask[:, prompt_length:end]
 
 
 class Tracker:
@@ -110,14 +110,14 @@ class Tracker:
         self._listeners: list = []
         self.hooks = HookSet()
         self.hooks.pre(model, self._on_forward, prepend=True)
-        # the image sizes of the last image encoding: ``generate`` may encode images before calling forward,
-        # so forward itself may not receive them (LLaVA-NeXT needs them)
-        self._image_sizes = None
-        self._unwatch = adapter.watch_image_sizes(self._remember_image_sizes)
+        # the image geometry of the last image encoding (sizes, Qwen's grids): ``generate`` may encode images
+        # before calling forward, so forward itself may not receive it
+        self.image_geometry = None
+        self._unwatch = adapter.watch_image_geometry(self._remember_geometry)
         self.users = 0
 
-    def _remember_image_sizes(self, sizes) -> None:
-        self._image_sizes = sizes
+    def _remember_geometry(self, geometry) -> None:
+        self.image_geometry = geometry
 
     # ---- views ---------------------------------------------------------------------------
     def push_stage_view(self, start: int, view: SlotView) -> None:
@@ -145,35 +145,34 @@ class Tracker:
     # ---- the hook ------------------------------------------------------------------------
     def _on_forward(self, module, args, kwargs):
         call = self.adapter.model_call(args, kwargs)
-        input_ids = call.input_ids
-        if input_ids is None:
+        tokens = call.tokens
+        if tokens is None:
             raise ValueError("input_ids: capture and pruning need token ids (not precomputed embeddings) to find the "
                              "image tokens")
-        batch, length = input_ids.shape
+        batch, length = tokens.shape
         prefill = call.cached_length == 0
-        mask = call.attention_mask
+        mask = call.mask
         if prefill:
-            full = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
-            if call.position_ids is None:
-                call.position_ids = padded_position_ids(full)
-            self.new_prompt = self.prompt is None or not self.prompt.continues_with(input_ids)
+            full = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool()
+            geometry = call.geometry
+            if geometry is not None:
+                self.image_geometry = geometry
+            positions = self.adapter.prompt_positions(call, full)
+            self.new_prompt = self.prompt is None or not self.prompt.continues_with(tokens)
             if self.new_prompt:
-                sizes = call.image_sizes
-                layout = self.adapter.layout(input_ids, self._image_sizes if sizes is None else sizes)
-                self.prompt = Prompt(input_ids, full, call.position_ids, layout)
+                layout = self.adapter.layout(tokens, self.image_geometry)
+                self.prompt = Prompt(tokens, full, positions, layout)
                 self._starts, self.views = [0], [self.prompt.identity_view()]
-            self.call = Call(0, length, full, call.position_ids)
+            self.call = Call(0, length, full, positions)
             self._seen = length
         else:
             if self.prompt is None:
                 raise RuntimeError("a cached decoding step arrived before any prompt was seen")
             past = self._seen
-            full = (torch.ones(batch, past + length, dtype=torch.bool, device=input_ids.device)
+            full = (torch.ones(batch, past + length, dtype=torch.bool, device=tokens.device)
                     if mask is None else mask.bool())
-            if call.position_ids is None:
-                last = self.prompt.position_ids[:, -1:] + (past - self.prompt.length)
-                call.position_ids = last + torch.arange(1, length + 1, device=input_ids.device)
-            self.call = Call(past, length, full, call.position_ids)
+            start = self.prompt.next_position + (past - self.prompt.length)
+            self.call = Call(past, length, full, self.adapter.step_positions(call, start))
             self._seen += length
         if prefill and self.new_prompt:
             for fn in self._listeners:

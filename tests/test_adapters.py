@@ -8,13 +8,13 @@ from analysis_lib.tiny import TinySpec, tiny_inputs, tiny_vlm
 from tiny_setup import FAMILIES, batch_inputs
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
 def test_layout_matches_the_model_features(models, family):
     """Each visual token's patch index points at the vision feature the model placed there."""
     model = models[(family, "sdpa")]
     inputs = batch_inputs(model, family)
     adapter = adapter_for(model)
-    layout = adapter.layout(inputs["input_ids"], inputs.get("image_sizes"))
+    layout = adapter.inputs_layout(inputs)
     placed, features = {}, {}
     h1 = adapter.language_model.register_forward_pre_hook(
         lambda m, a, kw: placed.update(x=kw["inputs_embeds"]), with_kwargs=True)
@@ -27,6 +27,34 @@ def test_layout_matches_the_model_features(models, family):
         real = grid.patch >= 0
         torch.testing.assert_close(placed["x"][b, grid.positions[real]], flat[grid.patch[real]])
         assert grid.num_tokens == int((inputs["input_ids"][b] == model.config.image_token_id).sum())
+
+
+def test_qwen_layout_maps_merged_cells_to_their_image_grid(models):
+    """Each visual token is the merged cell the model placed there (its image's features, in row-major cell
+    order), with its row/column on the image's cell grid; two images in one prompt get two segments."""
+    model = models[("qwen2_5_vl", "sdpa")]
+    adapter = adapter_for(model)
+    inputs = tiny_inputs(model, [2, 5], [3, 1], [(112, 84), (56, 112)], seed=2)
+    placed = {}
+    hook = adapter.language_model.register_forward_pre_hook(
+        lambda m, a, kw: placed.update(x=kw["inputs_embeds"]), with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+        features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+    hook.remove()
+    layout = adapter.inputs_layout(inputs)
+    for b, grid in enumerate(layout.samples):
+        assert [(s.rows, s.cols) for s in grid.segments] == [[(4, 3)], [(2, 4)]][b]
+        torch.testing.assert_close(placed["x"][b, grid.positions], features[b])
+        assert grid.row.tolist() == (torch.arange(grid.num_tokens) // grid.segments[0].cols).tolist()
+        assert float(grid.y.max()) < 1 and float(grid.x.min()) > 0
+    two = dict(inputs)
+    ids = inputs["input_ids"][1:]
+    two["input_ids"] = torch.cat([inputs["input_ids"][:1, -12 - 5:], ids[:, -13:]], dim=1)  # both images, one prompt
+    grid = adapter.layout(two["input_ids"], inputs["image_grid_thw"]).samples[0]
+    assert grid.num_tokens == 20 and [(s.rows, s.cols) for s in grid.segments] == [(4, 3), (2, 4)]
+    assert grid.image.unique().tolist() == [0, 1] and int(grid.patch[12]) == 12  # second image, first cell
+    assert adapter.num_visual_tokens((448, 448)) == 256 and adapter.num_visual_tokens((450, 300)) == 16 * 11
 
 
 def test_llava_next_layout_has_base_and_unpadded_crops(models):
@@ -61,7 +89,7 @@ def test_unknown_model_type_is_a_clear_error():
     from transformers import LlamaConfig, LlamaForCausalLM
     model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=2))
-    with pytest.raises(ValueError, match="model_type='llama'.*'llava', 'llava_next'"):
+    with pytest.raises(ValueError, match="model_type='llama'.*'llava', 'llava_next', 'qwen2_5_vl'"):
         adapter_for(model)
 
 

@@ -23,7 +23,7 @@ def _cache(tokens: int) -> DynamicCache:
 def test_the_cache_is_read_under_each_spelling():
     for name in CACHE_NAMES:
         call = ModelCall((), {name: _cache(7), "input_ids": torch.ones(1, 1, dtype=torch.long)})
-        assert call.cached_length == 7 and call.input_ids.shape == (1, 1)
+        assert call.cached_length == 7 and call.tokens.shape == (1, 1)
     assert ModelCall((torch.ones(1, 3),), {}).cached_length == 0
     # a None under the new name does not hide a cache under the old one
     assert ModelCall((), {"cache": None, "past_key_values": _cache(2)}).cached_length == 2
@@ -88,5 +88,31 @@ def test_only_the_call_readers_name_forward_arguments():
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(names, line) or re.search(r"kwargs(\[|\.get\()", line):
+                offenders.append(f"{rel}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+#: the modules that follow the model through the adapter only: no transformers argument, output field or
+#: module attribute may appear in them
+CONTRACT_MODULES = ("analysis_lib/tracking.py", "analysis_lib/pruning/engine.py", "analysis_lib/pruning/views.py",
+                    "analysis_lib/attention.py", "analysis_lib/capture.py", "analysis_lib/analyses/")
+TRANSFORMERS_NAMES = (
+    r"\b(input_ids|attention_mask|position_ids|pixel_values|image_sizes|image_grid_thw|mm_token_type_ids|"
+    r"cu_seqlens|rope_deltas|deepstack\w*|visual_pos_masks|output_attentions|use_cache|logits_to_keep)\b"
+    r"|\.(q_proj|k_proj|v_proj|qkv|self_attn|rotary_emb|vision_tower|blocks|multi_modal_projector|merger|"
+    r"lm_head|get_image_features|get_rope_index)\b")
+
+
+def test_contract_modules_name_no_transformers_argument_or_attribute():
+    """Tracking, the engine, its views, attention rows, capture and the analyses reach the model only through
+    the adapter: a transformers argument or module path there fails this test."""
+    offenders = []
+    for path in sorted((ROOT / "analysis_lib").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if not rel.startswith(CONTRACT_MODULES):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = re.sub(r"([\"']).*? .*?\1", "", line.split("#")[0])  # messages may name a parameter
+            if re.search(TRANSFORMERS_NAMES, code):
                 offenders.append(f"{rel}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)

@@ -91,7 +91,7 @@ def test_equi_rows_ignore_visual_token_order(models):
     assert not torch.allclose(permuted[spec_applied.name], first[spec_applied.name][..., perm], atol=1e-6)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
 def test_vision_rows_equal_eager_weights(models, family):
     model = models[(family, "eager")]
     inputs = batch_inputs(model, family)
@@ -119,8 +119,61 @@ def test_vision_rows_equal_eager_weights(models, family):
     assert torch.isnan(per_token[0][~real]).all()
 
 
-def test_hooks_removed_after_exit_and_after_error(models):
-    model = models[("llava", "sdpa")]
+def test_qwen_vision_rows_equal_the_towers_own_attention(models):
+    """Qwen's tower returns no attention weights: an attention function registered with transformers records
+    the probabilities of every window the tower computes; put back in patch order (the tower's own window
+    index), their per-cell means are the captured rows. No [CLS]: VisPruner's substitute is "received"."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.vision_utils import get_vision_window_index
+    model = models[("qwen2_5_vl", "eager")]
+    inputs = batch_inputs(model, "qwen2_5_vl")
+    recorded = []
+
+    def recording(module, q, k, v, attention_mask, scaling=None, **kwargs):
+        recorded.append(torch.softmax(q.float() @ k.float().transpose(-1, -2) * scaling, dim=-1)[0])
+        return sdpa_attention_forward(module, q, k, v, attention_mask, scaling=scaling, **kwargs)
+
+    AttentionInterface.register("recording", recording)
+    vision = model.config.vision_config
+    vision._attn_implementation = "recording"
+    try:
+        with torch.no_grad(), capture_attention(model, layers=None, vision_layers="all") as cap:
+            model(**inputs)
+    finally:
+        vision._attn_implementation = "eager"
+    grid = inputs["image_grid_thw"]
+    window, windows = get_vision_window_index(grid, 2, vision.window_size, vision.patch_size)
+    order = (window[:, None] * 4 + torch.arange(4)).flatten()
+    sizes = grid.prod(-1).tolist()
+    chunks = iter(recorded)
+    for layer in range(vision.depth):
+        full, start, count = torch.zeros(vision.num_heads, sum(sizes), sum(sizes)), 0, 0
+        while start < sum(sizes):  # a layer's chunks cover the whole patch sequence once
+            chunk = next(chunks)
+            idx = order[start:start + chunk.shape[-1]]
+            full[:, idx[:, None], idx[None, :]] = chunk
+            start, count = start + chunk.shape[-1], count + 1
+        assert count == (len(sizes) if layer in vision.fullatt_block_indexes else len(windows) - 1)
+        offset = 0
+        for image, n in enumerate(sizes):
+            block = full[:, offset:offset + n, offset:offset + n]
+            offset += n
+            torch.testing.assert_close(block.sum(-1), torch.ones(block.shape[:2]))  # windows within the image
+            received = block.mean(dim=1).unflatten(-1, (-1, 4)).mean(-1)
+            given = block.mean(dim=2).unflatten(-1, (-1, 4)).mean(-1)
+            rows = cap.vision[layer]
+            torch.testing.assert_close(rows.received[image, :, : n // 4], received, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(rows.given[image, :, : n // 4], given, atol=1e-6, rtol=1e-5)
+            assert torch.isnan(rows.received[image, :, n // 4:]).all() and rows.cls is None
+    assert len(windows) - 1 > len(sizes)  # the windowed layers really attend in windows
+    with pytest.raises(ValueError, match="kind='cls' is not available"):
+        cap.vision_per_token(cap.feature_layer, "cls")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hooks_removed_after_exit_and_after_error(models, family):
+    model = models[(family, "sdpa")]
     before = hook_count(model)
     with capture_attention(model, layers="all", vision_layers="all"):
         assert hook_count(model) > before

@@ -143,10 +143,11 @@ def test_pre_llm_removal_equals_a_shorter_prompt(models, positions):
     torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_hooks_and_patches_are_gone_after_exit_and_error(models):
-    model = models[("llava_next", "sdpa")]
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hooks_and_patches_are_gone_after_exit_and_error(models, family):
+    model = models[(family, "sdpa")]
     before = hook_count(model)
-    inputs = batch_inputs(model, "llava_next")
+    inputs = batch_inputs(model, family)
     with PruningEngine(model, THREE_STAGES):
         assert hook_count(model) > before
     assert hook_count(model) == before
@@ -207,3 +208,52 @@ def test_capture_under_the_engine_sees_pruned_layers(models):
     torch.testing.assert_close(removed[:, :, :16].nan_to_num(), rows["mask"][("last/applied/full", 4)][:, :, :16]
                                .masked_fill(torch.isnan(removed[:, :, :16]), 0), atol=1e-6, rtol=1e-5)
     assert not torch.isnan(rows["remove"][("last/applied/full", 1)][:, :, :16]).any()
+
+
+def test_reindex_closes_position_gaps_on_every_axis():
+    """1-D: each position drops by the pruned tokens before it. M-RoPE: the values no kept token uses on any
+    axis are closed; text keeps equal axes, and the text after the image moves up by what was closed."""
+    from analysis_lib.pruning.views import reindexed
+    one_d = torch.arange(6)[None, None]
+    kept = torch.tensor([[True, False, True, False, False, True]])
+    positions, shift = reindexed(one_d, kept, torch.ones_like(kept))
+    assert positions[0, 0, kept[0]].tolist() == [0, 1, 2] and shift.tolist() == [3]
+    # text 0,1 | image of 2x3 cells from 2: t=2, h=2..3, w=2..4 | text 5,6
+    t = [0, 1] + [2] * 6 + [5, 6]
+    h = [0, 1] + [2, 2, 2, 3, 3, 3] + [5, 6]
+    w = [0, 1] + [2, 3, 4, 2, 3, 4] + [5, 6]
+    mrope = torch.tensor([t, h, w])[:, None]
+    kept = torch.tensor([[True, True, True, True, False, False, False, False, True, True]])  # cells (0,0), (0,1)
+    positions, shift = reindexed(mrope, kept, torch.ones_like(kept))
+    assert positions[:, 0, kept[0]].tolist() == [[0, 1, 2, 2, 4, 5], [0, 1, 2, 2, 4, 5], [0, 1, 2, 3, 4, 5]]
+    assert shift.tolist() == [1]  # decoding continues at 6 instead of 7
+
+
+@pytest.mark.parametrize("positions", ["keep", "reindex"])
+def test_qwen_pre_llm_removal_equals_a_shorter_prompt(models, positions):
+    """Qwen: dropping cells before the LLM = running its language model on the kept embeddings at the kept
+    tokens' own M-RoPE ids ("keep") or at the re-indexed ones (written out by hand for this prompt)."""
+    model = models[("qwen2_5_vl", "sdpa")]
+    inputs = sample_inputs(batch_inputs(model, "qwen2_5_vl"), 0)  # 4x3 cells from position 4
+    kept = (0, 1, 3, 4)  # cells (0,0), (0,1), (1,0), (1,1): rows 2-3 and column 2 are gone
+    logits, _ = run(model, inputs, Schedule((Stage(0, FixedScorer((kept,)), len(kept)),)), positions=positions)
+    embeds = {}
+    handle = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: embeds.update(x=kw["inputs_embeds"], p=kw["position_ids"]), with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    image = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
+    drop = set(image.tolist()) - {int(image[i]) for i in kept}
+    keep_pos = torch.tensor([p for p in range(inputs["input_ids"].shape[1]) if p not in drop])
+    original = embeds["p"][-3:][:, :, keep_pos]
+    if positions == "keep":
+        position_ids = original
+    else:  # the image spans 4 rows from 4 (values 4..7); kept cells use 4, 5 only: 6, 7 close
+        after = [8, 9, 10, 11, 12]  # vision end and the question
+        assert original[:, 0, 4:].tolist() == [[4, 4, 4, 4] + after, [4, 4, 5, 5] + after, [4, 5, 4, 5] + after]
+        position_ids = torch.where(original >= 8, original - 2, original)
+    with torch.no_grad():
+        hidden = model.model.language_model(inputs_embeds=embeds["x"][:, keep_pos], position_ids=position_ids)
+        reference = model.lm_head(hidden.last_hidden_state)
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)

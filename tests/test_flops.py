@@ -166,3 +166,14 @@ def test_preset_or_config(tmp_path):
     (text_only / "config.json").write_text(json.dumps(config["text_config"]))
     with pytest.raises(ValueError, match="name_or_path.*vision_config"):
         preset_or_config(text_only)
+
+
+def test_dynamic_resolution_presets_follow_the_image_size():
+    """Qwen presets count one token per 28 px (Qwen2.5-VL) or 32 px (Qwen3-VL) cell of the resized image."""
+    from analysis_lib.flops import PRESETS
+    qwen = PRESETS["qwen2.5-vl-7b"].at_image_size(448, 448)
+    assert (qwen.n_visual, qwen.grid) == (256, (16, 16))
+    assert PRESETS["qwen2.5-vl-7b"].at_image_size(450, 300).grid == (16, 11)
+    assert PRESETS["qwen3-vl-8b"].at_image_size(448, 448).n_visual == 14 * 14
+    with pytest.raises(ValueError, match="image_size: this preset has a fixed-resolution vision tower"):
+        PRESETS["llava-1.5-7b"].at_image_size(448, 448)

@@ -7,10 +7,12 @@ from ..validation import check_choice
 from .base import AttentionGeometry, ModelAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
+from .qwen2_5_vl import Qwen2_5_VLAdapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     "llava": LlavaAdapter,
     "llava_next": LlavaNextAdapter,
+    "qwen2_5_vl": Qwen2_5_VLAdapter,
 }
 
 
@@ -21,4 +23,4 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
     return ADAPTERS[model_type](model)
 
 
-__all__ = ["ADAPTERS", "AttentionGeometry", "LlavaAdapter", "LlavaNextAdapter", "ModelAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "AttentionGeometry", "LlavaAdapter", "LlavaNextAdapter", "ModelAdapter", "Qwen2_5_VLAdapter", "adapter_for"]

@@ -25,6 +25,12 @@ class AttentionGeometry:
     scaling: float
 
 
+def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[B, S, H*D] -> [B, H, S, D]."""
+    b, s, _ = x.shape
+    return x.view(b, s, -1, head_dim).transpose(1, 2)
+
+
 class ModelAdapter(ABC):
     """Canonical names for the parts of a VLM that capture and pruning touch."""
 
@@ -33,23 +39,32 @@ class ModelAdapter(ABC):
     prompt_template: str = "{image}\n{question}"
     #: whether the vision tower has a [CLS] token (VisPruner falls back to mean received attention if not)
     has_cls: bool = True
+    #: axes of the RoPE position ids: 1 (plain RoPE) or 3 (Qwen's M-RoPE: temporal, height, width)
+    rope_axes: int = 1
+    #: the forward argument (and ``get_image_features`` argument) that carries the image geometry
+    geometry_argument: str = "image_sizes"
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.config = model.config
 
-    # ---- language model -------------------------------------------------------------------
+    # ---- language model (the layout every supported family shares in transformers 5.x) -------
     @property
-    @abstractmethod
-    def language_model(self) -> nn.Module: ...
+    def _core(self) -> nn.Module:
+        """The ``*Model`` inside the ``*ForConditionalGeneration`` wrapper."""
+        return self.model.model
 
     @property
-    @abstractmethod
-    def decoder_layers(self) -> nn.ModuleList: ...
+    def language_model(self) -> nn.Module:
+        return self._core.language_model
 
     @property
-    @abstractmethod
-    def rotary_embedding(self) -> nn.Module: ...
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.language_model.layers
+
+    @property
+    def rotary_embedding(self) -> nn.Module:
+        return self.language_model.rotary_emb
 
     @abstractmethod
     def apply_rotary(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -118,7 +133,7 @@ class ModelAdapter(ABC):
     # ---- forward calls (every spelling of the supported transformers range: see calls.py) ------
     def model_call(self, args: tuple, kwargs: dict) -> calls.ModelCall:
         """The arguments of a top-level forward of the VLM (a pre-hook's view)."""
-        return calls.ModelCall(args, kwargs)
+        return calls.ModelCall(args, kwargs, self.geometry_argument)
 
     def language_model_call(self, args: tuple, kwargs: dict) -> calls.LanguageModelCall:
         """The arguments the VLM passes to its language model."""
@@ -128,9 +143,9 @@ class ModelAdapter(ABC):
         """The arguments of one decoder layer's call."""
         return calls.DecoderLayerCall(args, kwargs)
 
-    def attention_rope(self, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The (cos, sin) an attention block of this model is called with."""
-        return calls.attention_rope(kwargs)
+    def attention_call(self, args: tuple, kwargs: dict) -> calls.AttentionCall:
+        """The arguments of an attention block's call (its RoPE, its attention segments)."""
+        return calls.AttentionCall(args, kwargs)
 
     def qk_projections(self, attention: nn.Module) -> tuple[nn.Module, nn.Module]:
         """The modules whose outputs are an attention block's raw queries and keys."""
@@ -144,18 +159,82 @@ class ModelAdapter(ABC):
         """(keys, values) per decoder layer of this model's KV cache."""
         return calls.cache_tensors(cache)
 
-    def watch_image_sizes(self, on_sizes) -> object:
-        """Call ``on_sizes(image_sizes)`` whenever the model encodes images (inside forward, or before it
+    def watch_image_geometry(self, on_geometry) -> object:
+        """Call ``on_geometry(geometry)`` whenever the model encodes images (inside forward, or before it
         when ``generate`` pre-encodes them); returns the function that removes the watch."""
-        return calls.watch_argument(self.image_feature_owner, "get_image_features", "image_sizes", on_sizes)
+        return calls.watch_argument(self.image_feature_owner, "get_image_features", self.geometry_argument,
+                                    on_geometry)
+
+    # ---- positions: canonical [axes, B, L] tensors, converted to the model's format here -----------
+    def canonical_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """A call's position ids -> [rope_axes, B, L]."""
+        return position_ids[None] if position_ids.dim() == 2 else position_ids
+
+    def argument_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """[rope_axes, B, L] -> the position ids the model's forward and language model take."""
+        return positions[0]
+
+    def prompt_positions(self, call: calls.ModelCall, mask: torch.Tensor) -> torch.Tensor:
+        """[axes, B, L] positions of a prompt call; the call is made to use them (generate's padded ids)."""
+        if call.positions is None:
+            call.positions = calls.padded_position_ids(mask)
+        return self.canonical_positions(call.positions)
+
+    def step_positions(self, call: calls.ModelCall, start: torch.Tensor) -> torch.Tensor:
+        """[axes, B, T] positions of a decoding call whose first new token has position ``start`` [B] on
+        every axis (text continues after the prompt's largest position); written into the call if absent."""
+        if call.positions is None:
+            length = call.tokens.shape[1]
+            steps = start[:, None] + torch.arange(length, device=start.device)
+            call.positions = self.argument_positions(steps[None].expand(self.rope_axes, -1, -1))
+        return self.canonical_positions(call.positions)
+
+    def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (cos, sin) the decoder layers apply at [axes, B, S] positions."""
+        return self.rotary_embedding(hidden, self.argument_positions(positions))
+
+    def layer_inputs(self, layer_call: calls.DecoderLayerCall, hidden: torch.Tensor, mask: torch.Tensor | None,
+                     positions: torch.Tensor) -> tuple[tuple, dict]:
+        """(args, kwargs) running a decoder layer on ``hidden`` with this 4D mask at [axes, B, S] positions."""
+        return layer_call.rewrite(hidden, mask, positions[0], self.rope(hidden, positions))
+
+    def rewrite_language_model_call(self, lm_call: calls.LanguageModelCall, embeddings: torch.Tensor,
+                                    mask: torch.Tensor, positions: torch.Tensor) -> None:
+        """Make the language model run on ``embeddings`` with a 2D mask at [axes, B, S] positions."""
+        lm_call.rewrite(embeddings, mask, self.argument_positions(positions))
+
+    # ---- vision tower attention and features ---------------------------------------------------
+    def vision_attention_maps(self, q: torch.Tensor, k: torch.Tensor, call: calls.AttentionCall,
+                              geometry) -> list[torch.Tensor]:
+        """Attention probabilities [H, T, T] of one vision layer per encoder crop (tokens in the crop's
+        patch order, [CLS] first where the tower has one), from the raw q/k projection outputs."""
+        geo = self.vision_geometry()
+        qh, kh = split_heads(q, geo.head_dim).float(), split_heads(k, geo.head_dim).float()
+        return list(torch.softmax(torch.matmul(qh, kh.transpose(-1, -2)) * geo.scaling, dim=-1))
+
+    def pool_patches(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-patch values [..., P] of one crop -> per visual token of that crop (identity: one patch a token)."""
+        return values
+
+    def vision_token_features(self, hidden: torch.Tensor, geometry) -> torch.Tensor:
+        """The feature layer's output -> [crops, tokens, C]: what the projector reads for each visual token."""
+        return hidden[:, 1:] if self.has_cls else hidden
+
+    def prompt_length(self, inputs) -> int:
+        """Length of a processor batch's (padded) token sequence."""
+        return int(inputs["input_ids"].shape[1])
+
+    def token_counts(self, inputs) -> list[int]:
+        """Real (unpadded) tokens per sample of a processor batch."""
+        return inputs["attention_mask"].sum(dim=1).tolist()
 
     # ---- inputs ---------------------------------------------------------------------------
     def inputs_layout(self, inputs) -> VisualLayout:
         """The layout of a processor's batch (``input_ids`` and, where the family has them, image sizes)."""
-        return self.layout(inputs["input_ids"].cpu(), inputs.get("image_sizes"))
+        return self.layout(inputs["input_ids"].cpu(), inputs.get(self.geometry_argument))
 
     @abstractmethod
-    def layout(self, input_ids: torch.Tensor, image_sizes: torch.Tensor | None = None) -> VisualLayout:
+    def layout(self, input_ids: torch.Tensor, geometry: torch.Tensor | None = None) -> VisualLayout:
         """Where the visual tokens of each sample are, and where each lies in its image."""
 
     @abstractmethod

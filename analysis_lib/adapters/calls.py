@@ -10,7 +10,8 @@ whatever spelling the caller used. The spellings differ across the supported ran
   are encoded (``get_image_features``, called positionally by some models and by keyword by others).
 
 Nothing else in analysis_lib names a forward argument: tracking, the pruning engine, attention capture
-and the analyses use these readers through the adapter.
+and the analyses use these readers through the adapter, under the project's own names (``tokens``,
+``mask``, ``positions``, ``embeddings``, ``hidden``, ``geometry``).
 """
 from __future__ import annotations
 
@@ -24,17 +25,17 @@ import torch
 CACHE_NAMES = ("cache", "past_key_values")
 
 
-def _argument(name: str) -> property:
-    """A read/write view of one keyword argument of a call (None when it was not passed)."""
-    return property(lambda call: call.kwargs.get(name), lambda call, value: call.kwargs.__setitem__(name, value),
-                    doc=f"the call's ``{name}`` argument")
-
-
 def _first_present(kwargs: dict, names: tuple[str, ...]):
     for name in names:
         if kwargs.get(name) is not None:
             return kwargs[name]
     return None
+
+
+def padded_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch, as ``generate`` makes them: count of real tokens so far."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
 
 
 @dataclass
@@ -43,10 +44,17 @@ class ModelCall:
 
     args: tuple
     kwargs: dict
+    #: the argument that carries the image geometry (image sizes, or Qwen's ``image_grid_thw``)
+    geometry_name: str = "image_sizes"
 
     @property
-    def input_ids(self) -> torch.Tensor | None:
+    def tokens(self) -> torch.Tensor | None:
         return self.kwargs.get("input_ids", self.args[0] if self.args else None)
+
+    @property
+    def token_types(self) -> torch.Tensor | None:
+        """Qwen's ``mm_token_type_ids`` (1 at image tokens), None where the call has none."""
+        return self.kwargs.get("mm_token_type_ids")
 
     @property
     def cache(self):
@@ -58,9 +66,22 @@ class ModelCall:
         cache = self.cache
         return 0 if cache is None else int(cache.get_seq_length())
 
-    attention_mask = _argument("attention_mask")
-    position_ids = _argument("position_ids")
-    image_sizes = _argument("image_sizes")
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return self.kwargs.get("attention_mask")
+
+    @property
+    def positions(self) -> torch.Tensor | None:
+        """The position ids as passed, in the model's own format."""
+        return self.kwargs.get("position_ids")
+
+    @positions.setter
+    def positions(self, value: torch.Tensor) -> None:
+        self.kwargs["position_ids"] = value
+
+    @property
+    def geometry(self) -> torch.Tensor | None:
+        return self.kwargs.get(self.geometry_name)
 
 
 @dataclass
@@ -70,14 +91,18 @@ class LanguageModelCall:
     args: tuple
     kwargs: dict
 
-    inputs_embeds = _argument("inputs_embeds")
-    attention_mask = _argument("attention_mask")
-    position_ids = _argument("position_ids")
+    @property
+    def embeddings(self) -> torch.Tensor:
+        return self.kwargs["inputs_embeds"]
+
+    def rewrite(self, embeddings: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor) -> None:
+        """Run the language model on ``embeddings`` with this 2D mask and these (model-format) position ids."""
+        self.kwargs.update(inputs_embeds=embeddings, attention_mask=mask, position_ids=position_ids)
 
     def prefix_kwargs(self) -> dict:
         """Arguments that run the same prompt again through the language model, without a cache."""
-        return {"inputs_embeds": self.inputs_embeds, "attention_mask": self.attention_mask,
-                "position_ids": self.position_ids, "use_cache": False}
+        return {"inputs_embeds": self.embeddings, "attention_mask": self.kwargs.get("attention_mask"),
+                "position_ids": self.kwargs.get("position_ids"), "use_cache": False}
 
 
 @dataclass
@@ -88,24 +113,36 @@ class DecoderLayerCall:
     kwargs: dict
 
     @property
-    def hidden_states(self) -> torch.Tensor:
+    def hidden(self) -> torch.Tensor:
         return self.args[0] if self.args else self.kwargs["hidden_states"]
 
-    def rewrite(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
-                position_ids: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
-                ) -> tuple[tuple, dict]:
-        """The (args, kwargs) that run this layer on ``hidden_states`` with the given mask and positions."""
-        kwargs = dict(self.kwargs, attention_mask=attention_mask, position_ids=position_ids,
-                      position_embeddings=position_embeddings)
+    def rewrite(self, hidden: torch.Tensor, mask: torch.Tensor | None, position_ids: torch.Tensor | None,
+                rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[tuple, dict]:
+        """The (args, kwargs) that run this layer on ``hidden`` with the given mask, positions and (cos, sin)."""
+        kwargs = dict(self.kwargs, attention_mask=mask, position_ids=position_ids, position_embeddings=rope)
         if self.args:
-            return (hidden_states, *self.args[1:]), kwargs
-        kwargs["hidden_states"] = hidden_states
+            return (hidden, *self.args[1:]), kwargs
+        kwargs["hidden_states"] = hidden
         return self.args, kwargs
 
 
-def attention_rope(kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The (cos, sin) an attention block is called with (None for a tower without RoPE)."""
-    return kwargs.get("position_embeddings")
+@dataclass
+class AttentionCall:
+    """A call of an attention block: the (cos, sin) it applies and, in Qwen's vision tower, the boundaries
+    of the attention windows (``cu_seqlens``)."""
+
+    args: tuple
+    kwargs: dict
+
+    @property
+    def rope(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(cos, sin), None for a tower without RoPE."""
+        return self.kwargs.get("position_embeddings")
+
+    @property
+    def segments(self) -> torch.Tensor | None:
+        """Cumulative boundaries of the independently attending segments of a packed sequence."""
+        return self.kwargs.get("cu_seqlens")
 
 
 def output_cache(output):

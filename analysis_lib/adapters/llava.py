@@ -19,22 +19,6 @@ class LlavaAdapter(ModelAdapter):
         if strategy != "default":
             raise ValueError(f"vision_feature_select_strategy={strategy!r} is not supported; allowed: 'default'")
 
-    @property
-    def _core(self) -> nn.Module:
-        return self.model.model
-
-    @property
-    def language_model(self) -> nn.Module:
-        return self._core.language_model
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.language_model.layers
-
-    @property
-    def rotary_embedding(self) -> nn.Module:
-        return self.language_model.rotary_emb
-
     def apply_rotary(self, q, k, cos, sin):
         return apply_rotary_pos_emb(q, k, cos, sin)
 
@@ -76,4 +60,4 @@ class LlavaAdapter(ModelAdapter):
                 y=(row.float() + 0.5) / g, x=(col.float() + 0.5) / g,
                 segments=[Segment("image", g, g)]))
             image_offset += n // per_image
-        return VisualLayout(samples, int(input_ids.shape[1]))
+        return VisualLayout(samples, int(input_ids.shape[1]), self.patches_per_crop)

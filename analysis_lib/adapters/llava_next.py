@@ -75,7 +75,7 @@ class LlavaNextAdapter(LlavaAdapter):
                                  f"({seen} expected)")
             fields = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
             samples.append(SampleGrid(positions=positions.cpu(), segments=segments, **fields))
-        return VisualLayout(samples, int(input_ids.shape[1]))
+        return VisualLayout(samples, int(input_ids.shape[1]), self.patches_per_crop)
 
     @staticmethod
     def _grid_part(packed: torch.Tensor, g: int, image: int, segment_base: int) -> dict[str, torch.Tensor]:

@@ -92,7 +92,7 @@ def _flops_reduction(em: EvalModel, engine: PruningEngine | None, inputs) -> flo
         return 0.0
     record = engine.records[0]
     dims = LMDims.from_config(em.model.config)
-    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    lengths = em.adapter.token_counts(inputs)
     return float(np.mean([schedule_flops(dims, n, int(length) - n,
                                          [(s.layer, len(s.kept[b])) for s in record.stages]).reduction
                           for b, (n, length) in enumerate(zip(record.num_visual, lengths))]))
@@ -116,7 +116,7 @@ def measure(em: EvalModel, setting: MethodSetting, inputs, new_tokens: int) -> d
                                    do_sample=False)
         peak = torch.cuda.max_memory_allocated(device) / MB if device.type == "cuda" else float("nan")
     ends = probe["ends"]
-    generated = output.shape[1] - inputs["input_ids"].shape[1]
+    generated = output.shape[1] - em.adapter.prompt_length(inputs)
     kept = (np.mean([len(k) for k in engine.records[0].stages[-1].kept]) if engine
             else float(np.mean(em.adapter.inputs_layout(inputs).counts())))
     return {"prefill_ms": 1000 * (ends[0] - start),

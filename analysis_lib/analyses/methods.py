@@ -86,7 +86,7 @@ def geometry(em: EvalModel, samples: Sequence[EvalSample], batch_size: int = 8) 
     for start in range(0, len(samples), batch_size):
         inputs = prompt_inputs(em, samples[start:start + batch_size])
         layout = em.adapter.inputs_layout(inputs)
-        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        lengths = em.adapter.token_counts(inputs)
         n_text += [length - n for length, n in zip(lengths, layout.counts())]
         segment = layout.samples[0].segments[0]
         grid = grid or (segment.rows, segment.cols)

@@ -26,7 +26,7 @@ from ..validation import check_choice
 from .schedule import Schedule, Stage
 from .scorers import ScoreInputs
 from .selectors import SampleSelection
-from .views import MODES, POSITIONS, attention_mask, call_slots, pruned_view
+from .views import MODES, POSITIONS, call_slots, pruned_view, slot_mask
 
 IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -46,9 +46,9 @@ class _ProbeDone(Exception):
     """Stops the scoring pass of a stage that scores at a later layer than it prunes."""
 
 
-def crop_groups(grid: SampleGrid, patches_per_crop: int) -> list[torch.Tensor]:
+def crop_groups(grid: SampleGrid, crop_size: int) -> list[torch.Tensor]:
     """Masks [N] of the tokens of each encoder crop of a sample (newline tokens join the crop before them)."""
-    crop = torch.where(grid.patch >= 0, grid.patch // patches_per_crop, -1)
+    crop = torch.where(grid.patch >= 0, grid.patch // crop_size, -1)
     for i in range(1, crop.numel()):
         if crop[i] < 0:
             crop[i] = crop[i - 1]
@@ -127,21 +127,21 @@ class PruningEngine:
             if stage.scorer.needs_text_attention:
                 k = Schedule.score_layer(stage, layer, adapter.num_layers)
 
-                def on_text(q, k_proj, pe, s=s, k=k, stage=stage):
+                def on_text(q, k_proj, call, s=s, k=k, stage=stage):
                     view = self.tracker.view_at(k - 1)
-                    rows = text_visual_rows(q, k_proj, *pe, view, adapter, stage.scorer.spec)
+                    rows = text_visual_rows(q, k_proj, *call.rope, view, adapter, stage.scorer.spec)
                     n_max = max(self.tracker.prompt.layout.counts())
                     self._text_rows[s] = rows_to_visual(rows, view, n_max).mean(dim=1)
                 watch_qk(hooks, adapter, adapter.decoder_attention(k - 1), armed, on_text)
         # the tower runs once per new image set, inside forward or before it (generate pre-encodes images)
         feature_layer = adapter.vision_feature_encoder_layer
         if any(stage.scorer.needs_vision_attention for _, stage in self.stages):
-            def on_vision(q, k, _pe):
-                self._vision_rows = vision_rows(q, k, adapter, with_map=False)
+            def on_vision(q, k, call):
+                self._vision_rows = vision_rows(q, k, call, adapter, self.tracker.image_geometry, with_map=False)
             watch_qk(hooks, adapter, adapter.vision_attention(feature_layer), lambda: True, on_vision)
         if any(stage.needs_features for _, stage in self.stages):
             def on_features(hidden):
-                self._features = vision_features(hidden, adapter).detach()
+                self._features = vision_features(hidden, adapter, self.tracker.image_geometry).detach()
             watch_output(hooks, adapter.vision_layers[feature_layer], on_features)
 
         if not self.stages:
@@ -187,7 +187,7 @@ class PruningEngine:
         kept, sequence = [], []
         for b, n in enumerate(counts):
             grid = layout.samples[b]
-            groups = (crop_groups(grid, self.adapter.patches_per_crop) if stage.scope == "crop"
+            groups = (crop_groups(grid, layout.crop_size) if stage.scope == "crop"
                       else [torch.ones(n, dtype=torch.bool)])
             parts = []
             for group in groups:
@@ -232,14 +232,14 @@ class PruningEngine:
         v = self._stage_for_layer(0)
         view, call = tracker.views[v], tracker.call
         kv_index, kv_valid, _, q_position = call_slots(view, call, tracker.prompt.length)
+        embeddings = lm_call.embeddings
         if call.is_prefill:  # the embeddings are unpruned: slot == original position
             source = kv_index.clamp(min=0)
             sequence = self.records[-1].stages[0].sequence
             if sequence is not None:
                 source = _content_positions(source, view, tracker.prompt.layout, sequence)
-            lm_call.inputs_embeds = _gather_slots(lm_call.inputs_embeds, source)
-        lm_call.attention_mask = kv_valid.long()
-        lm_call.position_ids = q_position
+            embeddings = _gather_slots(embeddings, source)
+        self.adapter.rewrite_language_model_call(lm_call, embeddings, kv_valid.long(), q_position)
         return args, kwargs
 
     def _probe(self, lm_call) -> None:
@@ -271,12 +271,11 @@ class PruningEngine:
             view, call = tracker.views[v], tracker.call
             kv_index, kv_valid, q_index, q_position = call_slots(view, call, tracker.prompt.length)
             layer_call = adapter.decoder_layer_call(args, kwargs)
-            hidden = layer_call.hidden_states
+            hidden = layer_call.hidden
             if self.mode == "remove" and call.is_prefill and v != prev:
                 hidden = _gather_slots(hidden, self._source_slots(prev, kv_index))
-            mask = attention_mask(kv_index, kv_valid, q_index, adapter.attn_implementation, hidden.dtype)
-            return layer_call.rewrite(hidden, mask, q_position,
-                                      adapter.rotary_embedding(hidden, position_ids=q_position))
+            mask = slot_mask(kv_index, kv_valid, q_index, adapter.attn_implementation, hidden.dtype)
+            return adapter.layer_inputs(layer_call, hidden, mask, q_position)
 
         return hook
 
@@ -312,7 +311,7 @@ def _feed_in_order(view, layout, sequence: list[torch.Tensor], positions: str) -
         order = order.to(view.visual.device)
         in_image_order = view.visual[b, slots]  # the kept tokens, ascending
         if positions == "keep":
-            view.position[b, slots] = view.position[b, slots][torch.searchsorted(in_image_order, order)]
+            view.position[:, b, slots] = view.position[:, b, slots][:, torch.searchsorted(in_image_order, order)]
         view.visual[b, slots] = order
 
 

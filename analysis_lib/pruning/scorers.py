@@ -68,10 +68,10 @@ VISION_SCORES = ("cls", "received", "auto")
 @dataclass(frozen=True)
 class VisionAttentionScorer:
     """Vision-tower attention at the feature layer, mean over heads: the [CLS] row ("cls"), the mean
-    attention a patch receives from the patches ("received"), or "auto": [CLS] when the tower has one,
-    else received (VisPruner's rule for SigLIP-like towers)."""
+    attention a patch receives from the patches ("received"), or "auto" (the default): [CLS] when the tower
+    has one, else received (VisPruner's rule for towers without [CLS], §3.3; used on Qwen's tower)."""
 
-    kind: str = "cls"
+    kind: str = "auto"
     name: str = "vision_attention"
     needs_text_attention: bool = False
     needs_vision_attention: bool = True
@@ -91,6 +91,13 @@ class VisionAttentionScorer:
 
 
 SIGNIFICANCE_RULES = ("variance", "low-variance", "given", "received")
+
+
+def _nanvar(values: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance per row [crops, P] over the non-NaN entries (crops of different sizes are NaN-padded)."""
+    valid = ~values.isnan()
+    mean = values.nanmean(dim=1, keepdim=True)
+    return ((values - mean) ** 2).nansum(dim=1) / (valid.sum(dim=1) - 1).clamp(min=1)
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,7 @@ class FoPruSignificance:
         given, received = vision.given.mean(dim=1), vision.received.mean(dim=1)
         if self.rule in ("given", "received"):
             return given if self.rule == "given" else received
-        given_wins = given.var(dim=1) > received.var(dim=1)
+        given_wins = _nanvar(given) > _nanvar(received)
         if self.rule == "low-variance":
             given_wins = ~given_wins
         return torch.where(given_wins[:, None], given, received)
