@@ -85,10 +85,17 @@ def stack_padded(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     return torch.stack(padded)
 
 
-def smart_resize(height: int, width: int, factor: int, min_pixels: int = 56 * 56,
-                  max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
+#: the processors' default pixel range of a resized image: Qwen2.5-VL's image processor (min_pixels,
+#: max_pixels); Qwen3-VL checkpoints' preprocessor_config.json size {"shortest_edge", "longest_edge"}
+QWEN2_5_VL_PIXELS = (56 * 56, 28 * 28 * 1280)
+QWEN3_VL_PIXELS = (256 * 256, 4096 * 4096)
+
+
+def smart_resize(height: int, width: int, factor: int, pixels: tuple[int, int] = QWEN2_5_VL_PIXELS
+                 ) -> tuple[int, int]:
     """The Qwen processors' resize of a (height, width) image: nearest multiples of ``factor`` (patch × merge),
-    scaled into [min_pixels, max_pixels] (Qwen2.5-VL's defaults)."""
+    scaled into the ``pixels`` range (min, max)."""
+    min_pixels, max_pixels = pixels
     h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
     if h * w > max_pixels:
         scale = (height * width / max_pixels) ** 0.5

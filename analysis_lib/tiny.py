@@ -17,6 +17,8 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 
 from .adapters import adapter_for
@@ -26,8 +28,8 @@ IMAGE_TOKEN_ID = 3
 PAD_TOKEN_ID = 0
 #: Qwen's vision start / end and video tokens; random text tokens are drawn above them
 VISION_START_ID, VISION_END_ID, VIDEO_TOKEN_ID = 4, 5, 6
-FAMILIES = ("llava", "llava_next", "qwen2_5_vl")
-QWEN_PATCH = 14
+FAMILIES = ("llava", "llava_next", "qwen2_5_vl", "qwen3_vl")
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 
 
 @dataclass(frozen=True)
@@ -61,37 +63,46 @@ def _configs(spec: TinySpec, attn_implementation: str):
     return vision, text
 
 
-def _qwen_config(spec: TinySpec) -> Qwen2_5_VLConfig:
-    """Qwen2.5-VL shapes: patch 14, 2×2 merge, windows of 2×2 cells, full attention in the last block."""
+def _qwen_config(family: str, spec: TinySpec) -> Qwen2_5_VLConfig | Qwen3VLConfig:
+    """Qwen2.5-VL shapes: patch 14, 2×2 merge, windows of 2×2 cells, full attention in the last block.
+    Qwen3-VL: patch 16, 2×2 merge, DeepStack from every vision block (added after the first as many decoder
+    layers), interleaved M-RoPE."""
     head_dim = spec.hidden // spec.heads
     section = [head_dim // 8, 3 * head_dim // 16, head_dim // 2 - head_dim // 8 - 3 * head_dim // 16]
     text = dict(vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
                 num_hidden_layers=spec.text_layers, num_attention_heads=spec.heads,
                 num_key_value_heads=spec.kv_heads, max_position_embeddings=4096, pad_token_id=PAD_TOKEN_ID,
-                bos_token_id=1, eos_token_id=2,
-                rope_scaling={"type": "mrope", "mrope_section": section, "rope_theta": spec.rope_theta})
+                bos_token_id=1, eos_token_id=2)
     vision = dict(depth=spec.vision_layers, hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
-                  num_heads=spec.vision_heads, out_hidden_size=spec.hidden, patch_size=QWEN_PATCH,
-                  spatial_merge_size=2, temporal_patch_size=2, window_size=4 * QWEN_PATCH,
-                  fullatt_block_indexes=[spec.vision_layers - 1])
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN_ID,
-                            video_token_id=VIDEO_TOKEN_ID, vision_start_token_id=VISION_START_ID,
-                            vision_end_token_id=VISION_END_ID, bos_token_id=1, eos_token_id=2,
-                            pad_token_id=PAD_TOKEN_ID)
+                  num_heads=spec.vision_heads, out_hidden_size=spec.hidden, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    tokens = dict(image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID, vision_start_token_id=VISION_START_ID,
+                  vision_end_token_id=VISION_END_ID)
+    if family == "qwen3_vl":
+        text.update(head_dim=head_dim, rope_parameters={"rope_type": "default", "mrope_section": section,
+                                                        "mrope_interleaved": True, "rope_theta": spec.rope_theta})
+        vision.update(patch_size=16, num_position_embeddings=16,
+                      deepstack_visual_indexes=list(range(spec.vision_layers)))
+        return Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
+    text["rope_scaling"] = {"type": "mrope", "mrope_section": section, "rope_theta": spec.rope_theta}
+    vision.update(patch_size=14, window_size=4 * 14, fullatt_block_indexes=[spec.vision_layers - 1])
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, bos_token_id=1, eos_token_id=2,
+                            pad_token_id=PAD_TOKEN_ID, **tokens)
 
 
 def tiny_vlm(family: str = "llava", spec: TinySpec = TinySpec(), seed: int = 0,
              attn_implementation: str = "sdpa") -> torch.nn.Module:
-    """A random-weight LLaVA-1.5 ("llava"), LLaVA-NeXT ("llava_next") or Qwen2.5-VL ("qwen2_5_vl") model
-    in eval mode."""
+    """A random-weight LLaVA-1.5 ("llava"), LLaVA-NeXT ("llava_next"), Qwen2.5-VL ("qwen2_5_vl") or Qwen3-VL
+    ("qwen3_vl") model in eval mode."""
     check_choice("family", family, FAMILIES)
     check_choice("attn_implementation", attn_implementation, ("sdpa", "eager"))
-    if family == "qwen2_5_vl":
-        config = _qwen_config(spec)
+    if family in QWEN_FAMILIES:
+        config = _qwen_config(family, spec)
         for sub in (config, config.text_config, config.vision_config):
             sub._attn_implementation = attn_implementation
         torch.manual_seed(seed)
-        return Qwen2_5_VLForConditionalGeneration(config).eval()
+        model_class = Qwen3VLForConditionalGeneration if family == "qwen3_vl" else Qwen2_5_VLForConditionalGeneration
+        return model_class(config).eval()
     vision, text = _configs(spec, attn_implementation)
     grid = spec.image_size // spec.patch_size
     common = dict(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN_ID,
@@ -114,8 +125,8 @@ def tiny_inputs(model: torch.nn.Module, text_before: list[int], text_after: list
     """A left-padded batch: random system tokens, one image, random question tokens per sample.
 
     ``text_before[b]`` / ``text_after[b]`` are the numbers of text tokens before / after sample b's
-    image. For LLaVA-NeXT and Qwen, ``image_sizes`` gives each image's (height, width) in pixels (Qwen:
-    multiples of 28).
+    image. For LLaVA-NeXT and Qwen, ``image_sizes`` gives each image's (height, width) in pixels (Qwen: of
+    the resized image, multiples of patch × merge: 28 for Qwen2.5-VL, 32 for Qwen3-VL).
     """
     adapter = adapter_for(model)
     batch = len(text_before)
@@ -123,11 +134,17 @@ def tiny_inputs(model: torch.nn.Module, text_before: list[int], text_after: list
         raise ValueError("text_after: must have one entry per sample, like text_before")
     gen = torch.Generator().manual_seed(seed)
     vocab = model.config.text_config.vocab_size
-    qwen = adapter.family == "qwen2_5_vl"
+    qwen = adapter.family in QWEN_FAMILIES
     first_text = VIDEO_TOKEN_ID + 1 if qwen else 4
+    if qwen:
+        patch = model.config.vision_config.patch_size
+        grid = torch.tensor([[1, h // patch, w // patch] for h, w in image_sizes])
     rows = []
     for b in range(batch):
-        n_img = adapter.num_visual_tokens(image_sizes[b] if image_sizes else None)
+        if qwen:  # sizes are already the resized ones: one token per merged 2×2 cell
+            n_img = int(grid[b].prod()) // adapter.merge ** 2
+        else:
+            n_img = adapter.num_visual_tokens(image_sizes[b] if image_sizes else None)
         before = torch.randint(first_text, vocab, (text_before[b],), generator=gen)
         after = torch.randint(first_text, vocab, (text_after[b],), generator=gen)
         image = torch.full((n_img,), IMAGE_TOKEN_ID)
@@ -142,7 +159,6 @@ def tiny_inputs(model: torch.nn.Module, text_before: list[int], text_after: list
         attention_mask[b, length - r.numel():] = 1
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if qwen:
-        grid = torch.tensor([[1, h // QWEN_PATCH, w // QWEN_PATCH] for h, w in image_sizes])
         v = model.config.vision_config
         patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size ** 2
         inputs.update(pixel_values=torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=gen),

@@ -29,12 +29,15 @@ def test_layout_matches_the_model_features(models, family):
         assert grid.num_tokens == int((inputs["input_ids"][b] == model.config.image_token_id).sum())
 
 
-def test_qwen_layout_maps_merged_cells_to_their_image_grid(models):
+@pytest.mark.parametrize("family, tokens_448, tokens_450x300", [("qwen2_5_vl", 256, 16 * 11),
+                                                                 ("qwen3_vl", 196, 14 * 9)])
+def test_qwen_layout_maps_merged_cells_to_their_image_grid(models, family, tokens_448, tokens_450x300):
     """Each visual token is the merged cell the model placed there (its image's features, in row-major cell
-    order), with its row/column on the image's cell grid; two images in one prompt get two segments."""
-    model = models[("qwen2_5_vl", "sdpa")]
+    order), with its row/column on the image's cell grid; two images in one prompt get two segments. A
+    448x448 image is 16x16 cells of 28 px (Qwen2.5-VL) or 14x14 of 32 px (Qwen3-VL)."""
+    model = models[(family, "sdpa")]
     adapter = adapter_for(model)
-    inputs = tiny_inputs(model, [2, 5], [3, 1], [(112, 84), (56, 112)], seed=2)
+    inputs = tiny_inputs(model, [2, 5], [3, 1], FAMILIES[family], seed=2)
     placed = {}
     hook = adapter.language_model.register_forward_pre_hook(
         lambda m, a, kw: placed.update(x=kw["inputs_embeds"]), with_kwargs=True)
@@ -54,7 +57,8 @@ def test_qwen_layout_maps_merged_cells_to_their_image_grid(models):
     grid = adapter.layout(two["input_ids"], inputs["image_grid_thw"]).samples[0]
     assert grid.num_tokens == 20 and [(s.rows, s.cols) for s in grid.segments] == [(4, 3), (2, 4)]
     assert grid.image.unique().tolist() == [0, 1] and int(grid.patch[12]) == 12  # second image, first cell
-    assert adapter.num_visual_tokens((448, 448)) == 256 and adapter.num_visual_tokens((450, 300)) == 16 * 11
+    assert adapter.num_visual_tokens((448, 448)) == tokens_448
+    assert adapter.num_visual_tokens((450, 300)) == tokens_450x300
 
 
 def test_llava_next_layout_has_base_and_unpadded_crops(models):
@@ -106,3 +110,14 @@ def test_load_local_checkpoint_offline(tmp_path, models):
         load_vlm(tmp_path, dtype="fp8")
     with pytest.raises(ValueError, match="is a file"):
         load_vlm(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_load_qwen_checkpoint_offline(tmp_path, models, family):
+    model = models[(family, "sdpa")]
+    model.save_pretrained(tmp_path)
+    loaded, _, adapter = load_vlm(tmp_path, load_processor=False)
+    assert adapter.family == family and type(loaded) is type(model)
+    inputs = batch_inputs(model, family)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)

@@ -119,15 +119,17 @@ def test_vision_rows_equal_eager_weights(models, family):
     assert torch.isnan(per_token[0][~real]).all()
 
 
-def test_qwen_vision_rows_equal_the_towers_own_attention(models):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_vision_rows_equal_the_towers_own_attention(models, family):
     """Qwen's tower returns no attention weights: an attention function registered with transformers records
-    the probabilities of every window the tower computes; put back in patch order (the tower's own window
-    index), their per-cell means are the captured rows. No [CLS]: VisPruner's substitute is "received"."""
+    the probabilities of every window the tower computes; put back in patch order (Qwen2.5-VL: the tower's
+    own window index; Qwen3-VL attends over whole images in patch order), their per-cell means are the
+    captured rows. No [CLS]: VisPruner's substitute is "received"."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.vision_utils import get_vision_window_index
-    model = models[("qwen2_5_vl", "eager")]
-    inputs = batch_inputs(model, "qwen2_5_vl")
+    model = models[(family, "eager")]
+    inputs = batch_inputs(model, family)
     recorded = []
 
     def recording(module, q, k, v, attention_mask, scaling=None, **kwargs):
@@ -143,9 +145,13 @@ def test_qwen_vision_rows_equal_the_towers_own_attention(models):
     finally:
         vision._attn_implementation = "eager"
     grid = inputs["image_grid_thw"]
-    window, windows = get_vision_window_index(grid, 2, vision.window_size, vision.patch_size)
-    order = (window[:, None] * 4 + torch.arange(4)).flatten()
     sizes = grid.prod(-1).tolist()
+    windowed = family == "qwen2_5_vl"
+    if windowed:
+        window, windows = get_vision_window_index(grid, 2, vision.window_size, vision.patch_size)
+        order = (window[:, None] * 4 + torch.arange(4)).flatten()
+    else:
+        order = torch.arange(sum(sizes))
     chunks = iter(recorded)
     for layer in range(vision.depth):
         full, start, count = torch.zeros(vision.num_heads, sum(sizes), sum(sizes)), 0, 0
@@ -154,7 +160,8 @@ def test_qwen_vision_rows_equal_the_towers_own_attention(models):
             idx = order[start:start + chunk.shape[-1]]
             full[:, idx[:, None], idx[None, :]] = chunk
             start, count = start + chunk.shape[-1], count + 1
-        assert count == (len(sizes) if layer in vision.fullatt_block_indexes else len(windows) - 1)
+        full_attention = not windowed or layer in vision.fullatt_block_indexes
+        assert count == (len(sizes) if full_attention else len(windows) - 1)
         offset = 0
         for image, n in enumerate(sizes):
             block = full[:, offset:offset + n, offset:offset + n]
@@ -166,7 +173,7 @@ def test_qwen_vision_rows_equal_the_towers_own_attention(models):
             torch.testing.assert_close(rows.received[image, :, : n // 4], received, atol=1e-6, rtol=1e-5)
             torch.testing.assert_close(rows.given[image, :, : n // 4], given, atol=1e-6, rtol=1e-5)
             assert torch.isnan(rows.received[image, :, n // 4:]).all() and rows.cls is None
-    assert len(windows) - 1 > len(sizes)  # the windowed layers really attend in windows
+    assert not windowed or len(windows) - 1 > len(sizes)  # the windowed layers really attend in windows
     with pytest.raises(ValueError, match="kind='cls' is not available"):
         cap.vision_per_token(cap.feature_layer, "cls")
 

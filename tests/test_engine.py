@@ -1,4 +1,4 @@
-"""The pruning engine's invariants on tiny LLaVA-1.5 and LLaVA-NeXT models."""
+"""The pruning engine's invariants on tiny LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL and Qwen3-VL models."""
 import pytest
 import torch
 
@@ -143,6 +143,24 @@ def test_pre_llm_removal_equals_a_shorter_prompt(models, positions):
     torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_qwen3_deepstack_spans_the_pruned_layers_and_changes_the_output(models):
+    """The tiny Qwen3-VL adds DeepStack features after decoder layers 0-2, so the invariant tests' stages at
+    layers 0 and 2 prune before and inside them (removal = mask there); the features matter: without them
+    the output differs, so keep-everything = plain logits checks that the engine adds them back."""
+    from analysis_lib.adapters import adapter_for
+    model = models[("qwen3_vl", "sdpa")]
+    assert adapter_for(model).injection_layers == 3 > FASTV.stages[0].layer
+    inputs = batch_inputs(model, "qwen3_vl")
+    seen = _language_model_kwargs(model, inputs)
+    assert len(seen["deepstack_visual_embeds"]) == 3
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        seen.update(visual_pos_masks=None, deepstack_visual_embeds=None)
+        without = model.lm_head(model.model.language_model(**seen).last_hidden_state)
+    valid = inputs["attention_mask"].bool()
+    assert not torch.allclose(plain[valid], without[valid], atol=1e-3)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_hooks_and_patches_are_gone_after_exit_and_error(models, family):
     model = models[(family, "sdpa")]
@@ -229,20 +247,29 @@ def test_reindex_closes_position_gaps_on_every_axis():
     assert shift.tolist() == [1]  # decoding continues at 6 instead of 7
 
 
-@pytest.mark.parametrize("positions", ["keep", "reindex"])
-def test_qwen_pre_llm_removal_equals_a_shorter_prompt(models, positions):
-    """Qwen: dropping cells before the LLM = running its language model on the kept embeddings at the kept
-    tokens' own M-RoPE ids ("keep") or at the re-indexed ones (written out by hand for this prompt)."""
-    model = models[("qwen2_5_vl", "sdpa")]
-    inputs = sample_inputs(batch_inputs(model, "qwen2_5_vl"), 0)  # 4x3 cells from position 4
-    kept = (0, 1, 3, 4)  # cells (0,0), (0,1), (1,0), (1,1): rows 2-3 and column 2 are gone
-    logits, _ = run(model, inputs, Schedule((Stage(0, FixedScorer((kept,)), len(kept)),)), positions=positions)
-    embeds = {}
-    handle = model.model.language_model.register_forward_pre_hook(
-        lambda m, a, kw: embeds.update(x=kw["inputs_embeds"], p=kw["position_ids"]), with_kwargs=True)
+def _language_model_kwargs(model, inputs) -> dict:
+    """The keyword arguments the VLM passes to its language model for ``inputs``."""
+    seen = {}
+    handle = model.model.language_model.register_forward_pre_hook(lambda m, a, kw: seen.update(kw),
+                                                                  with_kwargs=True)
     with torch.no_grad():
         model(**inputs)
     handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("positions", ["keep", "reindex"])
+def test_qwen_pre_llm_removal_equals_a_shorter_prompt(models, family, positions):
+    """Qwen: dropping cells before the LLM = running its language model on the kept embeddings at the kept
+    tokens' own M-RoPE ids ("keep") or at the re-indexed ones (written out by hand for this prompt); for
+    Qwen3-VL with the kept cells' rows of the DeepStack features (transformers adds them itself here)."""
+    model = models[(family, "sdpa")]
+    inputs = sample_inputs(batch_inputs(model, family), 0)  # 4x3 cells from position 4
+    kept = (0, 1, 3, 4)  # cells (0,0), (0,1), (1,0), (1,1): rows 2-3 and column 2 are gone
+    logits, _ = run(model, inputs, Schedule((Stage(0, FixedScorer((kept,)), len(kept)),)), positions=positions)
+    seen = _language_model_kwargs(model, inputs)
+    embeds = {"x": seen["inputs_embeds"], "p": seen["position_ids"]}
     image = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
     drop = set(image.tolist()) - {int(image[i]) for i in kept}
     keep_pos = torch.tensor([p for p in range(inputs["input_ids"].shape[1]) if p not in drop])
@@ -253,7 +280,30 @@ def test_qwen_pre_llm_removal_equals_a_shorter_prompt(models, positions):
         after = [8, 9, 10, 11, 12]  # vision end and the question
         assert original[:, 0, 4:].tolist() == [[4, 4, 4, 4] + after, [4, 4, 5, 5] + after, [4, 5, 4, 5] + after]
         position_ids = torch.where(original >= 8, original - 2, original)
+    deepstack = {}
+    if family == "qwen3_vl":
+        deepstack = {"visual_pos_masks": seen["visual_pos_masks"][:, keep_pos],
+                     "deepstack_visual_embeds": [f[list(kept)] for f in seen["deepstack_visual_embeds"]]}
     with torch.no_grad():
-        hidden = model.model.language_model(inputs_embeds=embeds["x"][:, keep_pos], position_ids=position_ids)
+        hidden = model.model.language_model(inputs_embeds=embeds["x"][:, keep_pos], position_ids=position_ids,
+                                            **deepstack)
         reference = model.lm_head(hidden.last_hidden_state)
     torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_qwen3_deepstack_spans_the_pruned_layers_and_changes_the_output(models):
+    """The tiny Qwen3-VL adds DeepStack features after decoder layers 0-2, so the invariant tests' stages at
+    layers 0 and 2 prune before and inside them (removal = mask there); the features matter: without them
+    the output differs, so keep-everything = plain logits checks that the engine adds them back."""
+    from analysis_lib.adapters import adapter_for
+    model = models[("qwen3_vl", "sdpa")]
+    assert adapter_for(model).injection_layers == 3 > FASTV.stages[0].layer
+    inputs = batch_inputs(model, "qwen3_vl")
+    seen = _language_model_kwargs(model, inputs)
+    assert len(seen["deepstack_visual_embeds"]) == 3
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        seen.update(visual_pos_masks=None, deepstack_visual_embeds=None)
+        without = model.lm_head(model.model.language_model(**seen).last_hidden_state)
+    valid = inputs["attention_mask"].bool()
+    assert not torch.allclose(plain[valid], without[valid], atol=1e-3)

@@ -9,6 +9,8 @@ FAMILIES = {
     "llava_next": [(32, 64), (64, 64)],
     # 4x3 and 2x4 merged cells: two windows of 2x2 cells each way, images of different sizes in one batch
     "qwen2_5_vl": [(112, 84), (56, 112)],
+    # the same cells at Qwen3-VL's 16 px patches (32 px cells)
+    "qwen3_vl": [(128, 96), (64, 128)],
 }
 PER_TOKEN = ("input_ids", "attention_mask", "position_ids", "mm_token_type_ids")
 

@@ -8,11 +8,13 @@ from .base import AttentionGeometry, ModelAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .qwen2_5_vl import Qwen2_5_VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     "llava": LlavaAdapter,
     "llava_next": LlavaNextAdapter,
     "qwen2_5_vl": Qwen2_5_VLAdapter,
+    "qwen3_vl": Qwen3VLAdapter,
 }
 
 
@@ -23,4 +25,5 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
     return ADAPTERS[model_type](model)
 
 
-__all__ = ["ADAPTERS", "AttentionGeometry", "LlavaAdapter", "LlavaNextAdapter", "ModelAdapter", "Qwen2_5_VLAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "AttentionGeometry", "LlavaAdapter", "LlavaNextAdapter", "ModelAdapter", "Qwen2_5_VLAdapter",
+           "Qwen3VLAdapter", "adapter_for"]

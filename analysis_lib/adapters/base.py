@@ -26,9 +26,8 @@ class AttentionGeometry:
 
 
 def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """[B, S, H*D] -> [B, H, S, D]."""
-    b, s, _ = x.shape
-    return x.view(b, s, -1, head_dim).transpose(1, 2)
+    """[B, S, H*D] or [B, S, H, D] -> [B, H, S, D]."""
+    return x.reshape(x.shape[0], x.shape[1], -1, head_dim).transpose(1, 2)
 
 
 class ModelAdapter(ABC):
@@ -70,6 +69,16 @@ class ModelAdapter(ABC):
     def apply_rotary(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q, k of shape [B, heads, S, D] as the model does with (cos, sin) of shape [B, S, D]."""
+
+    @property
+    def injection_layers(self) -> int:
+        """How many first decoder layers get visual features added to their output at the visual tokens
+        (Qwen3-VL's DeepStack; 0 elsewhere). The pruning engine adds them itself, at the kept tokens."""
+        return 0
+
+    def map_layer_output(self, output, fn):
+        """A decoder layer's output with ``fn`` applied to its hidden states [B, S, D]."""
+        return calls.map_layer_output(output, fn)
 
     def decoder_attention(self, layer: int) -> nn.Module:
         return self.decoder_layers[layer].self_attn

@@ -99,6 +99,12 @@ class LanguageModelCall:
         """Run the language model on ``embeddings`` with this 2D mask and these (model-format) position ids."""
         self.kwargs.update(inputs_embeds=embeddings, attention_mask=mask, position_ids=position_ids)
 
+    def take_visual_injections(self) -> list[torch.Tensor]:
+        """Remove and return Qwen3-VL's DeepStack features (per early decoder layer, [visual tokens, D], added to
+        that layer's output at the image tokens, in sequence order), so the caller adds them at its own slots."""
+        self.kwargs.pop("visual_pos_masks", None)
+        return list(self.kwargs.pop("deepstack_visual_embeds", None) or [])
+
     def prefix_kwargs(self) -> dict:
         """Arguments that run the same prompt again through the language model, without a cache."""
         return {"inputs_embeds": self.embeddings, "attention_mask": self.kwargs.get("attention_mask"),
@@ -143,6 +149,13 @@ class AttentionCall:
     def segments(self) -> torch.Tensor | None:
         """Cumulative boundaries of the independently attending segments of a packed sequence."""
         return self.kwargs.get("cu_seqlens")
+
+
+def map_layer_output(output, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """A decoder layer's output (hidden states, or a tuple starting with them) with ``fn`` applied to them."""
+    if isinstance(output, tuple):
+        return (fn(output[0]), *output[1:])
+    return fn(output)
 
 
 def output_cache(output):

@@ -14,7 +14,7 @@ from torch import nn
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_window_index
 
-from ..layout import SampleGrid, Segment, VisualLayout, smart_resize, stack_padded
+from ..layout import QWEN2_5_VL_PIXELS, SampleGrid, Segment, VisualLayout, smart_resize, stack_padded
 from . import calls
 from .base import AttentionGeometry, ModelAdapter
 
@@ -26,9 +26,14 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     rope_axes = 3
     geometry_argument = "image_grid_thw"
     image_placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
+    #: the processor's default pixel range of a resized image
+    pixels = QWEN2_5_VL_PIXELS
+    #: the family's RoPE functions (decoder, vision tower)
+    _rotate = staticmethod(apply_rotary_pos_emb)
+    _rotate_vision = staticmethod(apply_rotary_pos_emb_vision)
 
     def apply_rotary(self, q, k, cos, sin):
-        return apply_rotary_pos_emb(q, k, cos, sin)
+        return self._rotate(q, k, cos, sin)
 
     # ---- vision tower ---------------------------------------------------------------------
     @property
@@ -87,7 +92,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         seq = q.shape[0]
         qkv = q.float().reshape(seq, 3, geo.num_heads, geo.head_dim)
         cos, sin = call.rope
-        qs, ks = apply_rotary_pos_emb_vision(qkv[:, 0], qkv[:, 1], cos.float(), sin.float())
+        qs, ks = self._rotate_vision(qkv[:, 0], qkv[:, 1], cos.float(), sin.float())
         order = self._patch_order(geometry).to(q.device)
         sizes = [t * h * w for t, h, w in self._images(geometry)]
         ends = torch.tensor(sizes).cumsum(0).to(q.device)
@@ -148,13 +153,13 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         return self.prompt_template.format(image=image_token or self.image_placeholder, question=question)
 
     def num_visual_tokens(self, image_size: tuple[int, int] | None = None) -> int:
-        """Tokens of one (height, width) image after the processor's resize to multiples of 28 px (patch 14
-        × merge 2), clamped to its default pixel range [56², 28²·1280]."""
+        """Tokens of one (height, width) image after the processor's resize to multiples of patch × merge px
+        (28 for Qwen2.5-VL, 32 for Qwen3-VL), clamped to the family's default pixel range."""
         if image_size is None:
             raise ValueError("image_size: Qwen models need the image's (height, width) to count its tokens")
-        h, w = smart_resize(*image_size, self.config.vision_config.patch_size * self.merge)
-        return (h // self.config.vision_config.patch_size // self.merge) * (w // self.config.vision_config.patch_size
-                                                                          // self.merge)
+        cell = self.config.vision_config.patch_size * self.merge
+        h, w = smart_resize(*image_size, cell, self.pixels)
+        return (h // cell) * (w // cell)
 
     def layout(self, input_ids: torch.Tensor, geometry: torch.Tensor | None = None) -> VisualLayout:
         images = self._images(geometry)

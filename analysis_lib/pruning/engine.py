@@ -148,8 +148,11 @@ class PruningEngine:
             return
         first, first_stage = self.stages[0]
         self._probe_layer = Schedule.score_layer(first_stage, first, adapter.num_layers)
-        if (first == 0 and self.mode == "remove") or self._probe_layer != first:
+        self._injections: list[torch.Tensor] = []
+        if (first == 0 and self.mode == "remove") or self._probe_layer != first or adapter.injection_layers:
             hooks.pre(adapter.language_model, self._before_language_model)
+        for layer in range(adapter.injection_layers):
+            hooks.post(adapter.decoder_layers[layer], self._make_injection_hook(layer))
         in_llm = [k for k, _ in self.stages if k > 0 or self.mode == "mask"]
         if in_llm:
             for layer in range(in_llm[0], adapter.num_layers):
@@ -219,16 +222,18 @@ class PruningEngine:
 
     # ---- hooks ---------------------------------------------------------------------------
     def _before_language_model(self, _module, args, kwargs):
-        """Run a first stage's scoring pass if it scores later than it prunes; then, for a stage at layer 0
-        in remove mode, slice the embeddings, the 2D mask and the position ids."""
+        """Take the visual features the model adds after its first layers (added back by the injection hooks,
+        at the kept tokens); run a first stage's scoring pass if it scores later than it prunes; then, for a
+        stage at layer 0 in remove mode, slice the embeddings, the 2D mask and the position ids."""
         if self._probing:
             return None
         tracker = self.tracker
         lm_call = self.adapter.language_model_call(args, kwargs)
+        self._injections = lm_call.take_visual_injections()
         if self._probe_layer != self.stages[0][0] and tracker.call.is_prefill and not self.records[-1].stages:
             self._probe(lm_call)
         if self.stages[0][0] != 0 or self.mode != "remove":
-            return None
+            return args, kwargs
         v = self._stage_for_layer(0)
         view, call = tracker.views[v], tracker.call
         kv_index, kv_valid, _, q_position = call_slots(view, call, tracker.prompt.length)
@@ -279,6 +284,19 @@ class PruningEngine:
 
         return hook
 
+    def _make_injection_hook(self, layer: int):
+        """Add this layer's injected visual features (DeepStack) to its output at the visual slots of the view
+        it ran on: each kept token gets its own feature row, pruned tokens get none."""
+        def hook(_module, _args, _kwargs, output):
+            if layer >= len(self._injections):
+                return None
+            view = self.tracker.views[0 if self._probing else self._view_index(layer)]
+            counts = torch.tensor([0, *self.tracker.prompt.layout.counts()]).cumsum(0)
+            features = self._injections[layer]
+            return self.adapter.map_layer_output(output, lambda h: _add_at_visual_slots(h, view, features, counts))
+
+        return hook
+
     def _source_slots(self, prev: int, kv_index: torch.Tensor) -> torch.Tensor:
         """For each slot of the new view (plus tail), its slot in the previous view's sequence."""
         prompt = self.tracker.prompt
@@ -297,6 +315,15 @@ class PruningEngine:
 def _gather_slots(hidden: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """hidden [B, S, D] -> [B, S', D] taking slot ``source[b, j]`` for new slot j."""
     return torch.gather(hidden, 1, source[:, :, None].expand(-1, -1, hidden.shape[-1]))
+
+
+def _add_at_visual_slots(hidden: torch.Tensor, view, features: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """hidden [B, S, D] plus ``features`` row ``offsets[b] + t`` at each slot of sample b holding visual token t."""
+    b, j = (view.visual >= 0).nonzero(as_tuple=True)
+    rows = offsets.to(b.device)[b] + view.visual[b, j]
+    out = hidden.clone()
+    out[b, j] = hidden[b, j] + features[rows.to(features.device)].to(hidden.device, hidden.dtype)
+    return out
 
 
 def _visual_slots(view, b: int) -> torch.Tensor:
