@@ -22,7 +22,7 @@ from numbers import Integral
 from pathlib import Path
 from typing import Any
 
-from .layout import smart_resize
+from .layout import QWEN2_5_VL_PIXELS, QWEN3_VL_PIXELS, smart_resize
 from .validation import check_choice, check_range
 
 FFN_MATRICES = (2, 3)
@@ -56,6 +56,8 @@ class ModelPreset:
     n_system: int
     grid: tuple[int, int]
     cell_pixels: int = 0
+    #: the processor's (min, max) pixels of a resized image (dynamic resolution only)
+    pixels: tuple[int, int] = QWEN2_5_VL_PIXELS
 
     def at_image_size(self, height: int, width: int) -> ModelPreset:
         """The preset for one (height, width) image, resized as the model's processor does."""
@@ -63,7 +65,7 @@ class ModelPreset:
             raise ValueError("image_size: this preset has a fixed-resolution vision tower; only the "
                              "dynamic-resolution presets (qwen2.5-vl-7b, qwen3-vl-8b) take an image size")
         h, w = smart_resize(_count("height", height, 1, math.inf), _count("width", width, 1, math.inf),
-                            self.cell_pixels)
+                            self.cell_pixels, self.pixels)
         grid = (h // self.cell_pixels, w // self.cell_pixels)
         return replace(self, n_visual=grid[0] * grid[1], grid=grid)
 
@@ -144,7 +146,7 @@ PRESETS: dict[str, ModelPreset] = {
     "qwen2.5-vl-7b": ModelPreset(LMDims(hidden=3584, intermediate=18944, layers=28), n_visual=256, n_system=20,
                                  grid=(16, 16), cell_pixels=28),
     "qwen3-vl-8b": ModelPreset(LMDims(hidden=4096, intermediate=12288, layers=36), n_visual=196, n_system=5,
-                               grid=(14, 14), cell_pixels=32),
+                               grid=(14, 14), cell_pixels=32, pixels=QWEN3_VL_PIXELS),
 }
 
 

@@ -4,7 +4,7 @@
     model, processor, adapter = load_vlm("/models/llava-1.5-7b-hf")          # local: never touches the network
 
 The model class comes from the config's model_type (LLaVA-1.5 -> LlavaForConditionalGeneration,
-LLaVA-NeXT -> LlavaNextForConditionalGeneration). ``attn_implementation="flash_attention_2"`` falls
+LLaVA-NeXT -> LlavaNextForConditionalGeneration, Qwen2.5-VL, Qwen3-VL). ``attn_implementation="flash_attention_2"`` falls
 back to "sdpa" when flash-attn is not installed. Capture works with any backend; in-LLM pruning
 needs "sdpa" or "eager".
 """
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 from transformers import (AutoConfig, AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration,
-                          Qwen2_5_VLForConditionalGeneration)
+                          Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration)
 
 from .adapters import ADAPTERS, ModelAdapter, adapter_for
 from .validation import check_choice, check_device
 
 MODEL_CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration,
-                 "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
+                 "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen3_vl": Qwen3VLForConditionalGeneration}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 #: "owner/name" as the Hugging Face hub spells repository ids

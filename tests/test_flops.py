@@ -175,5 +175,8 @@ def test_dynamic_resolution_presets_follow_the_image_size():
     assert (qwen.n_visual, qwen.grid) == (256, (16, 16))
     assert PRESETS["qwen2.5-vl-7b"].at_image_size(450, 300).grid == (16, 11)
     assert PRESETS["qwen3-vl-8b"].at_image_size(448, 448).n_visual == 14 * 14
+    # small images are scaled up to each processor's minimum: 56² px (Qwen2.5-VL), 256² px (Qwen3-VL)
+    assert PRESETS["qwen2.5-vl-7b"].at_image_size(200, 200).grid == (7, 7)
+    assert PRESETS["qwen3-vl-8b"].at_image_size(200, 200).grid == (8, 8)
     with pytest.raises(ValueError, match="image_size: this preset has a fixed-resolution vision tower"):
         PRESETS["llava-1.5-7b"].at_image_size(448, 448)
