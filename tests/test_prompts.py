@@ -35,3 +35,17 @@ def test_overrides_and_the_embedded_model():
         LLAVA.with_templates({"nope": "{question}"})
     assert embedded_style(32).text("mme", "Is it red? Please answer yes or no.", benchmark="mme").endswith(
         "Is it red? Please answer yes or no. ASSISTANT:")  # its bare questions are kept as they are
+
+
+@pytest.mark.parametrize("family, system", [("qwen2_5_vl", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"),
+                                            ("qwen3_vl", "")])
+def test_qwen_prompts(models, family, system):
+    """Qwen chat templates with the adapter's image placeholder; short answers as LLaVA's; grounding as the
+    Qwen2.5-VL cookbook asks for a JSON box."""
+    from analysis_lib.adapters import adapter_for
+    style = STYLES[family]
+    user = "<|im_start|>user\n" + adapter_for(models[(family, "sdpa")]).image_placeholder
+    assert style.text("vqa", "How many?") == system + user + "How many?" + SHORT + "<|im_end|>\n<|im_start|>assistant\n"
+    assert "Locate the red cup, output its bbox coordinates using JSON format." in style.text("localization", "red cup")
+    with pytest.raises(ValueError, match="resize=None: box_format='resized_pixels' needs it"):
+        type(style)("x", "{image}{text}", {}, "resized_pixels", {})

@@ -170,6 +170,31 @@ def test_box_frame_setting():
     assert [frame_of(f) for f in ("padded", "image", "bins")] == ["padded", "image", "image"]
 
 
+def test_qwen_boxes_in_their_own_frames():
+    """Qwen2.5-VL answers pixels of the image its processor resized (640x480 -> 644x476, multiples of 28),
+    Qwen3-VL thousandths of the image; both as JSON, which the official rule's first brackets read."""
+    from analysis_lib.evaluation.runner import score_fields
+    from analysis_lib.evaluation.datasets import EvalSample
+    from PIL import Image
+    qwen25, qwen3 = STYLES["qwen2_5_vl"], STYLES["qwen3_vl"]
+    assert qwen25.model_image_size(640, 480) == (644, 476) and qwen3.model_image_size(640, 480) is None
+    target = (0.25, 0.5, 0.75, 1.0)
+    sample = EvalSample(sample_id="s", dataset="refcoco", task="localization", question="the cup", answers=[],
+                        image=Image.new("RGB", (640, 480)), box=target)
+    pixels = '```json\n[{"bbox_2d": [161, 238, 483, 476], "label": "cup"}]\n```'
+    thousandths = '[{"bbox_2d": [250, 500, 750, 1000], "label": "cup"}]'
+    for mode in (OFFICIAL, LENIENT):
+        assert score(mode, "refcoco", pixels, **score_fields(sample, "resized_pixels", qwen25)) == 1.0
+        assert score(mode, "refcoco", thousandths, **score_fields(sample, "thousandths", qwen3)) == 1.0
+        # the same numbers read in the other family's frame miss
+        assert score(mode, "refcoco", pixels, **score_fields(sample, "thousandths", qwen3)) == 0.0
+    assert (Scoring().box_format(qwen25.box_format), Scoring().box_format(qwen3.box_format)) == (
+        "resized_pixels", "thousandths")
+    assert [frame_of(f) for f in ("resized_pixels", "thousandths")] == ["resized_pixels", "thousandths"]
+    with pytest.raises(ValueError, match="box_format='resized_pixels' needs resized"):
+        score(OFFICIAL, "refcoco", pixels, box=target, box_format="resized_pixels")
+
+
 # ----------------------------------------------------------------------------- rule resolution
 
 def test_rules_by_benchmark_then_task():

@@ -156,7 +156,10 @@ def vqa_accuracy(prediction: str, answers: Sequence[str],
 # Boxes (RefCOCO / RefCOCO+ / RefCOCOg: a hit is IoU >= 0.5 with the target box)
 # --------------------------------------------------------------------------------------------------
 
-BOX_FORMATS: tuple[str, ...] = ("image", "padded", "bins")
+#: what a predicted box's numbers are: fractions of the image, of LLaVA-1.5's padded square, the synthetic suite's
+#: integer bins, pixels of the image as the model saw it after its processor's resize (Qwen2.5-VL), or
+#: thousandths of the image (Qwen3-VL's 0-1000 relative coordinates)
+BOX_FORMATS: tuple[str, ...] = ("image", "padded", "bins", "resized_pixels", "thousandths")
 
 # A number not glued to a letter, digit or period on its left (so "x1" in "x1: 0.2" is not one).
 _BOX_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])-?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -218,8 +221,14 @@ def bins_to_box(box: Sequence[int], bins: int) -> Box:
     return dequantise_box(tuple(int(v) for v in values), 1, bins)
 
 
+def _fractions(box: Box, width: float, height: float) -> Box:
+    x1, y1, x2, y2 = box
+    return x1 / width, y1 / height, x2 / width, y2 / height
+
+
 def localization_hit(prediction: str, target: Sequence[float], box_format: str = "image", *,
                      width: int | None = None, height: int | None = None, bins: int | None = None,
+                     resized: tuple[int, int] | None = None,
                      parse: Callable[[str], Box | None] = parse_box) -> float:
     """RefCOCO accuracy@0.5 for one answer: 1.0 if the predicted box has IoU >= 0.5 with ``target``,
     else 0.0 (also when no box can be parsed).
@@ -228,7 +237,9 @@ def localization_hit(prediction: str, target: Sequence[float], box_format: str =
     ``box_format`` says how the prediction is written: "image" (fractions of the image), "padded"
     (fractions of LLaVA-1.5's padded square; needs ``width`` and ``height``) or "bins" (the synthetic
     suite's "[x1, y1, x2, y2]" integer bins; needs ``bins``; parsed exactly as ``scenes.scoring``
-    does — four integers in 0 .. bins-1 — so the two agree). ``parse`` reads a decimal box (default
+    does — four integers in 0 .. bins-1 — so the two agree), "resized_pixels" (pixels of the resized
+    image the model saw, ``resized`` = its (width, height)) or "thousandths" (0-1000 of the image).
+    ``parse`` reads a decimal box (default
     the lenient ``parse_box``; the official rule passes ``official.parse_box_strict``).
     """
     check_choice("box_format", box_format, BOX_FORMATS)
@@ -236,12 +247,18 @@ def localization_hit(prediction: str, target: Sequence[float], box_format: str =
         raise ValueError("box_format='bins' needs bins")
     if box_format == "padded" and (width is None or height is None):
         raise ValueError("box_format='padded' needs width and height of the original image")
+    if box_format == "resized_pixels" and resized is None:
+        raise ValueError("box_format='resized_pixels' needs resized, the (width, height) the model saw")
     if box_format == "bins":
         predicted = parse_bin_box(prediction, 1, bins)
     else:
         predicted = parse(prediction)
         if box_format == "padded" and predicted is not None:
             predicted = square_to_image_box(predicted, width, height)
+        elif box_format == "resized_pixels" and predicted is not None:
+            predicted = _fractions(predicted, *resized)
+        elif box_format == "thousandths" and predicted is not None:
+            predicted = _fractions(predicted, 1000, 1000)
     if predicted is None:
         return 0.0
     return float(box_iou(predicted, tuple(target)) >= IOU_THRESHOLD)
@@ -483,7 +500,8 @@ def _mme_aggregate(frame: "pd.DataFrame") -> dict[str, float]:
 
 def _localization_score(prediction: str, fields: Mapping[str, Any]) -> float:
     return localization_hit(prediction, fields["box"], fields.get("box_format", "image"),
-                            width=fields.get("width"), height=fields.get("height"), bins=fields.get("bins"))
+                            width=fields.get("width"), height=fields.get("height"), bins=fields.get("bins"),
+                            resized=fields.get("resized"))
 
 
 def _choice_score(prediction: str, fields: Mapping[str, Any]) -> float:
@@ -497,7 +515,8 @@ METRICS: dict[str, Metric] = {
         lambda prediction, fields: vqa_accuracy(prediction, _references(fields)), _accuracy),
     "localization": Metric(
         "localization", "RefCOCO(+/g) accuracy at IoU >= 0.5 (fields: box normalised to the image; "
-        "box_format 'image' | 'padded' (+ width, height) | 'bins' (+ bins))", _localization_score, _accuracy),
+        "box_format 'image' | 'padded' (+ width, height) | 'bins' (+ bins) | 'resized_pixels' (+ resized) | "
+        "'thousandths')", _localization_score, _accuracy),
     "pope": Metric(
         "pope", "POPE yes/no correctness; aggregate adds precision, recall, f1, yes_ratio (fields: answer)",
         _yes_no_score, pope_aggregate),

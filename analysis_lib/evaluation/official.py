@@ -103,7 +103,8 @@ def _n_options(fields: Mapping[str, Any]) -> int:
 
 def _refcoco_score(prediction: str, fields: Mapping[str, Any]) -> float:
     return localization_hit(prediction, fields["box"], fields.get("box_format", "image"), width=fields.get("width"),
-                            height=fields.get("height"), bins=fields.get("bins"), parse=parse_box_strict)
+                            height=fields.get("height"), bins=fields.get("bins"), resized=fields.get("resized"),
+                            parse=parse_box_strict)
 
 
 def _choice_score(prediction: str, fields: Mapping[str, Any]) -> float:

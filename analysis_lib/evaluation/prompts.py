@@ -9,6 +9,13 @@ TextVQA lists the reference OCR tokens, multiple choice lists "A. ..." lines and
 and localization asks for "the bounding box coordinate of the region this sentence describes", which
 LLaVA-1.5 answers as [x1, y1, x2, y2] of the image padded to a square ("padded" boxes). The embedded
 default model was trained on the bare questions of the synthetic suite and answers boxes in bins.
+
+Qwen2.5-VL and Qwen3-VL use their chat templates (Qwen2.5-VL's adds its default system prompt, Qwen3-VL's
+has none) around the same short-answer templates, and localization asks as the Qwen2.5-VL cookbook
+(spatial_understanding) does: "Locate the ..., output its bbox coordinates using JSON format." They answer
+``{"bbox_2d": [x1, y1, x2, y2], ...}`` in different frames: Qwen2.5-VL in absolute pixels of the image as
+resized by its processor (Qwen2.5-VL technical report, §2.1; the Qwen maintainers in QwenLM/Qwen3-VL#1427),
+Qwen3-VL in relative coordinates 0-1000 (Qwen3-VL cookbook 2d_grounding, quoted in QwenLM/Qwen3-VL#1741).
 Every template can be overridden per task or benchmark.
 """
 from __future__ import annotations
@@ -18,12 +25,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from string import Formatter
 
+from ..layout import QWEN2_5_VL_PIXELS, smart_resize
 from ..training.model import SCENE_CONFIG_FILE
 from ..training.prompts import prompt as embedded_prompt
 from ..validation import check_choice
+from .metrics import BOX_FORMATS
 
 TASKS = ("localization", "vqa", "yes_no", "multiple_choice", "mme", "exact_match")
-BOX_FORMATS = ("image", "padded", "bins")
 BENCHMARK_TEMPLATE_KEYS = ("textvqa", "vizwiz")
 SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
 SHORT = "{question}" + SHORT_SUFFIX
@@ -48,8 +56,8 @@ LLAVA_MAX_NEW_TOKENS: dict[str, int] = {"localization": 32, "vqa": 16, "yes_no":
 @dataclass(frozen=True)
 class PromptStyle:
     """``chat``: the family's conversation wrapper with ``{image}`` and ``{text}``; ``templates``: per task
-    or benchmark (BENCHMARK_TEMPLATE_KEYS); ``box_format``: "image" (normalised to the image), "padded"
-    (to the image padded to a square) or "bins" (integer bins, ``bins`` of them); ``question_suffixes``:
+    or benchmark (BENCHMARK_TEMPLATE_KEYS); ``box_format``: one of ``metrics.BOX_FORMATS`` ("bins": ``bins``
+    of them; "resized_pixels": the processor's ``resize`` = (cell px, (min, max) pixels)); ``question_suffixes``:
     per task, text cut from the end of a question."""
 
     name: str
@@ -60,9 +68,12 @@ class PromptStyle:
     bins: int | None = None
     image_token: str = "<image>"
     question_suffixes: dict[str, str] = field(default_factory=dict)
+    resize: tuple[int, tuple[int, int]] | None = None
 
     def __post_init__(self):
         check_choice("box_format", self.box_format, BOX_FORMATS)
+        if (self.box_format == "resized_pixels") != (self.resize is not None):
+            raise ValueError(f"resize={self.resize!r}: box_format='resized_pixels' needs it, other formats take none")
         for key in self.templates:
             check_choice("template", key, TASKS + BENCHMARK_TEMPLATE_KEYS)
 
@@ -84,6 +95,15 @@ class PromptStyle:
         lettered = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options or []))
         body = template.format(question=question, options=lettered, context=context or "")
         return self.chat.format(image=self.image_token, text=body)
+
+    def model_image_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """(width, height) of a width x height image as the model sees it after its processor's resize (None for
+        styles whose boxes are not in those pixels)."""
+        if self.resize is None:
+            return None
+        cell, pixels = self.resize
+        h, w = smart_resize(height, width, cell, pixels)
+        return w, h
 
     def with_templates(self, overrides: dict[str, str]) -> PromptStyle:
         """The same style with some task or benchmark templates replaced (see ``check_templates``)."""
@@ -110,11 +130,23 @@ def check_templates(overrides: dict[str, str]) -> None:
                              f"allowed fields: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
 
 
+QWEN_TEMPLATES = {**LLAVA_TEMPLATES,
+                  "localization": "Locate the {question}, output its bbox coordinates using JSON format."}
+# a JSON box answer ('```json\n[{"bbox_2d": [...], "label": "..."}]\n```') is about 40 tokens
+QWEN_MAX_NEW_TOKENS = {**LLAVA_MAX_NEW_TOKENS, "localization": 64}
+QWEN_USER = "<|im_start|>user\n{image}{text}<|im_end|>\n<|im_start|>assistant\n"
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
 STYLES: dict[str, PromptStyle] = {
     "llava": PromptStyle("llava-1.5", "USER: {image}\n{text} ASSISTANT:", LLAVA_TEMPLATES, "padded",
                          LLAVA_MAX_NEW_TOKENS, question_suffixes=LLAVA_QUESTION_SUFFIXES),
     "llava_next": PromptStyle("llava-next (vicuna)", "USER: {image}\n{text} ASSISTANT:", LLAVA_TEMPLATES, "image",
                               LLAVA_MAX_NEW_TOKENS, question_suffixes=LLAVA_QUESTION_SUFFIXES),
+    "qwen2_5_vl": PromptStyle("qwen2.5-vl", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + QWEN_USER,
+                              QWEN_TEMPLATES, "resized_pixels", QWEN_MAX_NEW_TOKENS, image_token=QWEN_IMAGE,
+                              question_suffixes=LLAVA_QUESTION_SUFFIXES, resize=(28, QWEN2_5_VL_PIXELS)),
+    "qwen3_vl": PromptStyle("qwen3-vl", QWEN_USER, QWEN_TEMPLATES, "thousandths", QWEN_MAX_NEW_TOKENS,
+                            image_token=QWEN_IMAGE, question_suffixes=LLAVA_QUESTION_SUFFIXES),
 }
 
 

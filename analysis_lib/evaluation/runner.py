@@ -152,12 +152,14 @@ def _dims(model) -> LMDims:
     return LMDims(text.hidden_size, text.intermediate_size, text.num_hidden_layers)
 
 
-def score_fields(sample: EvalSample, box_format: str, bins: int | None) -> dict:
-    """What a scoring rule reads of a sample (boxes read in ``box_format``)."""
+def score_fields(sample: EvalSample, box_format: str, style: PromptStyle) -> dict:
+    """What a scoring rule reads of a sample (boxes read in ``box_format``; ``resized``: the image's size as the
+    style's model saw it, for boxes in its pixels)."""
     width, height = sample.image.size
     return {"answers": sample.answers, "box": sample.box, "options": sample.options, "width": width, "height": height,
-            "box_format": box_format, "bins": bins, "sample_id": sample.sample_id, "question": sample.question,
-            "group": sample.group, "pair_id": sample.pair_id}
+            "box_format": box_format, "bins": style.bins, "resized": style.model_image_size(width, height),
+            "sample_id": sample.sample_id, "question": sample.question, "group": sample.group,
+            "pair_id": sample.pair_id}
 
 
 def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str], predictions: list[str],
@@ -182,7 +184,7 @@ def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str],
             "question": sample.question, "prompt": text, "prediction": prediction,
             "answers": json.dumps(sample.answers), "scoring": scoring.mode, "box_frame": frame_of(box_format),
             "rule": family,
-            "score": scoring.rule(family).score(prediction, score_fields(sample, box_format, em.style.bins)),
+            "score": scoring.rule(family).score(prediction, score_fields(sample, box_format, em.style)),
             "n_visual": n_visual, "n_text": n_text, "kept": json.dumps(kept),
             "kept_counts": json.dumps([len(k) for k in kept]),
             "relevant_kept": relevant_kept(sample, grid, final),

@@ -85,5 +85,6 @@ class Scoring:
 
 
 def frame_of(box_format: str) -> str:
-    """The box frame recorded for a box format: "padded", or "image" (bins are fractions of the image)."""
-    return "padded" if box_format == "padded" else "image"
+    """The box frame recorded for a box format: "image" for fractions of the image and for bins (fractions too),
+    else the format ("padded", "resized_pixels", "thousandths")."""
+    return "image" if box_format in ("image", "bins") else box_format
