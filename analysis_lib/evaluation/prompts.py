@@ -14,7 +14,7 @@ Qwen2.5-VL and Qwen3-VL use their chat templates (Qwen2.5-VL's adds its default 
 has none) around the same short-answer templates, and localization asks as the Qwen2.5-VL cookbook
 (spatial_understanding) does: "Locate the ..., output its bbox coordinates using JSON format." They answer
 ``{"bbox_2d": [x1, y1, x2, y2], ...}`` in different frames: Qwen2.5-VL in absolute pixels of the image as
-resized by its processor (Qwen2.5-VL technical report, §2.1; the Qwen maintainers in QwenLM/Qwen3-VL#1427),
+resized by its processor (the Qwen2.5-VL technical report; the Qwen maintainers in QwenLM/Qwen3-VL#1427),
 Qwen3-VL in relative coordinates 0-1000 (Qwen3-VL cookbook 2d_grounding, quoted in QwenLM/Qwen3-VL#1741).
 Every template can be overridden per task or benchmark.
 """
