@@ -143,24 +143,6 @@ def test_pre_llm_removal_equals_a_shorter_prompt(models, positions):
     torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_qwen3_deepstack_spans_the_pruned_layers_and_changes_the_output(models):
-    """The tiny Qwen3-VL adds DeepStack features after decoder layers 0-2, so the invariant tests' stages at
-    layers 0 and 2 prune before and inside them (removal = mask there); the features matter: without them
-    the output differs, so keep-everything = plain logits checks that the engine adds them back."""
-    from analysis_lib.adapters import adapter_for
-    model = models[("qwen3_vl", "sdpa")]
-    assert adapter_for(model).injection_layers == 3 > FASTV.stages[0].layer
-    inputs = batch_inputs(model, "qwen3_vl")
-    seen = _language_model_kwargs(model, inputs)
-    assert len(seen["deepstack_visual_embeds"]) == 3
-    with torch.no_grad():
-        plain = model(**inputs).logits
-        seen.update(visual_pos_masks=None, deepstack_visual_embeds=None)
-        without = model.lm_head(model.model.language_model(**seen).last_hidden_state)
-    valid = inputs["attention_mask"].bool()
-    assert not torch.allclose(plain[valid], without[valid], atol=1e-3)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_hooks_and_patches_are_gone_after_exit_and_error(models, family):
     model = models[(family, "sdpa")]
