@@ -86,7 +86,7 @@ def eval_command(args: argparse.Namespace) -> None:
     results = run_grid(args.model, args.methods, args.dataset, args.out, batch_size=args.batch_size, limit=args.limit,
                        split=args.split, device=args.device, dtype=args.dtype, mode=args.mode,
                        positions=args.positions, seed=args.seed, prompts=prompts, scoring=args.scoring,
-                       box_frame=args.box_frame, dist_timeout=args.dist_timeout)
+                       box_frame=args.box_frame, dist_timeout=args.dist_timeout, device_map=args.device_map)
     if os.environ.get("RANK", "0") != "0":
         return  # rank 0 of a torchrun launch prints the summary
     summary = summarize(results)
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                    "lmms-eval (lmms-eval 0.7.3's functions; pip install -e \".[lmms]\") or lenient")
     p.add_argument("--box-frame", default=None, help="padded or image: what decimal boxes are fractions of "
                    "(default: the model family's; LLaVA-1.5 padded)")
+    p.add_argument("--device-map", default=None, help="auto (or balanced, sequential): split each model over this "
+                   "node's GPUs, offloading what does not fit to CPU memory (needs accelerate); replaces --device")
     p.add_argument("--dist-timeout", type=float, default=600.0, help="under torchrun: seconds to wait for the "
                    "rendezvous and for every node to see --out (default 600)")
     p.set_defaults(fn=eval_command)

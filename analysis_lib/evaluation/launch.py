@@ -29,12 +29,13 @@ class Launch:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Launch:
-        """Read RANK, WORLD_SIZE and LOCAL_RANK as torchrun and accelerate launch set them."""
+        """Read RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE as torchrun and accelerate launch set them."""
         values = {}
-        for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+        for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1)):
             text = env.get(name, str(default))
             if not text.isdigit():
                 raise ValueError(f"environment variable {name}={text!r}: must be an integer >= 0 (set by torchrun)")
@@ -42,7 +43,7 @@ class Launch:
         if values["WORLD_SIZE"] < 1 or values["RANK"] >= values["WORLD_SIZE"]:
             raise ValueError(f"environment variables RANK={values['RANK']} and WORLD_SIZE={values['WORLD_SIZE']}: "
                              "need 0 <= RANK < WORLD_SIZE")
-        return cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+        return cls(*values.values())
 
     @property
     def distributed(self) -> bool:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..adapters import ModelAdapter
 from ..flops import LMDims, schedule_flops
-from ..loading import DTYPES, load_vlm
+from ..loading import DTYPES, check_device_map, load_vlm
 from ..pruning import PruneRecord, PruningEngine, get_method
 from ..pruning.schedule import Schedule
 from ..validation import check_choice, check_device, check_int, check_number, check_output_folder
@@ -92,9 +93,11 @@ class EvalModel:
 
 
 def load_eval_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
-                    attn_implementation: str = "sdpa", prompts: dict[str, str] | None = None) -> EvalModel:
+                    attn_implementation: str = "sdpa", prompts: dict[str, str] | None = None,
+                    device_map: str | dict | None = None, offload_folder: str | Path | None = None) -> EvalModel:
     """``load_vlm`` plus the prompt style of the family (the embedded style for this repo's checkpoints)."""
-    model, processor, adapter = load_vlm(name_or_path, device, dtype, attn_implementation)
+    model, processor, adapter = load_vlm(name_or_path, device, dtype, attn_implementation, device_map=device_map,
+                                         offload_folder=offload_folder)
     style = style_for(model.config.model_type, name_or_path if Path(name_or_path).is_dir() else None)
     return EvalModel(str(name_or_path), model, processor, adapter, style.with_templates(prompts or {}))
 
@@ -259,9 +262,13 @@ def model_fingerprint(em: EvalModel) -> str:
 
 
 def _device_dtype(em: EvalModel) -> tuple[str, str]:
-    """The device type ("cuda", not "cuda:1": every rank of a launch shares the parts) and the dtype."""
+    """The device types ("cuda", not "cuda:1": every rank of a launch shares the parts; "cuda+cpu+disk"
+    for a model dispatched by a device_map) and the dtype."""
     parameter = next(em.model.parameters())
-    return parameter.device.type, str(parameter.dtype).removeprefix("torch.")
+    placed = getattr(em.model, "hf_device_map", None) or {"": parameter.device.type}
+    types = dict.fromkeys("cuda" if isinstance(d, int) else torch.device(d).type if d != "disk" else d
+                          for d in placed.values())
+    return "+".join(types), str(parameter.dtype).removeprefix("torch.")
 
 
 def setting_fingerprint(setting: MethodSetting, mode: str, positions: str | None, seed: int,
@@ -297,7 +304,8 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
              out: str | Path, batch_size: int = 8, limit: int | None = None, split: str | None = None,
              device: str = "cpu", dtype: str = "float32", mode: str = "remove", positions: str | None = None,
              seed: int = 0, prompts: dict[str, str] | None = None, progress: bool = True,
-             scoring: str = "official", box_frame: str | None = None, dist_timeout: float = 600.0) -> pd.DataFrame:
+             scoring: str = "official", box_frame: str | None = None, dist_timeout: float = 600.0,
+             device_map: str | dict | None = None) -> pd.DataFrame:
     """Evaluate every model × method setting × dataset; returns (and writes to ``out``) all rows.
 
     ``datasets``: specs for ``load_dataset`` ("synthetic", "pope", a .jsonl or a folder) or (name, samples)
@@ -311,6 +319,8 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
     with the rest; rank 0 writes the table once every part exists (``launch.py``). ``dist_timeout``:
     seconds to wait for the rendezvous and for every rank to see ``out``. Rows equal a single process's
     except ``VARYING_COLUMNS`` (timings, and the ``rank`` and ``world_size`` that computed them).
+    ``device_map`` ("auto", ...; ``load_vlm``) splits each model over this node's devices instead of ``device``
+    (weights that fit nowhere go to ``out/offload``).
     """
     check_int("batch_size", batch_size, minimum=1)
     scorer = Scoring(scoring, box_frame)
@@ -319,6 +329,9 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
         check_choice("positions", positions, ("keep", "reindex"))
     launch = Launch.from_env()
     device = check_device(launch.device(device))
+    if check_device_map(device_map) is not None and launch.local_world_size > 1:
+        raise ValueError(f"device_map={device_map!r} splits one model over all of a node's GPUs: launch one process "
+                         f"per node (torchrun --nproc_per_node 1), not LOCAL_WORLD_SIZE={launch.local_world_size}")
     check_choice("dtype", dtype, DTYPES)
     if check_number("dist_timeout", dist_timeout) <= 0:
         raise ValueError(f"dist_timeout={dist_timeout!r}: must be a number of seconds > 0")
@@ -338,19 +351,19 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
                 print(f"note: another run into out={str(out)!r} is live (host {other['host']}, pid {other['pid']}, "
                       f"{other.get('world_size', 1)} process(es)); the runs share its batches, none is computed "
                       "twice, and each writes the same results table", file=sys.stderr)
-            return _run(launch, models, settings, data, out, batch_size, device, dtype, mode, positions, seed,
-                        prompts, progress, scorer)
+            load = partial(load_eval_model, device=device, dtype=dtype, prompts=prompts, device_map=device_map,
+                           offload_folder=out / "offload")
+            return _run(launch, [m if isinstance(m, EvalModel) else load(m) for m in models], settings, data, out,
+                        batch_size, mode, positions, seed, progress, scorer)
 
 
-def _run(launch: Launch, models, settings: list[MethodSetting], data: dict[str, list[EvalSample]], out: Path,
-         batch_size: int, device: str, dtype: str, mode: str, positions: str | None, seed: int,
-         prompts: dict[str, str] | None, progress: bool, scorer: Scoring) -> pd.DataFrame:
+def _run(launch: Launch, models: list[EvalModel], settings: list[MethodSetting], data: dict[str, list[EvalSample]],
+         out: Path, batch_size: int, mode: str, positions: str | None, seed: int, progress: bool,
+         scorer: Scoring) -> pd.DataFrame:
     """``run_grid`` once its arguments are checked: this rank's share of the batches first, then the
     rest; the table written by rank 0."""
     jobs: dict[Path, tuple] = {}
-    for model_spec in models:
-        em = model_spec if isinstance(model_spec, EvalModel) else load_eval_model(model_spec, device, dtype,
-                                                                                   prompts=prompts)
+    for em in models:
         check_fits(em, settings, data)
         model_dir = out / "parts" / f"{_slug(em.name)}-{model_fingerprint(em)}"
         device_used, dtype_used = _device_dtype(em)
