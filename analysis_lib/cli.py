@@ -96,6 +96,10 @@ def eval_command(args: argparse.Namespace) -> None:
 
 def reproduce_command(args: argparse.Namespace) -> None:
     from .notebooks.batch import NotebookFailed, run_batch
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise ValueError(f"reproduce runs in one process (WORLD_SIZE={os.environ['WORLD_SIZE']}): its notebooks would "
+                         "run once per rank; run it without torchrun (torchrun scales out `eval` grids: README, "
+                         "'Scaling out')")
     try:
         run_batch(args.profile, only=args.only, root=args.root, skip_up_to_date=args.skip_up_to_date,
                   threads=args.threads, update_committed=args.update_committed)

@@ -143,3 +143,10 @@ def test_a_second_run_into_one_folder_is_told_it_shares_the_batches(model, tmp_p
     assert f"note: another run into out={str(tmp_path)!r} is live (host {parts.HOST}, pid {os.getpid()}, 16 " \
         "process(es)); the runs share its batches" in capsys.readouterr().err
     assert not list((tmp_path / "running").iterdir())
+
+
+def test_reproduce_under_torchrun_is_refused_before_any_notebook_runs(monkeypatch, capsys):
+    from analysis_lib.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["reproduce", "--profile", "ci"]) == 2
+    assert "reproduce runs in one process (WORLD_SIZE=2)" in capsys.readouterr().err
