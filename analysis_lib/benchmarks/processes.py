@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..evaluation.runner import VARYING_COLUMNS
+from . import markdown_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,17 +51,15 @@ def run(model: str, samples: int, repeats: int) -> list[dict]:
                 tables[processes] = table.drop(columns=list(VARYING_COLUMNS))
     base = statistics.median(times[1])
     rows = 2 * samples
-    return [{"processes": p, "median_s": statistics.median(t), "samples_per_s": rows / statistics.median(t),
+    return [{"processes": p, "median_s": statistics.median(t), "rows_per_s": rows / statistics.median(t),
              "speedup": base / statistics.median(t), "identical": tables[p].equals(tables[1])}
             for p, t in times.items()]
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| processes | median (s) | rows/s | vs 1 process | identical rows |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['processes']} | {r['median_s']:.1f} | {r['samples_per_s']:.1f} | {r['speedup']:.2f}× | "
-                     f"{'yes' if r['identical'] else 'NO'} |")
-    return "\n".join(lines)
+    return markdown_table(["processes", "median (s)", "rows/s", "vs 1 process", "identical rows"],
+                          [[str(r["processes"]), f"{r['median_s']:.1f}", f"{r['rows_per_s']:.1f}",
+                            f"{r['speedup']:.2f}×", "yes" if r["identical"] else "NO"] for r in rows])
 
 
 def main(argv: list[str] | None = None) -> None:
