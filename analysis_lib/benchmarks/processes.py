@@ -52,14 +52,22 @@ def run(model: str, samples: int, repeats: int) -> list[dict]:
     base = statistics.median(times[1])
     rows = 2 * samples
     return [{"processes": p, "median_s": statistics.median(t), "rows_per_s": rows / statistics.median(t),
-             "speedup": base / statistics.median(t), "identical": tables[p].equals(tables[1])}
+             "speedup": base / statistics.median(t), "differing": _differing(tables[p], tables[1])}
             for p, t in times.items()]
+
+
+def _differing(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    """The columns whose values (or dtypes) differ; [] when the tables are identical."""
+    if a.shape != b.shape or list(a.columns) != list(b.columns):
+        return ["shape or columns"]
+    return [c for c in a.columns if not a[c].equals(b[c]) or a[c].dtype != b[c].dtype]
 
 
 def format_table(rows: list[dict]) -> str:
     return markdown_table(["processes", "median (s)", "rows/s", "vs 1 process", "identical rows"],
                           [[str(r["processes"]), f"{r['median_s']:.1f}", f"{r['rows_per_s']:.1f}",
-                            f"{r['speedup']:.2f}×", "yes" if r["identical"] else "NO"] for r in rows])
+                            f"{r['speedup']:.2f}×", "NO: " + ", ".join(r["differing"]) if r["differing"] else "yes"]
+                           for r in rows])
 
 
 def main(argv: list[str] | None = None) -> None:
