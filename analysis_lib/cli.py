@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from .flops import FFN_MATRICES, PRESETS, preset_or_config, schedule_flops
@@ -96,7 +97,9 @@ def eval_command(args: argparse.Namespace) -> None:
     results = run_grid(args.model, args.methods, args.dataset, args.out, batch_size=args.batch_size, limit=args.limit,
                        split=args.split, device=args.device, dtype=args.dtype, mode=args.mode,
                        positions=args.positions, seed=args.seed, prompts=prompts, scoring=args.scoring,
-                       box_frame=args.box_frame)
+                       box_frame=args.box_frame, dist_timeout=args.dist_timeout, device_map=args.device_map)
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 of a torchrun launch prints the summary
     summary = summarize(results)
     print(summary.to_string(index=False))
     print(f"rows: {args.out}/results.parquet (and .csv); re-running the same command resumes")
@@ -104,6 +107,10 @@ def eval_command(args: argparse.Namespace) -> None:
 
 def reproduce_command(args: argparse.Namespace) -> None:
     from .notebooks.batch import NotebookFailed, run_batch
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise ValueError(f"reproduce runs in one process (WORLD_SIZE={os.environ['WORLD_SIZE']}): its notebooks would "
+                         "run once per rank; run it without torchrun (torchrun scales out `eval` grids: README, "
+                         "'Scaling out')")
     try:
         run_batch(args.profile, only=args.only, root=args.root, skip_up_to_date=args.skip_up_to_date,
                   threads=args.threads, update_committed=args.update_committed)
@@ -148,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                    "lmms-eval (lmms-eval 0.7.3's functions; pip install -e \".[lmms]\") or lenient")
     p.add_argument("--box-frame", default=None, help="padded or image: what decimal boxes are fractions of "
                    "(default: the model family's; LLaVA-1.5 padded)")
+    p.add_argument("--device-map", default=None, help="auto (or balanced, sequential): split each model over this "
+                   "node's GPUs, offloading what does not fit to CPU memory (needs accelerate); replaces --device")
+    p.add_argument("--dist-timeout", type=float, default=600.0, help="under torchrun: seconds to wait for the "
+                   "rendezvous and for every node to see --out (default 600)")
     p.set_defaults(fn=eval_command)
     p = sub.add_parser("reproduce", help="run every notebook with papermill (default: the embedded model on CPU)")
     p.add_argument("--profile", default="default", help="notebooks/profiles/<name>.yaml or a YAML path "
@@ -167,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        if os.environ.get("LOCAL_RANK", "0") == "0" or str(err).startswith("rank "):
+            print(f"error: {err}", file=sys.stderr)  # under torchrun once per node, unless only this rank failed
         return 2
     return 0

@@ -7,7 +7,7 @@ the ``SlotView`` of the layer they are at, so attention rows always map back to 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -31,6 +31,13 @@ class SlotView:
     @property
     def length(self) -> int:
         return int(self.index.shape[1])
+
+    def to(self, device: torch.device) -> SlotView:
+        """This view on ``device`` (itself if already there): layers of a dispatched model may live on
+        several devices."""
+        if self.index.device == device:
+            return self
+        return SlotView(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 @dataclass

@@ -17,6 +17,7 @@ import time
 import torch
 
 from ..evaluation.datasets import load_dataset
+from . import markdown_table
 from ..evaluation.runner import MethodSetting, evaluate_batch, load_eval_model
 from ..training import RECIPES, build_model, build_processor, build_tokenizer, save_pretrained
 
@@ -57,11 +58,9 @@ def run(model_dir: str | None, samples: int, repeats: int, methods: tuple[str, .
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| method | batch size | median (s) | samples/s | vs batch 1 | identical rows |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['batch_size']} | {r['median_s']:.2f} | {r['samples_per_s']:.1f} | "
-                     f"{r['speedup']:.2f}× | {'yes' if r['identical'] else 'NO'} |")
-    return "\n".join(lines)
+    return markdown_table(["method", "batch size", "median (s)", "samples/s", "vs batch 1", "identical rows"],
+                          [[r["method"], str(r["batch_size"]), f"{r['median_s']:.2f}", f"{r['samples_per_s']:.1f}",
+                            f"{r['speedup']:.2f}×", "yes" if r["identical"] else "NO"] for r in rows])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,8 @@ import socket
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -134,6 +135,30 @@ def claim(part: Path) -> bool:
 
 def release(part: Path) -> None:
     part.with_name(part.name + ".claim").unlink(missing_ok=True)
+
+
+@contextmanager
+def registered(out: Path, world_size: int = 1) -> Iterator[list[dict]]:
+    """Record this run (a process or a torchrun launch, by its rank 0) under ``out/running/`` while it lasts;
+    yields the other live runs into ``out``, whose batches it shares rather than computing them twice."""
+    folder = out / "running"
+    folder.mkdir(parents=True, exist_ok=True)
+    others = []
+    for path in folder.glob("*.json"):
+        try:
+            owner = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            others.append(owner)
+        else:
+            path.unlink(missing_ok=True)
+    mine = folder / f"{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+    mine.write_text(json.dumps({**_owner(), "world_size": world_size}))
+    try:
+        yield others
+    finally:
+        mine.unlink(missing_ok=True)
 
 
 # ---- reading and writing ------------------------------------------------------------------------------

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +31,21 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..adapters import ModelAdapter
 from ..flops import LMDims, schedule_flops
-from ..loading import DTYPES, load_vlm
+from ..loading import DTYPES, check_device_map, load_vlm
 from ..pruning import PruneRecord, PruningEngine, get_method
 from ..pruning.schedule import Schedule
-from ..validation import check_choice, check_device, check_int, check_output_folder
+from ..validation import check_choice, check_device, check_int, check_number, check_output_folder
 from .datasets import EvalSample, load_dataset
-from .parts import code_digest, digest, gather, sample_digest, stable_form, write_atomic
+from .launch import Launch, check_shared, joined
+from .parts import code_digest, digest, gather, registered, sample_digest, stable_form, write_atomic
 from .prompts import PromptStyle, check_templates, style_for
 from .scoring import Scoring, benchmark_family, frame_of
 
 NO_PRUNING = "none"
 TIMING_COLUMNS = ("batch_prefill_ms", "batch_decode_ms_per_token", "batch_total_ms")
+#: which process computed a row: like the timings, not part of a part's key nor of what must be reproduced
+LAUNCH_COLUMNS = ("rank", "world_size")
+VARYING_COLUMNS = TIMING_COLUMNS + LAUNCH_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -87,9 +93,11 @@ class EvalModel:
 
 
 def load_eval_model(name_or_path: str, device: str = "cpu", dtype: str = "float32",
-                    attn_implementation: str = "sdpa", prompts: dict[str, str] | None = None) -> EvalModel:
+                    attn_implementation: str = "sdpa", prompts: dict[str, str] | None = None,
+                    device_map: str | dict | None = None, offload_folder: str | Path | None = None) -> EvalModel:
     """``load_vlm`` plus the prompt style of the family (the embedded style for this repo's checkpoints)."""
-    model, processor, adapter = load_vlm(name_or_path, device, dtype, attn_implementation)
+    model, processor, adapter = load_vlm(name_or_path, device, dtype, attn_implementation, device_map=device_map,
+                                         offload_folder=offload_folder)
     style = style_for(model.config.model_type, name_or_path if Path(name_or_path).is_dir() else None)
     return EvalModel(str(name_or_path), model, processor, adapter, style.with_templates(prompts or {}))
 
@@ -256,8 +264,13 @@ def model_fingerprint(em: EvalModel) -> str:
 
 
 def _device_dtype(em: EvalModel) -> tuple[str, str]:
+    """The device types ("cuda", not "cuda:1": every rank of a launch shares the parts; "cuda+cpu+disk"
+    for a model dispatched by a device_map) and the dtype."""
     parameter = next(em.model.parameters())
-    return str(parameter.device), str(parameter.dtype).removeprefix("torch.")
+    placed = getattr(em.model, "hf_device_map", None) or {"": parameter.device.type}
+    types = dict.fromkeys("cuda" if isinstance(d, int) else torch.device(d).type if d != "disk" else d
+                          for d in placed.values())
+    return "+".join(types), str(parameter.dtype).removeprefix("torch.")
 
 
 def setting_fingerprint(setting: MethodSetting, mode: str, positions: str | None, seed: int,
@@ -293,7 +306,8 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
              out: str | Path, batch_size: int = 8, limit: int | None = None, split: str | None = None,
              device: str = "cpu", dtype: str = "float32", mode: str = "remove", positions: str | None = None,
              seed: int = 0, prompts: dict[str, str] | None = None, progress: bool = True,
-             scoring: str = "official", box_frame: str | None = None) -> pd.DataFrame:
+             scoring: str = "official", box_frame: str | None = None, dist_timeout: float = 600.0,
+             device_map: str | dict | None = None) -> pd.DataFrame:
     """Evaluate every model × method setting × dataset; returns (and writes to ``out``) all rows.
 
     ``datasets``: specs for ``load_dataset`` ("synthetic", "pope", a .jsonl or a folder) or (name, samples)
@@ -302,14 +316,27 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
     before any model is loaded, and every schedule against the model before any batch runs; finished
     batches are kept on disk (``parts.py``) and reused only while everything that determines their rows
     is unchanged. Several runs into one ``out`` share the batches instead of computing them twice.
+
+    Under torchrun or accelerate launch each rank computes every WORLD_SIZE-th batch first, then helps
+    with the rest; rank 0 writes the table once every part exists (``launch.py``). ``dist_timeout``:
+    seconds to wait for the rendezvous and for every rank to see ``out``. Rows equal a single process's
+    except ``VARYING_COLUMNS`` (timings, and the ``rank`` and ``world_size`` that computed them).
+    ``device_map`` ("auto", ...; ``load_vlm``) splits each model over this node's devices instead of ``device``
+    (weights that fit nowhere go to ``out/offload``).
     """
     check_int("batch_size", batch_size, minimum=1)
     scorer = Scoring(scoring, box_frame)
     check_choice("mode", mode, ("remove", "mask"))
     if positions is not None:
         check_choice("positions", positions, ("keep", "reindex"))
-    check_device(device)
+    launch = Launch.from_env()
+    device = check_device(launch.device(device))
+    if check_device_map(device_map) is not None and launch.local_world_size > 1:
+        raise ValueError(f"device_map={device_map!r} splits one model over all of a node's GPUs: launch one process "
+                         f"per node (torchrun --nproc_per_node 1), not LOCAL_WORLD_SIZE={launch.local_world_size}")
     check_choice("dtype", dtype, DTYPES)
+    if check_number("dist_timeout", dist_timeout) <= 0:
+        raise ValueError(f"dist_timeout={dist_timeout!r}: must be a number of seconds > 0")
     out = check_output_folder(out)
     settings = [m if isinstance(m, MethodSetting) else MethodSetting.parse(m) for m in methods]
     for s in settings:
@@ -318,16 +345,33 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
         check_templates(prompts)
     data = dict(d if isinstance(d, tuple) else (d, load_dataset(d, split=split, limit=limit, seed=seed))
                 for d in datasets)
+    launch.check_batches(len(models) * len(settings) * sum(-(-len(x) // batch_size) for x in data.values()))
+    with joined(launch, device, dist_timeout):
+        check_shared(launch, out, dist_timeout)
+        with registered(out, launch.world_size) if launch.rank == 0 else nullcontext([]) as others:
+            for other in others:
+                print(f"note: another run into out={str(out)!r} is live (host {other['host']}, pid {other['pid']}, "
+                      f"{other.get('world_size', 1)} process(es)); the runs share its batches, none is computed "
+                      "twice, and each writes the same results table", file=sys.stderr)
+            load = partial(load_eval_model, device=device, dtype=dtype, prompts=prompts, device_map=device_map,
+                           offload_folder=out / "offload")
+            return _run(launch, [m if isinstance(m, EvalModel) else load(m) for m in models], settings, data, out,
+                        batch_size, mode, positions, seed, progress, scorer)
+
+
+def _run(launch: Launch, models: list[EvalModel], settings: list[MethodSetting], data: dict[str, list[EvalSample]],
+         out: Path, batch_size: int, mode: str, positions: str | None, seed: int, progress: bool,
+         scorer: Scoring) -> pd.DataFrame:
+    """``run_grid`` once its arguments are checked: this rank's share of the batches first, then the
+    rest; the table written by rank 0."""
     jobs: dict[Path, tuple] = {}
-    for model_spec in models:
-        em = model_spec if isinstance(model_spec, EvalModel) else load_eval_model(model_spec, device, dtype,
-                                                                                   prompts=prompts)
+    for em in models:
         check_fits(em, settings, data)
         model_dir = out / "parts" / f"{_slug(em.name)}-{model_fingerprint(em)}"
         device_used, dtype_used = _device_dtype(em)
         common = {"model": em.name, "prompt_style": em.style.name, "mode": mode, "batch_size": batch_size,
                   "seed": seed, "device": device_used, "dtype": dtype_used, "library_version": __version__,
-                  "git_commit": git_commit()}
+                  "git_commit": git_commit(), "rank": launch.rank, "world_size": launch.world_size}
         for dataset_name, samples in data.items():
             keys = [sample_digest(x) for x in samples]
             for s in settings:
@@ -338,7 +382,7 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
                     part = folder / f"batch-{index:05d}-{digest(keys[start:start + batch_size])}.parquet"
                     jobs[part] = (em, s, batch, index, {**common, "dataset": dataset_name})
     bar = tqdm(total=len(jobs), initial=sum(p.exists() for p in jobs), desc="evaluation batches",
-               disable=not progress)
+               disable=not progress or launch.rank != 0)
 
     def compute(part: Path) -> pd.DataFrame:
         em, s, batch, index, context = jobs[part]
@@ -351,11 +395,13 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
         return pd.DataFrame([{**context, "method": s.method, "params": json.dumps(s.params, sort_keys=True),
                               "setting": s.label, "positions": used, "batch_index": index, **row} for row in rows])
 
-    frames = gather(jobs, compute)
+    order = launch.order(jobs)
+    finished = dict(zip(order, gather(order, compute)))
     bar.close()
-    results = pd.concat(frames, ignore_index=True)
-    write_atomic(results, out / "results.parquet")
-    write_atomic(results, out / "results.csv")
+    results = pd.concat([finished[part] for part in jobs], ignore_index=True)
+    if launch.rank == 0:
+        write_atomic(results, out / "results.parquet")
+        write_atomic(results, out / "results.csv")
     return results
 
 

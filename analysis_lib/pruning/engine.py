@@ -128,7 +128,7 @@ class PruningEngine:
                 k = Schedule.score_layer(stage, layer, adapter.num_layers)
 
                 def on_text(q, k_proj, call, s=s, k=k, stage=stage):
-                    view = self.tracker.view_at(k - 1)
+                    view = self.tracker.view_at(k - 1).to(q.device)
                     rows = text_visual_rows(q, k_proj, *call.rope, view, adapter, stage.scorer.spec)
                     n_max = max(self.tracker.prompt.layout.counts())
                     self._text_rows[s] = rows_to_visual(rows, view, n_max).mean(dim=1)
@@ -236,13 +236,14 @@ class PruningEngine:
             return args, kwargs
         v = self._stage_for_layer(0)
         view, call = tracker.views[v], tracker.call
-        kv_index, kv_valid, _, q_position = call_slots(view, call, tracker.prompt.length)
         embeddings = lm_call.embeddings
+        kv_index, kv_valid, _, q_position = (t.to(embeddings.device)
+                                             for t in call_slots(view, call, tracker.prompt.length))
         if call.is_prefill:  # the embeddings are unpruned: slot == original position
             source = kv_index.clamp(min=0)
             sequence = self.records[-1].stages[0].sequence
             if sequence is not None:
-                source = _content_positions(source, view, tracker.prompt.layout, sequence)
+                source = _content_positions(source, view.to(embeddings.device), tracker.prompt.layout, sequence)
             embeddings = _gather_slots(embeddings, source)
         self.adapter.rewrite_language_model_call(lm_call, embeddings, kv_valid.long(), q_position)
         return args, kwargs
@@ -274,11 +275,13 @@ class PruningEngine:
             v = self._stage_for_layer(layer)
             prev = self._view_index(layer - 1) if layer > 0 else v
             view, call = tracker.views[v], tracker.call
-            kv_index, kv_valid, q_index, q_position = call_slots(view, call, tracker.prompt.length)
             layer_call = adapter.decoder_layer_call(args, kwargs)
             hidden = layer_call.hidden
+            # the masks and indices go where the hidden states are (each layer's device under a device_map)
+            kv_index, kv_valid, q_index, q_position = (t.to(hidden.device) for t in
+                                                       call_slots(view, call, tracker.prompt.length))
             if self.mode == "remove" and call.is_prefill and v != prev:
-                hidden = _gather_slots(hidden, self._source_slots(prev, kv_index))
+                hidden = _gather_slots(hidden, self._source_slots(prev, kv_index).to(hidden.device))
             mask = slot_mask(kv_index, kv_valid, q_index, adapter.attn_implementation, hidden.dtype)
             return adapter.layer_inputs(layer_call, hidden, mask, q_position)
 
@@ -293,7 +296,8 @@ class PruningEngine:
             view = self.tracker.views[0 if self._probing else self._view_index(layer)]
             counts = torch.tensor([0, *self.tracker.prompt.layout.counts()]).cumsum(0)
             features = self._injections[layer]
-            return self.adapter.map_layer_output(output, lambda h: _add_at_visual_slots(h, view, features, counts))
+            return self.adapter.map_layer_output(
+                output, lambda h: _add_at_visual_slots(h, view.to(h.device), features, counts))
 
         return hook
 
@@ -301,6 +305,7 @@ class PruningEngine:
         """For each slot of the new view (plus tail), its slot in the previous view's sequence."""
         prompt = self.tracker.prompt
         old = self.tracker.views[prev]
+        kv_index = kv_index.to(old.index.device)
         slot_of = torch.full((old.index.shape[0], prompt.length), 0, dtype=torch.long, device=old.index.device)
         present = old.index >= 0
         rows = torch.arange(old.index.shape[0], device=old.index.device)[:, None].expand_as(old.index)

@@ -1,0 +1,123 @@
+"""The processes of one evaluation launch: a single process, or the ranks of ``torchrun`` /
+``accelerate launch`` (both set RANK, WORLD_SIZE and LOCAL_RANK).
+
+The ranks share the grid's batches through the claims of ``parts.py``; torch.distributed (gloo on CPU,
+NCCL on GPUs) is used only to start together, to check that every node sees the same ``--out`` and to
+wait for the results table, so a rank that finishes early helps the others instead of idling.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .parts import HOST
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in the launch (rank 0 of 1 outside torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Launch:
+        """Read RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE as torchrun and accelerate launch set them."""
+        values = {}
+        for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1)):
+            text = env.get(name, str(default))
+            if not text.isdigit():
+                raise ValueError(f"environment variable {name}={text!r}: must be an integer >= 0 (set by torchrun)")
+            values[name] = int(text)
+        if values["WORLD_SIZE"] < 1 or values["RANK"] >= values["WORLD_SIZE"]:
+            raise ValueError(f"environment variables RANK={values['RANK']} and WORLD_SIZE={values['WORLD_SIZE']}: "
+                             "need 0 <= RANK < WORLD_SIZE")
+        return cls(*values.values())
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def device(self, device: str) -> str:
+        """Each rank of a GPU launch on its own GPU: "cuda" means cuda:LOCAL_RANK."""
+        return f"cuda:{self.local_rank}" if self.distributed and device == "cuda" else device
+
+    def order(self, parts: Sequence) -> list:
+        """Every part, this rank's share first (every world_size-th batch from its rank on), then the
+        others' shares, which it reads, waits for or helps with."""
+        parts = list(parts)
+        mine = parts[self.rank::self.world_size]
+        return mine + [p for i, p in enumerate(parts) if i % self.world_size != self.rank]
+
+    def check_batches(self, batches: int) -> None:
+        if batches < self.world_size:
+            raise ValueError(f"WORLD_SIZE={self.world_size} processes but the grid has only {batches} batch(es): "
+                             f"launch at most {batches} (torchrun --nproc_per_node × --nnodes) or lower --batch-size")
+
+
+@contextmanager
+def joined(launch: Launch, device: str, timeout: float) -> Iterator[None]:
+    """The process group around a distributed run: joined on entry, left on exit (after a barrier, so
+    no rank returns before rank 0 has written the results table, when the run succeeded)."""
+    if not launch.distributed:
+        yield
+        return
+    _start(launch, device, timeout)
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _start(launch: Launch, device: str, timeout: float) -> None:
+    """Join the process group (NCCL for CUDA, else gloo) within ``timeout`` seconds; one clear error if
+    the rendezvous cannot be reached or not every rank arrives."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(torch.device(device))
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    try:
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
+        dist.barrier()
+    except (RuntimeError, ValueError, TimeoutError) as err:  # torch's DistError subclasses RuntimeError
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"rank {launch.rank} on {HOST}: the rendezvous at {where} did not complete within "
+                         f"dist_timeout={timeout:g} s ({first}); start every node with the same torchrun command "
+                         "and --rdzv-endpoint, and check that the port is open") from None
+
+
+def check_shared(launch: Launch, out: Path, timeout: float) -> None:
+    """Every rank must see a file rank 0 writes under ``out``: a folder local to each node would lose the
+    other nodes' batches. One error on every rank names the ranks that did not see it."""
+    if not launch.distributed:
+        return
+    token = [secrets.token_hex(8) if launch.rank == 0 else None]
+    dist.broadcast_object_list(token, src=0)
+    marker = out / f".launch-{token[0]}"
+    if launch.rank == 0:
+        marker.write_text(HOST)
+    wait = timeout / 2  # the all_gather below must not time out while a rank still looks
+    deadline = time.monotonic() + wait
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen: list = [None] * launch.world_size
+    dist.all_gather_object(seen, (marker.exists(), HOST))
+    if launch.rank == 0:
+        marker.unlink()
+    blind = [f"{rank} ({host})" for rank, (ok, host) in enumerate(seen) if not ok]
+    if blind:
+        raise ValueError(f"out={str(out)!r} is not shared by all nodes: rank(s) {', '.join(blind)} did not see the "
+                         f"file rank 0 wrote there within {wait:g} s (half dist_timeout); give --out a folder every node mounts "
+                         "(e.g. NFS) at the same path")

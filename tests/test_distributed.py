@@ -1,0 +1,152 @@
+"""The eval CLI under torchrun (gloo, CPU processes): the same rows as one process, split over the ranks,
+resumable, and one clear error for each bad launch."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis_lib.evaluation.launch import Launch
+from analysis_lib.evaluation.runner import VARYING_COLUMNS, run_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _eval_args(checkpoint, out, limit=16):
+    return ["-m", "analysis_lib", "eval", "--model", str(checkpoint), "--methods", "none", "random:R=0.5",
+            "--dataset", "synthetic", "--limit", str(limit), "--batch-size", "1", "--out", str(out)]
+
+
+def _torchrun(nproc: int, args: list[str], **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                             str(nproc), *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def _alone(checkpoint, out, limit=16):
+    return run_grid([str(checkpoint)], ["none", "random:R=0.5"], ["synthetic"], out, batch_size=1, limit=limit,
+                    progress=False)
+
+
+def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    stable = [c for c in a.columns if c not in VARYING_COLUMNS]
+    pd.testing.assert_frame_equal(a[stable], b[stable])
+
+
+def test_two_ranks_under_torchrun_write_the_rows_of_one_process(checkpoint, tmp_path):
+    run = _torchrun(2, _eval_args(checkpoint, tmp_path / "two"))
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-3000:]
+    assert stdout.count("rows: ") == 1, "rank 0 alone prints the summary"
+    two = pd.read_parquet(tmp_path / "two" / "results.parquet")
+    alone = _alone(checkpoint, tmp_path / "alone")
+    _same_rows(two, alone)
+    assert set(two.world_size) == {2} and set(two["rank"]) == {0, 1}, "both ranks computed batches"
+    assert set(alone.world_size) == {1} and set(alone["rank"]) == {0}
+    assert not list((tmp_path / "two").rglob("*.claim")) and not list((tmp_path / "two").rglob("*.tmp"))
+    assert not list((tmp_path / "two").glob(".launch-*")) and not list((tmp_path / "two" / "running").iterdir())
+
+
+def test_a_killed_launch_relaunched_keeps_every_finished_batch(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    run = _torchrun(2, _eval_args(checkpoint, out, limit=24), start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(list(out.rglob("batch-*.parquet"))) < 6 and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the agent and both ranks, mid-grid
+    run.wait()
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("batch-*.parquet")}
+    assert 6 <= len(kept) < 48, "killed mid-grid"
+    again = _torchrun(2, _eval_args(checkpoint, out, limit=24))
+    _, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr[-3000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "finished batches are not recomputed"
+    assert len(list(out.rglob("batch-*.parquet"))) == 48
+    _same_rows(pd.read_parquet(out / "results.parquet"), _alone(checkpoint, tmp_path / "alone", limit=24))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, port: int, args: list[str], cwd: Path) -> subprocess.Popen:
+    """One rank started by hand as torchrun would start it on its own node (LOCAL_RANK 0)."""
+    env = {**ENV, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_rank_that_cannot_reach_the_rendezvous_stops_with_one_clear_error(checkpoint, tmp_path):
+    port = _free_port()  # nobody listens there: rank 0 never started
+    start = time.monotonic()
+    run = _rank(1, port, [*_eval_args(checkpoint, tmp_path / "out"), "--dist-timeout", "3"], ROOT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 2
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]] and f"rank 1 on {socket.gethostname()}: the rendezvous at 127.0.0.1:{port} did " \
+        "not complete within dist_timeout=3 s" in errors[0], stderr[-2000:]
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "out" / "results.parquet").exists()
+
+
+def test_an_out_folder_not_shared_by_the_nodes_is_refused(checkpoint, tmp_path):
+    port = _free_port()
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    args = [*_eval_args(checkpoint, "shared-out"), "--dist-timeout", "5"]  # relative: each node's own disk
+    runs = [_rank(rank, port, args, node) for rank, node in enumerate(nodes)]
+    results = [run.communicate(timeout=180) for run in runs]
+    assert [run.returncode for run in runs] == [2, 2], [err[-2000:] for _, err in results]
+    for _, stderr in results:
+        assert "error: out='shared-out' is not shared by all nodes: rank(s) 1 " in stderr, stderr[-2000:]
+    assert not list(nodes[0].rglob("batch-*.parquet")), "nothing computed into a folder a node cannot see"
+
+
+def test_more_ranks_than_batches_is_refused_before_loading(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "5")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match=r"WORLD_SIZE=5 processes but the grid has only 4 batch\(es\): launch at "
+                                         r"most 4 .* or lower --batch-size"):
+        run_grid([str(checkpoint)], ["none"], ["synthetic"], tmp_path, batch_size=1, limit=4, progress=False)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "x"}, "RANK='x': must be an integer"),
+    ({"RANK": "2", "WORLD_SIZE": "2"}, "need 0 <= RANK < WORLD_SIZE"),
+])
+def test_bad_launch_variables_name_the_variable(env, message):
+    with pytest.raises(ValueError, match=message):
+        Launch.from_env(env)
+
+
+def test_each_rank_starts_with_its_own_share_then_the_others():
+    parts = list(range(7))
+    assert Launch(1, 3).order(parts) == [1, 4, 0, 2, 3, 5, 6]
+    assert Launch().order(parts) == parts
+    assert Launch(1, 2, 1).device("cuda") == "cuda:1" and Launch().device("cuda") == "cuda"
+
+
+def test_a_second_run_into_one_folder_is_told_it_shares_the_batches(model, tmp_path, capsys):
+    from analysis_lib.evaluation import parts
+    with parts.registered(tmp_path, world_size=16):
+        run_grid([model], ["none"], ["synthetic"], tmp_path, batch_size=2, limit=2, progress=False)
+    assert f"note: another run into out={str(tmp_path)!r} is live (host {parts.HOST}, pid {os.getpid()}, 16 " \
+        "process(es)); the runs share its batches" in capsys.readouterr().err
+    assert not list((tmp_path / "running").iterdir())
+
+
+def test_reproduce_under_torchrun_is_refused_before_any_notebook_runs(monkeypatch, capsys):
+    from analysis_lib.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["reproduce", "--profile", "ci"]) == 2
+    assert "reproduce runs in one process (WORLD_SIZE=2)" in capsys.readouterr().err
