@@ -3,7 +3,8 @@
 - A proportion (every score 0 or 1, one task): the Wilson score interval.
 - A mean of bounded scores that are not all 0/1 (VQA accuracy), or an unweighted mean of several tasks'
   accuracies ("other tasks"): a percentile bootstrap over samples, resampled within each task (stratum),
-  so every task keeps its own sample count.
+  so every task keeps its own sample count. A percentile interval is widened to contain its point estimate
+  when floating-point sums put the estimate a hair outside it.
 - A difference between two settings on the same samples: a paired bootstrap over samples (a resampled
   sample brings its score under both settings), stratified the same way.
 The generator is seeded with ``SEED`` on every call, so a re-run gives byte-identical intervals.
@@ -83,7 +84,7 @@ def mean_interval(scores: Sequence[float], strata: Sequence | None = None) -> In
         low, high = wilson(values.sum(), len(values))
         return Interval(point, low, high, len(values), "wilson")
     low, high = np.quantile(_boot([values], groups), [0.025, 0.975])
-    return Interval(point, float(low), float(high), len(values), "bootstrap")
+    return Interval(point, min(float(low), point), max(float(high), point), len(values), "bootstrap")
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], strata: Sequence | None = None) -> Interval:
@@ -96,7 +97,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float], strata: Sequence |
         return Interval(math.nan, math.nan, math.nan, 0, "none")
     groups = _strata(first, strata)
     low, high = np.quantile(_boot([first, second], groups), [0.025, 0.975])
-    return Interval(_point([first, second], groups), float(low), float(high), len(first), "paired bootstrap")
+    point = _point([first, second], groups)
+    return Interval(point, min(float(low), point), max(float(high), point), len(first), "paired bootstrap")
 
 
 def describe(interval: Interval, signed: bool = True) -> str:
