@@ -43,7 +43,7 @@ def draw_intervals(ax: plt.Axes, x, table: pd.DataFrame, column: str = "accuracy
     """``table[column]`` against ``x`` as a line with markers and the 95% interval (``ci_low``/``ci_high``)
     as error bars."""
     y = table[column].to_numpy(dtype=float)
-    yerr = [y - table.ci_low.to_numpy(dtype=float), table.ci_high.to_numpy(dtype=float) - y]
+    yerr = np.clip([y - table.ci_low.to_numpy(dtype=float), table.ci_high.to_numpy(dtype=float) - y], 0, None)
     ax.errorbar(x, y, yerr=yerr, capsize=2, elinewidth=0.7, **style)
 
 

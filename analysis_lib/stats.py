@@ -44,7 +44,7 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return min(float(centre - half), p), max(float(centre + half), p)  # exact 0 / 1 at p = 0 / 1
 
 
 def _strata(scores: np.ndarray, strata: Sequence | None) -> list[np.ndarray]:

@@ -254,7 +254,7 @@ def leakage_figure(table: pd.DataFrame, paper_layer: int, R: float, paper_depth:
     x = np.arange(len(table))
     for i, condition in enumerate(names):
         values = table[condition].to_numpy(dtype=float)
-        errors = [values - table[f"{condition}_ci_low"], table[f"{condition}_ci_high"] - values]
+        errors = np.clip([values - table[f"{condition}_ci_low"], table[f"{condition}_ci_high"] - values], 0, None)
         ax.bar(x + (i - 1.5) * width, values, width, color=colours[condition], label=names[condition],
                yerr=errors, error_kw={"elinewidth": 0.6, "capsize": 1.5})
     ax.set_xticks(x, table.task_name.tolist(), rotation=30, ha="right")
