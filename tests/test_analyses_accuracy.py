@@ -7,7 +7,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from analysis_lib.analyses import accuracy
+from analysis_lib import stats
+from analysis_lib.analyses import accuracy, study
 from analysis_lib.evaluation import runner
 from analysis_lib.evaluation.datasets import load_dataset
 from analysis_lib.evaluation.runner import load_eval_model
@@ -21,8 +22,9 @@ def rows_of(spec: list[tuple[str, dict, str, list[float]]], relevant: float | No
     out = []
     for arm, coords, task, scores in spec:
         kept = 1.0 if arm == accuracy.UNPRUNED else 0.25
-        out += [{"dataset": dataset, "arm": arm, **coords, "task_name": task, "score": s, "kept_fraction": kept,
-                 "relevant_kept": relevant} for s in scores]
+        out += [{"dataset": dataset, "arm": arm, **coords, "task_name": task, "task": task,
+                 "family": study.family(task), "sample_id": f"{task}-{i}", "score": float(s), "kept_fraction": kept,
+                 "relevant_kept": relevant} for i, s in enumerate(scores)]
     return pd.DataFrame(out)
 
 
@@ -42,17 +44,19 @@ def test_task_accuracy_is_the_mean_score_per_arm_and_task_in_arm_order():
     assert table.arm.unique().tolist() == [accuracy.UNPRUNED, "R=0.5", "R=0.9"]
     row = table[(table.arm == "R=0.5") & (table.task_name == "colour")].iloc[0]
     assert (row.accuracy, row.samples, row.R, row.kept_fraction) == (0.5, 4, 0.5, 0.25)
+    assert (row.ci_low, row.ci_high) == pytest.approx(stats.wilson(2, 4))
     assert math.isnan(table[table.arm == accuracy.UNPRUNED].R.iloc[0])
 
 
 def test_localization_vs_rest_averages_the_other_tasks_unweighted_and_measures_drops():
-    table = accuracy.localization_vs_rest(accuracy.task_accuracy(sweep_rows())).set_index("arm")
-    assert table.loc[accuracy.UNPRUNED, "others"] == 0.5  # (1 + 0) / 2, not (4 + 0) / 5
-    assert table.loc["R=0.9", "others"] == 0.5 and table.loc["R=0.5", "others"] == 0.25
-    assert table.loc["R=0.5", "localization_drop"] == 0.5
-    assert table.loc["R=0.5", "localization_relative_drop"] == 1.0
-    assert table.loc["R=0.5", "others_relative_drop"] == 0.5
-    assert table.loc[accuracy.UNPRUNED, "others_drop"] == 0.0
+    table = accuracy.localization_vs_rest(sweep_rows()).set_index(["arm", "family"])
+    assert table.loc[(accuracy.UNPRUNED, study.OTHER), "accuracy"] == 0.5  # (1 + 0) / 2, not (4 + 0) / 5
+    assert table.loc[("R=0.9", study.OTHER), "accuracy"] == 0.5 and table.loc[("R=0.5", study.OTHER), "accuracy"] == 0.25
+    loc = table.loc[("R=0.5", study.LOCALIZATION)]
+    assert (loc.change, loc.relative_change) == (-0.5, -1.0) and loc.change_ci_low <= -0.5 <= loc.change_ci_high
+    assert table.loc[("R=0.5", study.OTHER), "relative_change"] == -0.5
+    assert math.isnan(table.loc[(accuracy.UNPRUNED, study.OTHER), "change"])  # the reference itself
+    assert (table.ci_low <= table.accuracy).all() and (table.accuracy <= table.ci_high).all()
 
 
 def test_relative_drop_is_undefined_without_an_unpruned_accuracy():
@@ -66,16 +70,15 @@ def test_quartile_table_per_layer_and_quarter():
         coords = {"paper_K": 3, "layer": 1, "q": q}
         spec += [(f"K=3 q={q}", coords, "localization", [float(q == 2)]),
                  (f"K=3 q={q}", coords, "colour", [float(q in (2, 3))])]
-    table = accuracy.quartile_table(accuracy.task_accuracy(rows_of(spec))).set_index("q")
-    assert table.all_tasks.tolist() == [0.0, 1.0, 0.5, 0.0]
-    assert table.localization.tolist() == [0.0, 1.0, 0.0, 0.0]
-    assert (table.paper_K == 3).all() and (table.layer == 1).all()
-    summary = accuracy.where_pruning_hurts_summary(
-        accuracy.localization_vs_rest(accuracy.task_accuracy(sweep_rows())),
-        accuracy.localization_vs_rest(accuracy.task_accuracy(sweep_rows())), table.reset_index(),
-        accuracy.task_accuracy(sweep_rows()))
-    assert "best q2; central quarters (q2, q3) 0.750 against the last one (q4, next to the text) 0.000" in summary
-    assert "localization 0.50 → 0.00 (-100%), other tasks 0.50 → 0.25 (-50%)" in summary
+    table = accuracy.quartile_table(rows_of(spec))
+    by_family = {fam: part.set_index("q") for fam, part in table.groupby("family")}
+    assert by_family[study.ALL].accuracy.tolist() == [0.0, 1.0, 0.5, 0.0]
+    assert by_family[study.LOCALIZATION].accuracy.tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert (table.paper_K == 3).all() and (table.layer == 1).all() and {"ci_low", "ci_high"} <= set(table)
+    sweep = accuracy.localization_vs_rest(sweep_rows())
+    summary = accuracy.where_pruning_hurts_summary(sweep, sweep, table, accuracy.task_accuracy(sweep_rows()))
+    assert "highest q2" in summary
+    assert "localization 0.00 [0.00, 0.66], change -0.50 [" in summary
     assert "one answer moves a task's accuracy by 1.00" in summary
 
 
@@ -94,16 +97,17 @@ def leakage_rows() -> pd.DataFrame:
 
 
 def test_leakage_table_gaps_per_dataset_and_task():
-    table = accuracy.leakage_table(accuracy.task_accuracy(leakage_rows())).set_index("task_name")
-    assert list(table.columns) == ["dataset", "unpruned", "in_llm", "before_llm", "text_only", "transfer", "image_need"]
+    table = accuracy.leakage_table(leakage_rows()).set_index("task_name")
+    assert list(table.columns)[:4] == ["dataset", "unpruned", "unpruned_ci_low", "unpruned_ci_high"]
+    assert {"transfer_ci_low", "image_need_ci_high", "text_only_ci_low"} <= set(table.columns)
     assert table.loc["localization", "transfer"] == 0.25 and table.loc["localization", "image_need"] == 0.75
     assert table.loc["colour", "transfer"] == 0.0 and table.loc["colour", "image_need"] == 0.5
     assert table.loc["pope", "dataset"] == "pope" and table.loc["pope", "image_need"] == 0.5
 
 
 def test_relevance_table_and_correlation():
-    tasks = accuracy.task_accuracy(leakage_rows())
-    table = accuracy.relevance_table(tasks)
+    rows = leakage_rows()
+    table = accuracy.relevance_table(rows)
     assert "pope" not in set(table.task_name)  # no ground-truth relevance outside the synthetic suite
     overall = table[table.task_name == "all tasks"].set_index("arm")
     assert overall.loc["fastv", "accuracy"] == pytest.approx(0.625)
@@ -111,28 +115,24 @@ def test_relevance_table_and_correlation():
     assert r["localization"] == pytest.approx(pd.Series([0.5, 0.5, 0.25]).corr(pd.Series([0.5, 0.25, 0.5])))
     assert r["colour"] == pytest.approx(1.0)  # accuracy 0.75, 0.75, 0.5 against relevant 0.5, 0.5, 0.25
 
-    summary = accuracy.leakage_summary(accuracy.leakage_table(tasks), table)
-    assert "localization +0.25, colour +0.00; mean +0.12, positive on 1 of 2 tasks" in summary
-    assert "pope: unpruned minus text-only accuracy (how much a task needs the image): +0.50." in summary
-    assert ("most relevant kept first: fastv 50% / 0.62, before_llm 50% / 0.50, random 25% / 0.50 (each keeps 25% "
-            "of the visual tokens; unpruned 0.88; text_only 0.25)") in summary
+    summary = accuracy.leakage_summary(accuracy.leakage_table(rows), table, rows)
+    assert "localization +0.25 [" in summary and "colour +0.00 [+0.00, +0.00] (interval contains 0" in summary
+    assert "pope: unpruned minus text-only accuracy (how much a task needs the image): +0.50 [" in summary
+    assert "most relevant kept first: fastv 50% / 0.62 [" in summary and "8 samples per arm" in summary
 
 
 def test_figures_draw_from_the_tables():
-    ratio = accuracy.task_accuracy(sweep_rows())
-    tasks = accuracy.task_accuracy(leakage_rows())
-    for fig in (accuracy.sweep_figure(ratio, "R", "pruning ratio R", "t"),
-                accuracy.leakage_figure(accuracy.leakage_table(tasks), 3, 0.75),
-                accuracy.relevance_figure(accuracy.relevance_table(tasks)),
-                accuracy.relevance_figure(accuracy.relevance_table(tasks[tasks.dataset == "pope"]))):
+    rows = leakage_rows()
+    for fig in (accuracy.sweep_figure(accuracy.localization_vs_rest(sweep_rows()), accuracy.task_accuracy(sweep_rows()),
+                                      "R", "pruning ratio R", "t"),
+                accuracy.leakage_figure(accuracy.leakage_table(rows), 3, 0.75),
+                accuracy.relevance_figure(accuracy.relevance_table(rows)),
+                accuracy.relevance_figure(accuracy.relevance_table(rows[rows.dataset == "pope"]))):
         assert fig.axes
         plt.close(fig)
 
 
-def test_kept_fraction_and_uniform_stride():
-    assert accuracy.kept_fraction("[]", 144) == 1.0
-    assert accuracy.kept_fraction("[72, 36]", 144) == 0.25
-    assert accuracy.kept_fraction("[0]", 144) == 0.0
+def test_uniform_stride():
     assert [accuracy.uniform_stride(R) for R in (0.5, 0.75, 0.9, 0.05)] == [2, 2, 3, 1]
 
 
@@ -173,7 +173,7 @@ def test_evaluate_labels_rows_and_runs_each_setting_once(embedded, tmp_path, mon
     assert (by_arm["fastv"].layer == 1).all() and (by_arm["R=0.75"].R == 0.75).all()
     assert (by_arm["text_only"].kept_fraction == 0).all() and (by_arm["text_only"].relevant_kept.fillna(0) == 0).all()
     assert (by_arm[accuracy.UNPRUNED].kept_fraction == 1).all()
-    kept = [len(json.loads(k)[0]) for k in by_arm["fastv"].kept]
+    kept = [len(k[0]) for k in by_arm["fastv"].kept]
     assert by_arm["fastv"].kept_fraction.tolist() == [k / n for k, n in zip(kept, by_arm["fastv"].n_visual)]
     again = accuracy.evaluate(embedded, [("synthetic", samples)], arms, tmp_path, batch_size=2)
     assert len(calls) == 8  # finished batches reused

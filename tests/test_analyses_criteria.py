@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis_lib import stats
 from analysis_lib.analyses import criteria
 from analysis_lib.evaluation.datasets import load_dataset
 from analysis_lib.evaluation.runner import load_eval_model
@@ -52,6 +53,7 @@ def test_preset_flops_reproduce_feather_table_1():
 def _rows():
     k3, k8 = json.dumps({"K": 3 / 32, "R": 0.75}), json.dumps({"K": 8 / 32, "R": 0.75})
     return pd.DataFrame({
+        "dataset": "synthetic", "group": ["localization", "colour"] * 3,
         "sample_id": ["a", "b", "a", "b", "a", "b"],
         "method": ["none", "none", "fastv", "fastv", "uniform", "uniform"],
         "params": ["{}", "{}", k3, k3, k8, k8],
@@ -67,7 +69,7 @@ def _rows():
 def test_criteria_table_aggregates_per_criterion_layer_and_family():
     preset = pd.DataFrame({"criterion": ["φ_original"], "paper_K": [3], "preset_kept": [182],
                            "preset_flops_reduction": [0.686]})
-    table = criteria.criteria_table(_rows(), 32, preset).set_index(["criterion", "paper_K"])
+    table = criteria.criteria_table(criteria.label_rows(_rows(), 32), preset).set_index(["criterion", "paper_K"])
     assert list(table.index) == [("unpruned", 0), ("φ_original", 3), ("φ_uniform", 8)]
     assert table.accuracy_localization[("φ_original", 3)] == 0.0
     assert table.accuracy_other[("φ_original", 3)] == 1.0
@@ -77,20 +79,17 @@ def test_criteria_table_aggregates_per_criterion_layer_and_family():
     assert table.kept_tokens[("unpruned", 0)] == 144 and table.kept_tokens[("φ_uniform", 8)] == 38
     assert table.flops_reduction[("φ_uniform", 8)] == pytest.approx(0.45)
     assert table.preset_kept[("φ_original", 3)] == 182 and np.isnan(table.preset_kept[("unpruned", 0)])
+    assert table.accuracy_localization_ci_high[("φ_original", 3)] == pytest.approx(stats.wilson(0, 1)[1])
 
 
-def test_summary_names_the_best_criterion_for_localization():
-    table = pd.DataFrame({
-        "criterion": ["unpruned", "φ_original", "φ-R", "φ-R before the LLM"], "paper_K": [0, 3, 3, 3],
-        "accuracy_localization": [0.5, 0.1, 0.3, 0.9], "accuracy_other": [0.6, 0.55, 0.6, 0.6],
-        "relevant_kept_all": [1.0, 0.3, 0.5, 0.5], "relevant_kept_localization": [1.0, 0.2, 0.6, 0.6],
-        "flops_reduction": [0.0, 0.58, 0.58, 0.7], "preset_flops_reduction": [np.nan, 0.686, 0.686, 0.72],
-        "samples": [10, 10, 10, 10]})
-    text = criteria.summary(table)
-    assert "Unpruned: localization accuracy 0.50, other tasks 0.60 (10 samples)" in text
-    assert "φ_original 0.10 / 0.55 / 30% at 58% FLOPs reduction (69% on feather-siglip-llama2-7b)" in text
-    assert "Best for localization: φ-R (0.30)" in text  # Table 2's setting is not a Table 1 criterion
-    assert "most relevant tokens kept on localization: φ-R (60%)" in text
+def test_summary_states_accuracies_and_changes_with_intervals():
+    rows = criteria.label_rows(_rows(), 32)
+    preset = criteria.preset_flops([3, 8], 32, 0.75)
+    text = criteria.summary(criteria.criteria_table(rows, preset), rows)
+    assert "Unpruned: localization accuracy 1.00 [0.21, 1.00], other tasks 1.00 [0.21, 1.00] (2 samples)" in text
+    assert "φ_original 0.00 [0.00, 0.79] / 1.00 [0.21, 1.00] / 40% at 58% FLOPs reduction" in text
+    assert "Localization minus unpruned on the same samples: φ_original -1.00 [-1.00, -1.00]." in text
+    assert "Most relevant tokens kept on localization: φ_uniform (50%)" in text
 
 
 def test_examples_prefer_localization_samples():
@@ -103,8 +102,8 @@ def test_examples_prefer_localization_samples():
 
 def test_kept_cells_map_recorded_indices_to_grid_cells(embedded):
     samples = load_dataset("synthetic", split="test", per_task=1)[:2]
-    rows = _rows().assign(sample_id=[s.sample_id for s in samples] * 3)
-    cells = criteria.kept_cells(embedded, rows, samples, 32)
+    rows = criteria.label_rows(_rows().assign(sample_id=[s.sample_id for s in samples] * 3), 32)
+    cells = criteria.kept_cells(embedded, rows, samples)
     first = cells[(cells.sample_id == samples[0].sample_id) & (cells.criterion == "φ_original")]
     assert sorted(zip(first.row, first.col)) == [(0, 0), (1, 1)]
     last = cells[(cells.sample_id == samples[0].sample_id) & (cells.criterion == "φ_uniform")]

@@ -66,13 +66,17 @@ def test_pruning_accuracy_groups_by_criterion_ratio_and_family():
         "task": ["localization", "exact_match", "localization", "exact_match", "exact_match", "localization"],
         "score": [1.0, 0.0, 0.0, 1.0, 0.0, 1.0],
         "relevant_kept": [1.0, 1.0, 0.5, 0.25, 0.75, 0.1],
-        "flops_reduction": [0.0, 0.0, 0.4, 0.4, 0.4, 0.7]})
-    acc = dispersion.pruning_accuracy(rows).set_index(["criterion", "R", "family"])
+        "flops_reduction": [0.0, 0.0, 0.4, 0.4, 0.4, 0.7],
+        "dataset": "synthetic", "group": ["localization", "colour", "localization", "colour", "colour", "localization"],
+        "sample_id": ["a", "b", "a", "b", "c", "a"], "kept_counts": ["[]"] * 2 + ["[72]"] * 4,
+        "kept": ["[]"] * 6, "n_visual": 144})
+    acc = dispersion.pruning_accuracy(dispersion.pruning_rows(rows)).set_index(["criterion", "R", "family"])
     assert acc.accuracy[("unpruned", 0.0, "localization")] == 1.0
-    assert acc.accuracy[("[CLS]", 0.5, "other")] == pytest.approx(0.5)
-    assert acc.accuracy[("[CLS]", 0.5, "all")] == pytest.approx(1 / 3)
-    assert acc.relevant_kept[("[CLS]", 0.5, "all")] == pytest.approx(0.5)
-    assert acc.samples[("[CLS]", 0.5, "other")] == 2
+    assert acc.accuracy[("[CLS]", 0.5, "other tasks")] == pytest.approx(0.5)
+    assert acc.accuracy[("[CLS]", 0.5, "all tasks")] == pytest.approx(0.25)  # mean of the tasks' 0 and 0.5
+    assert acc.relevant_kept[("[CLS]", 0.5, "all tasks")] == pytest.approx(0.5)
+    assert acc.samples[("[CLS]", 0.5, "other tasks")] == 2
+    assert acc.ci_high[("[CLS]", 0.5, "localization")] == pytest.approx(0.7935, abs=1e-4)  # Wilson, 0 of 1
     assert acc.flops_reduction[("last", 0.9, "localization")] == pytest.approx(0.7)
 
 
@@ -150,11 +154,15 @@ def test_summary_reports_the_numbers():
     stats = pd.DataFrame({"kind": ["[CLS]", "last"], "top_fraction": 0.2, "entropy": [0.5, 0.9],
                           "top_mass": [0.8, 0.3], "peak": [9.0, 2.0], "top_mass_uniform": 0.2})
     layers = pd.DataFrame({"layer": [0, 1], "kind": "received", "top_mass": [0.3, 0.6], "entropy": [0.95, 0.7]})
-    accuracy = pd.DataFrame({"criterion": ["unpruned", "unpruned", "[CLS]", "[CLS]", "[CLS]"],
-                             "R": [0.0, 0.0, 0.5, 0.5, 0.5], "family": ["localization", "other", "localization",
-                                                                       "other", "all"],
-                             "accuracy": [0.4, 0.6, 0.25, 0.5, 0.45], "relevant_kept": [1, 1, 0.3, 0.2, 0.22]})
-    text = dispersion.summary(stats, layers, accuracy)
+    rows = pd.DataFrame([{"dataset": "synthetic", "sample_id": f"{task}{i}", "task": task, "group": task,
+                          "method": method, "params": json.dumps({"K": 0.1, "R": 0.5}) if method != "none" else "{}",
+                          "score": float(score), "relevant_kept": 0.3 if method != "none" else 1.0,
+                          "flops_reduction": 0.4, "kept_counts": "[]", "kept": "[]", "n_visual": 144}
+                         for method, scores in (("none", (1, 0)), ("cls", (0, 0)), ("last", (1, 1)))
+                         for task in ("localization", "colour") for i, score in enumerate(scores * 5)])
+    rows = dispersion.pruning_rows(rows)
+    text = dispersion.summary(stats, layers, dispersion.pruning_accuracy(rows), rows)
     assert "[CLS]: entropy 0.500, top 20% of the tokens hold 80%" in text
     assert "most concentrated is [CLS]" in text and "30%, 60%" in text
-    assert "R=0.5 (localization / other accuracy / relevant tokens kept): [CLS] 0.25 / 0.50 / 22%" in text
+    assert "R=0.5 (localization / other tasks accuracy / relevant tokens kept): [CLS] 0.00 [0.00, 0.28] / 0.00 [" in text
+    assert "last minus [CLS] on localization: +1.00 [+1.00, +1.00]." in text

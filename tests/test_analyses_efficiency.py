@@ -32,7 +32,7 @@ def test_timing_samples_spread_over_the_list():
 def _runs() -> pd.DataFrame:
     rows = []
     for r, (base, fast) in enumerate([(100, 50), (120, 40), (90, 60)]):
-        rows.append({"name": "none", "keep_fraction": 1.0, "setting": "none", "round": r, "prefill_ms": base,
+        rows.append({"name": "unpruned", "keep_fraction": 1.0, "setting": "none", "round": r, "prefill_ms": base,
                      "decode_ms_per_token": 10.0, "kv_cache_mb": 8.0, "peak_memory_mb": math.nan,
                      "flops_reduction": 0.0, "kept_visual": 144.0, "kv_tokens_per_layer": "[10, 10]"})
         rows.append({"name": "fastv", "keep_fraction": 0.5, "setting": "fastv R=0.5", "round": r,
@@ -44,7 +44,7 @@ def _runs() -> pd.DataFrame:
 
 def test_efficiency_table_takes_medians_and_sets_measured_against_predicted():
     table = efficiency.efficiency_table(_runs()).set_index("name")
-    assert table.loc["none", "prefill_ms"] == 100 and table.loc["fastv", "prefill_ms"] == 50
+    assert table.loc["unpruned", "prefill_ms"] == 100 and table.loc["fastv", "prefill_ms"] == 50
     assert table.loc["fastv", "prefill_speedup"] == pytest.approx(2.0)
     assert table.loc["fastv", "predicted_speedup"] == pytest.approx(2.0)
     assert table.loc["fastv", "decode_speedup"] == pytest.approx(10 / 9)
@@ -76,7 +76,7 @@ def test_measure_decodes_exactly_and_sees_the_smaller_later_caches(embedded):
                                                         compare.geometry(em, samples))}
     inputs = prompt_inputs(em, samples)
     length = inputs["input_ids"].shape[1]
-    full = efficiency.measure(em, plan["none"].setting, inputs, new_tokens=5)
+    full = efficiency.measure(em, plan["unpruned"].setting, inputs, new_tokens=5)
     fastv = efficiency.measure(em, plan["fastv"].setting, inputs, new_tokens=5)
     fopru = efficiency.measure(em, plan["fopru"].setting, inputs, new_tokens=5)
     assert full["generated_tokens"] == fastv["generated_tokens"] == 5
@@ -94,7 +94,7 @@ def test_benchmark_runs_round_robin_and_reuses_stored_measurements(embedded, tmp
     em, samples = embedded
     plan = compare.matched_settings(["fopru"], [0.5], compare.geometry(em, samples))
     runs = efficiency.benchmark(em, plan, samples, new_tokens=2, repeats=2, out=tmp_path)
-    assert list(zip(runs.name, runs["round"])) == [("none", 0), ("fopru", 0), ("none", 1), ("fopru", 1)]
+    assert list(zip(runs.name, runs["round"])) == [("unpruned", 0), ("fopru", 0), ("unpruned", 1), ("fopru", 1)]
     assert runs.attrs["source"].startswith("measured now")
     again = efficiency.benchmark(em, plan, samples, new_tokens=2, repeats=2, out=tmp_path)
     assert again.attrs["source"].startswith("loaded from") and again.equals(runs)

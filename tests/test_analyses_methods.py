@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
+from analysis_lib import stats
 from analysis_lib.analyses import methods as compare
 from analysis_lib.evaluation.datasets import load_dataset
 from analysis_lib.evaluation.runner import MethodSetting, load_eval_model
@@ -33,7 +34,7 @@ def test_paper_layers_are_the_registry_defaults_as_fractions_of_depth():
 
 
 def test_single_stage_methods_keep_the_fraction(plan):
-    assert plan["none", 1.0].setting == MethodSetting("none")
+    assert plan["unpruned", 1.0].setting == MethodSetting("none")
     assert plan["fastv", 0.25].setting.params == {"K": 2 / 32, "R": 0.75}
     assert plan["fastv", 0.25].layers == (1,)
     assert plan["fopru", 0.25].setting.params == {"R": 0.75}
@@ -68,15 +69,17 @@ def test_unknown_method_or_fraction_is_rejected():
 
 def _rows() -> pd.DataFrame:
     rows = []
-    for name, f, loc, other, kept in (("none", 1.0, [1, 0], [1, 1, 0, 1], "[]"),
-                                      ("fastv", 0.5, [0, 0], [1, 0, 0, 1], "[72]"),
-                                      ("fopru", 0.5, [1, 1], [1, 1, 1, 0], "[72]")):
-        rows += [{"name": name, "keep_fraction": f, "task": "localization", "group": "localization", "score": s,
-                  "relevant_kept": 0.5 if name != "none" else 1.0, "flops_reduction": 0.4, "kept_counts": kept}
-                 for s in loc]
-        rows += [{"name": name, "keep_fraction": f, "task": "exact_match", "group": g, "score": s,
-                  "relevant_kept": None, "flops_reduction": 0.4, "kept_counts": kept}
-                 for s, g in zip(other, ["colour", "colour", "shape", "shape"])]
+    for name, f, loc, other, kept in (("unpruned", 1.0, [1, 0], [1, 1, 0, 1], []),
+                                      ("fastv", 0.5, [0, 0], [1, 0, 0, 1], [72]),
+                                      ("fopru", 0.5, [1, 1], [1, 1, 1, 0], [72])):
+        common = {"dataset": "synthetic", "name": name, "keep_fraction": f, "flops_reduction": 0.4,
+                  "kept_counts": kept, "matched": True}
+        rows += [{**common, "sample_id": f"l{i}", "task": "localization", "task_name": "localization",
+                  "family": "localization", "score": s, "relevant_kept": 0.5 if name != "unpruned" else 1.0}
+                 for i, s in enumerate(loc)]
+        rows += [{**common, "sample_id": f"o{i}", "task": "exact_match", "task_name": g, "family": "other tasks",
+                  "score": s, "relevant_kept": None}
+                 for i, (s, g) in enumerate(zip(other, ["colour", "colour", "shape", "shape"]))]
     return pd.DataFrame(rows)
 
 
@@ -84,28 +87,31 @@ def test_accuracy_table_by_family_and_task():
     family = compare.accuracy_table(_rows()).set_index(["name", "family"])
     assert family.loc[("fopru", "localization"), "accuracy"] == 1.0
     assert family.loc[("fastv", "other tasks"), "accuracy"] == 0.5
-    assert family.loc[("none", "localization"), "samples"] == 2
-    task = compare.accuracy_table(_rows(), by="group").set_index(["name", "group"])
-    assert task.loc[("fopru", "shape"), "accuracy"] == 0.5 and task.loc[("fopru", "shape"), "family"] == "other tasks"
-    assert list(dict.fromkeys(task.index.get_level_values(0))) == ["none", "fastv", "fopru"]  # plan order
+    assert family.loc[("unpruned", "localization"), "samples"] == 2
+    assert family.loc[("fastv", "localization"), "ci_high"] == pytest.approx(stats.wilson(0, 2)[1])
+    task = compare.accuracy_table(_rows(), by="task_name").set_index(["name", "task_name"])
+    assert task.loc[("fopru", "shape"), "accuracy"] == 0.5
+    assert list(dict.fromkeys(task.index.get_level_values(0))) == ["unpruned", "fastv", "fopru"]  # plan order
 
 
 def test_budget_table_means_the_measured_reduction_and_kept_counts():
     plan = compare.matched_settings(["fastv", "fopru"], [0.5], GEO)
-    rows = _rows().assign(kept_counts=lambda f: f.kept_counts.where(f.name != "fastv", "[70]"))
-    rows.loc[rows.index[(rows.name == "fastv")][:1], "kept_counts"] = "[74]"
+    rows = _rows()
+    rows["kept_counts"] = [[74] if i == 6 else [70] if n == "fastv" else k
+                           for i, (n, k) in enumerate(zip(rows.name, rows.kept_counts))]
     budget = compare.budget_table(plan, rows).set_index("name")
-    assert json.loads(budget.loc["fastv", "kept_per_stage"]) == [pytest.approx(70 + 4 / 6, abs=0.05)]
-    assert budget.loc["none", "kept_per_stage"] == "[]"
+    assert budget.loc["fastv", "kept_per_stage"] == [pytest.approx(70 + 4 / 6, abs=0.05)]
+    assert budget.loc["unpruned", "kept_per_stage"] == []
     assert budget.loc["fopru", "flops_reduction"] == pytest.approx(0.4)
 
 
 def test_summary_ranks_each_family_with_numbers():
     plan = compare.matched_settings(["fastv", "fopru"], [0.5], GEO)
     budget = compare.budget_table(plan, _rows())
-    text = compare.summary(budget, compare.accuracy_table(_rows()))
-    assert "localization, accuracy over 2 samples (unpruned 0.50): fopru 1.00, fastv 0.00" in text
-    assert "other tasks, accuracy over 4 samples (unpruned 0.75): fopru 0.75, fastv 0.50" in text
+    text = compare.summary(budget, compare.accuracy_table(_rows()), compare.versus_fastv(_rows()))
+    assert "localization, accuracy over 2 samples (unpruned 0.50 [0.09, 0.91]): fopru 1.00 [0.34, 1.00], fastv 0.00" in text
+    assert "other tasks, accuracy over 4 samples (unpruned 0.75 [" in text
+    assert "minus FastV on the same samples: fopru +1.00 [+1.00, +1.00]." in text
     assert "FastV's FLOPs reduction 40%" in text
 
 
@@ -129,8 +135,8 @@ def test_evaluate_and_examples_on_the_embedded_model(embedded, tmp_path):
     assert geo.grid == (12, 12) and geo.dims.layers == 6 and 10 < geo.n_text < 60
     plan = compare.matched_settings(["fastv", "fopru_row"], [0.25], geo)
     rows = compare.evaluate(em, samples[:3], plan, tmp_path, batch_size=3)
-    assert sorted(set(zip(rows.name, rows.keep_fraction))) == [("fastv", 0.25), ("fopru_row", 0.25), ("none", 1.0)]
-    kept = rows[rows.name == "fopru_row"].kept_counts.map(json.loads)
+    assert sorted(set(zip(rows.name, rows.keep_fraction))) == [("fastv", 0.25), ("fopru_row", 0.25), ("unpruned", 1.0)]
+    kept = rows[rows.name == "fopru_row"].kept_counts  # list columns, parsed once
     assert all(k == [36] for k in kept)
     fig = compare.examples_figure(em, samples, rows, 0.25, count=1)
     assert len(fig.axes) == 2 and fig.axes[0].get_ylabel() == "fastv"

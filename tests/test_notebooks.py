@@ -96,3 +96,43 @@ def test_a_notebook_opened_in_jupyterlab_runs_from_the_repository_root(tmp_path)
                                parameters={"per_task": 1, "paper_layers": [3], "root": str(tmp_path)},
                                kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
     assert (tmp_path / "figures" / "01_positional_bias" / "kept_frequency.png").exists()
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_no_notebook_cell_rebinds_a_parameter(name):
+    from analysis_lib.notebooks.parameters import notebook_names
+    assert not notebook_names(name) & set(NOTEBOOKS[name])  # else a second Run All would read the cell's value
+
+
+def test_edited_parameters_write_outside_the_committed_results():
+    defaults = NOTEBOOKS["02_where_pruning_hurts"]
+    assert collect({**defaults}, "02_where_pruning_hurts").root == "."
+    edited = collect({**defaults, "per_task": 4, "ratios": [0.5]}, "02_where_pruning_hurts")
+    assert edited.root == "runs/edited/02_where_pruning_hurts/per_task=4,ratios=_0.5_"
+    assert collect({**defaults, "per_task": 4, "update_committed": True}, "02_where_pruning_hurts").root == "."
+    assert collect({**defaults, "per_task": 4, "root": "/tmp/x"}, "02_where_pruning_hurts").root == "/tmp/x"
+
+
+def test_run_all_twice_in_one_kernel_gives_the_same_outputs(tmp_path):
+    """What JupyterLab's Run All does twice: every cell, twice, in one kernel (nbclient, no papermill)."""
+    from nbclient import NotebookClient
+
+    from analysis_lib.notebooks.parameters import REPO
+    name = "02_where_pruning_hurts"
+    nb, index = parameters_cell(name)
+    nb.cells[index].source += (f'\nper_task = 1\npaper_layers = [3]\nratios = [0.5]\nroot = "{tmp_path}"\n')
+    client = NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": str(REPO)}})
+    runs = []
+    with client.setup_kernel():
+        for _ in range(2):
+            for i, cell in enumerate(nb.cells):
+                if cell.cell_type == "code":
+                    client.execute_cell(cell, i)
+            # stderr (import-time warnings) appears once per kernel; everything else must repeat exactly
+            runs.append([json.dumps([o for o in c.outputs if o.get("name") != "stderr"], sort_keys=True)
+                         for c in nb.cells if c.cell_type == "code"])
+            runs[-1].append({p.name: p.read_bytes() for p in (tmp_path / "figures" / name).glob("*")})
+    assert runs[0] == runs[1]
+    figure_cells = [c for c in nb.cells if c.cell_type == "code" and "session.figure(" in c.source]
+    for cell in figure_cells:  # the figure and nothing else
+        assert [o.output_type for o in cell.outputs] == ["display_data"] and "image/png" in cell.outputs[0].data

@@ -22,41 +22,26 @@ number of samples.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from ..evaluation.datasets import EvalSample, load_dataset
-from ..evaluation.runner import NO_PRUNING, EvalModel, MethodSetting, run_grid
-from ..pruning.schedule import resolve_layer
+from ..evaluation.runner import EvalModel, MethodSetting
+from ..stats import Interval, describe
+from . import study
+from ..figures import draw_intervals, interval_labels, reference_band
+from .study import ALL, LOCALIZATION, OTHER, UNPRUNED, Arm, unpruned_arm
 
-LOCALIZATION = "localization"
-UNPRUNED = "unpruned"
-OTHERS = "other tasks (mean)"
 # Study coordinates an arm may carry; they travel with its rows and its accuracy rows.
 COORDINATES = ("R", "paper_K", "layer", "q")
 # Fig. 4's conditions: arm name -> column of the leakage table.
 LEAKAGE_COLUMNS = {UNPRUNED: "unpruned", "fastv": "in_llm", "before_llm": "before_llm", "text_only": "text_only"}
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One condition of a study: its name, the method setting that realises it, its coordinates."""
-
-    name: str
-    setting: MethodSetting
-    coords: dict = field(default_factory=dict)
-
-
-def unpruned_arm() -> Arm:
-    """The reference every study compares with: no pruning."""
-    return Arm(UNPRUNED, MethodSetting(NO_PRUNING))
 
 
 def ratio_arms(ratios: Sequence[float], paper_layer: int, paper_depth: int) -> list[Arm]:
@@ -126,44 +111,30 @@ def benchmark_rows(em: EvalModel, suite: tuple[str, list[EvalSample]], extra: Se
     return pd.concat(rows, ignore_index=True)
 
 
-def kept_fraction(kept_counts: str, n_visual: int) -> float:
-    """Visual tokens left after the last stage, as a fraction (1 when nothing is pruned)."""
-    counts = json.loads(kept_counts)
-    return counts[-1] / n_visual if counts else 1.0
-
-
 def evaluate(em: EvalModel, datasets: Sequence[tuple[str, list[EvalSample]]], arms: Sequence[Arm], out: str | Path,
              batch_size: int = 8) -> pd.DataFrame:
-    """``run_grid`` rows of every arm on every (name, samples) dataset, each setting run once (finished
-    batches under ``out`` are reused), with columns ``arm``, its coordinates, ``layer`` (the model layer
-    its K resolves to), ``task_name`` (the scene task on datasets whose samples all carry a relevance
-    mask, else the dataset's name without its folder) and ``kept_fraction``."""
-    settings = list({arm.setting.label: arm.setting for arm in arms}.values())
-    rows = run_grid([em], settings, list(datasets), out=out, batch_size=batch_size, progress=False)
-    frames = []
-    for arm in arms:
-        coords = dict(arm.coords)
-        if "K" in arm.setting.params:
-            coords["layer"] = resolve_layer(arm.setting.params["K"], em.adapter.num_layers)
-        frames.append(rows[rows.setting == arm.setting.label].assign(arm=arm.name, **coords))
-    labelled = pd.concat(frames, ignore_index=True)
-    scenes = [name for name, samples in datasets if all(s.relevance is not None for s in samples)]
-    short = labelled.dataset.map(lambda name: Path(name).name)
-    return labelled.assign(task_name=labelled.group.where(labelled.dataset.isin(scenes), short),
-                           kept_fraction=[kept_fraction(c, n) for c, n in zip(labelled.kept_counts, labelled.n_visual)])
+    """The study's tidy rows of every arm on every dataset (``study.run``)."""
+    return study.run(em, datasets, arms, out, batch_size)
+
+
+def _coords(rows: pd.DataFrame) -> list[str]:
+    return [c for c in COORDINATES if c in rows.columns]
+
+
+def _with_coords(table: pd.DataFrame, rows: pd.DataFrame, front: Sequence[str] = ("dataset", "arm")) -> pd.DataFrame:
+    """``table`` with each arm's coordinates after its key columns ``front``."""
+    coords = _coords(rows)
+    merged = table.merge(rows.drop_duplicates("arm")[["arm", *coords]], on="arm", how="left")
+    rest = [c for c in table.columns if c not in front]
+    return merged[[*front, *coords, *rest]]
 
 
 def task_accuracy(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset × arm × task: accuracy (mean score), samples, mean kept fraction and mean fraction of
-    the relevant tokens kept (synthetic suite), with the arm's coordinates; arms in evaluation order."""
-    coords = [c for c in COORDINATES if c in rows.columns]
-    rows = rows.astype({"score": float, "relevant_kept": float})
-    table = rows.groupby(["dataset", "arm", "task_name"], sort=False, as_index=False).agg(
-        accuracy=("score", "mean"), samples=("score", "size"), kept_fraction=("kept_fraction", "mean"),
-        relevant_kept=("relevant_kept", "mean"))
-    arm_coords = rows.drop_duplicates("arm")[["arm", *coords]]
-    return table.merge(arm_coords, on="arm", how="left")[["dataset", "arm", *coords, "task_name", "accuracy",
-                                                           "samples", "kept_fraction", "relevant_kept"]]
+    """Per dataset × arm × task: accuracy with its 95% interval, samples, mean kept fraction and mean
+    fraction of the relevant tokens kept (synthetic suite), with the arm's coordinates; arms in order."""
+    table = study.accuracy_table(rows, ["dataset", "arm"], "task_name")
+    return _with_coords(table[["dataset", "arm", "task_name", "accuracy", "ci_low", "ci_high", "samples",
+                               "kept_fraction", "relevant_kept"]], rows)
 
 
 def relative_drop(reference: float, value: float) -> float:
@@ -172,29 +143,27 @@ def relative_drop(reference: float, value: float) -> float:
     return 1.0 - value / reference if reference > 0 else float("nan")
 
 
-def localization_vs_rest(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: localization accuracy and the unweighted mean of the other tasks' accuracies (FEATHER's
-    "other task avg"), with each one's drop from the unpruned arm (absolute and relative)."""
-    coords = [c for c in COORDINATES if c in accuracy.columns]
-    loc = accuracy.task_name == LOCALIZATION
-    table = accuracy[loc].set_index("arm")[coords + ["accuracy"]].rename(columns={"accuracy": "localization"})
-    table["others"] = accuracy[~loc].groupby("arm", sort=False).accuracy.mean()
-    table = table.reset_index()
-    base = table.set_index("arm").loc[UNPRUNED]
-    for column in ("localization", "others"):
-        table[f"{column}_drop"] = base[column] - table[column]
-        table[f"{column}_relative_drop"] = [relative_drop(base[column], v) for v in table[column]]
-    return table
+def localization_vs_rest(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and family (localization, other tasks, all tasks; unweighted task means): accuracy with its
+    95% interval, and its change from the unpruned arm on the same samples (``change``, paired-bootstrap
+    ``change_ci_low``/``change_ci_high``, ``change_excludes_zero``) and relative to it."""
+    table = study.accuracy_table(rows, ["arm"], "family")[["arm", "family", "accuracy", "ci_low", "ci_high", "samples"]]
+    change = study.differences(rows[rows.arm != UNPRUNED], rows[rows.arm == UNPRUNED], ["arm"], "family")
+    change = change.drop(columns="samples").rename(columns={"difference": "change", "ci_low": "change_ci_low",
+                                                            "ci_high": "change_ci_high",
+                                                            "excludes_zero": "change_excludes_zero"})
+    table = table.merge(change, on=["arm", "family"], how="left")
+    base = table[table.arm == UNPRUNED].set_index("family").accuracy
+    table["relative_change"] = [-relative_drop(base[f], v) for f, v in zip(table.family, table.accuracy)]
+    return _with_coords(table, rows, ("arm", "family"))
 
 
-def quartile_table(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Per paper layer K and quarter q: localization accuracy and the mean accuracy over all tasks."""
-    part = accuracy[accuracy.q.notna()]
-    table = part.groupby(["paper_K", "layer", "q"], as_index=False).accuracy.mean().rename(
-        columns={"accuracy": "all_tasks"})
-    loc = part[part.task_name == LOCALIZATION][["paper_K", "q", "accuracy"]].rename(columns={"accuracy": LOCALIZATION})
-    table = table.merge(loc, on=["paper_K", "q"], how="left")
-    return table.astype({"paper_K": int, "layer": int, "q": int})
+def quartile_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per paper layer K, quarter q and family (localization, all tasks): accuracy with its 95% interval."""
+    table = study.accuracy_table(rows[rows.q.notna()], ["paper_K", "layer", "q"], "family")
+    table = table[table.family.isin([LOCALIZATION, ALL])]
+    table = table[["paper_K", "layer", "q", "family", "accuracy", "ci_low", "ci_high", "samples"]]
+    return table.astype({"paper_K": int, "layer": int, "q": int}).reset_index(drop=True)
 
 
 def _layer_label(paper_k: float, layer: float, paper_depth: int) -> str:
@@ -202,96 +171,112 @@ def _layer_label(paper_k: float, layer: float, paper_depth: int) -> str:
 
 
 def _task_heatmap(ax: plt.Axes, accuracy: pd.DataFrame, column: str, labels: dict) -> None:
-    """Tasks × arms (unpruned first) annotated accuracy heatmap."""
-    grid = accuracy.pivot(index="task_name", columns="arm", values="accuracy")[list(labels)]
-    grid = grid.rename(columns=labels)
-    sns.heatmap(grid, ax=ax, vmin=0, vmax=1, annot=True, fmt=".2f", cmap="crest", cbar=False,
-                annot_kws={"fontsize": 6})
+    """Tasks × arms (unpruned first) heatmap, each cell annotated with its accuracy and 95% interval."""
+    grids = [accuracy.pivot(index="task_name", columns="arm", values=v)[list(labels)].rename(columns=labels)
+             for v in ("accuracy", "ci_low", "ci_high")]
+    sns.heatmap(grids[0], ax=ax, vmin=0, vmax=1, annot=interval_labels(*grids), fmt="", cmap="crest", cbar=False,
+                annot_kws={"fontsize": 4.5})
     ax.set_xlabel(column)
     ax.set_ylabel("")
 
 
-def sweep_figure(accuracy: pd.DataFrame, x: str, xlabel: str, title: str) -> plt.Figure:
-    """Left: localization and the other tasks' mean against ``x`` (an arm coordinate), each with its
-    unpruned accuracy as a dashed line. Right: every task's accuracy per arm (FEATHER Fig. 2 / 3c)."""
-    table = localization_vs_rest(accuracy)
-    swept = table[table.arm != UNPRUNED].sort_values(x)
-    base = table.set_index("arm").loc[UNPRUNED]
-    fig, (ax, ax_tasks) = plt.subplots(1, 2, figsize=(7.4, 2.6), gridspec_kw={"width_ratios": [1, 1.3], "wspace": 0.45})
-    for column, label, colour in (("localization", "localization", "C3"), ("others", OTHERS, "C0")):
-        ax.plot(swept[x], swept[column], marker="o", color=colour, label=label)
-        ax.axhline(base[column], color=colour, ls="--", lw=0.8)
+def sweep_figure(table: pd.DataFrame, per_task: pd.DataFrame, x: str, xlabel: str, title: str) -> plt.Figure:
+    """Left: localization and the other tasks' mean against ``x`` (an arm coordinate) with 95% intervals,
+    the unpruned accuracy dashed over its interval. Right: every task's accuracy per arm (FEATHER Fig. 2 / 3c)."""
+    fig, (ax, ax_tasks) = plt.subplots(1, 2, figsize=(7.8, 2.8), gridspec_kw={"width_ratios": [1, 1.4], "wspace": 0.45})
+    for fam, label, colour in ((LOCALIZATION, LOCALIZATION, "C3"), (OTHER, f"{OTHER} (mean)", "C0")):
+        part = table[table.family == fam]
+        swept = part[part.arm != UNPRUNED].sort_values(x)
+        draw_intervals(ax, swept[x], swept, marker="o", color=colour, label=label)
+        reference_band(ax, part[part.arm == UNPRUNED].iloc[0], colour)
+    swept = table[(table.arm != UNPRUNED) & (table.family == LOCALIZATION)].sort_values(x)
     ax.set_xticks(swept[x].tolist())
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (95% interval)")
     ax.set_ylim(0, 1)
     ax.legend(frameon=False, fontsize=7, title="dashed: unpruned", title_fontsize=7, loc="best")
     ordered = [UNPRUNED] + swept.arm.tolist()
     labels = {arm: arm if arm == UNPRUNED else f"{v:g}" for arm, v in zip(ordered, [None] + swept[x].tolist())}
-    _task_heatmap(ax_tasks, accuracy, xlabel, labels)
-    fig.suptitle(title)
+    _task_heatmap(ax_tasks, per_task, xlabel, labels)
+    fig.suptitle(f"{title} ({int(per_task.samples.min())} samples per task)")
     return fig
 
 
-def quartile_figure(table: pd.DataFrame, accuracy: pd.DataFrame, paper_depth: int = 32) -> plt.Figure:
+def quartile_figure(table: pd.DataFrame, rows: pd.DataFrame, paper_depth: int = 32) -> plt.Figure:
     """Accuracy when only one quarter of the visual-token sequence is kept after layer K: all tasks'
-    mean and localization, one heatmap each (VisPruner Fig. 2c), coloured by the difference from the
-    unpruned accuracy (in the titles; red = below it, blue = above)."""
-    base = accuracy[accuracy.arm == UNPRUNED]
-    references = {"all_tasks": base.accuracy.mean(),
-                  LOCALIZATION: base[base.task_name == LOCALIZATION].accuracy.mean()}
+    mean and localization, one heatmap each (VisPruner Fig. 2c) annotated with 95% intervals, coloured by
+    the difference from the unpruned accuracy (in the titles; red = below it, blue = above)."""
+    references = study.accuracy_table(rows[rows.arm == UNPRUNED], ["arm"], "family").set_index("family")
     table = table.assign(K=[_layer_label(k, l, paper_depth) for k, l in zip(table.paper_K, table.layer)])
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 0.45 * table.K.nunique() + 1.3), sharey=True)
-    for ax, column, name in zip(axes, ("all_tasks", LOCALIZATION), ("all tasks (mean)", LOCALIZATION)):
-        grid = table.pivot(index="K", columns="q", values=column).loc[table.K.unique()]
-        reference = references[column]
-        span = max(0.25, float((grid - reference).abs().max().max()))  # small differences stay pale
-        sns.heatmap(grid, ax=ax, vmin=reference - span, vmax=reference + span, center=reference, annot=True,
-                    fmt=".2f", cmap="vlag_r", cbar=False)
-        ax.set_title(f"{name}; unpruned {reference:.2f}")
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 0.55 * table.K.nunique() + 1.3), sharey=True)
+    for ax, fam in zip(axes, (ALL, LOCALIZATION)):
+        part = table[table.family == fam]
+        grids = [part.pivot(index="K", columns="q", values=v).loc[part.K.unique()]
+                 for v in ("accuracy", "ci_low", "ci_high")]
+        ref = references.loc[fam]
+        span = max(0.25, float((grids[0] - ref.accuracy).abs().max().max()))  # small differences stay pale
+        sns.heatmap(grids[0], ax=ax, vmin=ref.accuracy - span, vmax=ref.accuracy + span, center=ref.accuracy,
+                    annot=interval_labels(*grids), fmt="", cmap="vlag_r", cbar=False, annot_kws={"fontsize": 6})
+        ax.set_title(f"{fam}; unpruned {ref.accuracy:.2f} [{ref.ci_low:.2f}, {ref.ci_high:.2f}]", fontsize=7)
         ax.set_xlabel("quarter kept (1 = top of the image)")
         ax.set_ylabel("")
     return fig
 
 
-def leakage_table(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset and task: the four Fig. 4 accuracies, ``transfer`` = in-LLM minus before-LLM (what the
-    pruned tokens passed on before being removed) and ``image_need`` = unpruned minus text-only (how much
-    the task needs the image)."""
-    part = accuracy[accuracy.arm.isin(LEAKAGE_COLUMNS)]
-    table = part.pivot_table(index=["dataset", "task_name"], columns="arm", values="accuracy", sort=False)
-    table = table.rename(columns=LEAKAGE_COLUMNS)[list(LEAKAGE_COLUMNS.values())].reset_index()
-    table.columns.name = None
-    return table.assign(transfer=table.in_llm - table.before_llm, image_need=table.unpruned - table.text_only)
+def leakage_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and task: the four Fig. 4 accuracies with their 95% intervals (``<condition>_ci_low``,
+    ``<condition>_ci_high``), ``transfer`` = in-LLM minus before-LLM (what the pruned tokens passed on before
+    being removed) and ``image_need`` = unpruned minus text-only (how much the task needs the image), each
+    with its paired-bootstrap interval."""
+    rows = rows[rows.arm.isin(LEAKAGE_COLUMNS)]
+    tasks = study.accuracy_table(rows, ["dataset", "arm"], "task_name")
+    table = tasks[["dataset", "task_name"]].drop_duplicates().reset_index(drop=True)
+    for arm, name in LEAKAGE_COLUMNS.items():
+        part = tasks[tasks.arm == arm].set_index(["dataset", "task_name"])[["accuracy", "ci_low", "ci_high"]]
+        part.columns = [name, f"{name}_ci_low", f"{name}_ci_high"]
+        table = table.join(part, on=["dataset", "task_name"])
+    for name, a, b in (("transfer", "fastv", "before_llm"), ("image_need", UNPRUNED, "text_only")):
+        diff = study.differences(rows[rows.arm == a], rows[rows.arm == b], ["dataset"], "task_name")
+        diff = diff.set_index(["dataset", "task_name"])[["difference", "ci_low", "ci_high"]]
+        diff.columns = [name, f"{name}_ci_low", f"{name}_ci_high"]
+        table = table.join(diff, on=["dataset", "task_name"])
+    return table
 
 
 def leakage_figure(table: pd.DataFrame, paper_layer: int, R: float, paper_depth: int = 32) -> plt.Figure:
-    """Grouped bars per task: unpruned, pruned in the LLM, the same tokens removed before it, text only."""
+    """Grouped bars per task with 95% intervals: unpruned, pruned in the LLM, the same tokens removed
+    before it, text only."""
     names = {"unpruned": "unpruned", "in_llm": f"FastV after K={paper_layer}/{paper_depth} (in LLM)",
              "before_llm": "same tokens removed before LLM", "text_only": "text only"}
     colours = {"unpruned": "0.35", "in_llm": "#2a9d3f", "before_llm": "#a6dba0", "text_only": "0.8"}
-    long = table.melt(id_vars=["task_name"], value_vars=list(names), var_name="condition", value_name="accuracy")
     fig, ax = plt.subplots(figsize=(max(4.0, 0.75 * len(table) + 1.5), 2.6))
-    sns.barplot(long, x="task_name", y="accuracy", hue="condition", palette=colours, ax=ax, hue_order=list(names),
-                order=table.task_name.tolist())
-    handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles, [names[label] for label in labels], frameon=False, fontsize=6, ncol=2, loc="upper left",
-              bbox_to_anchor=(0, 1.3))
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("")
-    ax.tick_params(axis="x", rotation=30)
+    width = 0.8 / len(names)
+    x = np.arange(len(table))
+    for i, condition in enumerate(names):
+        values = table[condition].to_numpy(dtype=float)
+        errors = np.clip([values - table[f"{condition}_ci_low"], table[f"{condition}_ci_high"] - values], 0, None)
+        ax.bar(x + (i - 1.5) * width, values, width, color=colours[condition], label=names[condition],
+               yerr=errors, error_kw={"elinewidth": 0.6, "capsize": 1.5})
+    ax.set_xticks(x, table.task_name.tolist(), rotation=30, ha="right")
+    ax.legend(frameon=False, fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(0, 1.3))
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy (95% interval)")
     ax.set_title(f"R={R:g}", loc="right", fontsize=7)
     return fig
 
 
-def relevance_table(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Per method arm and task of the synthetic suite: fraction of relevant tokens kept, accuracy and kept
-    fraction, plus an "all tasks" row per arm (unweighted task means). Tasks whose samples have no
-    relevant token in the ground truth (the suite's "prior" questions) have no fraction and are left out."""
-    part = accuracy[accuracy.relevant_kept.notna()]
-    cols = ["arm", "task_name", "relevant_kept", "accuracy", "kept_fraction"]
-    mean = part.groupby("arm", sort=False, as_index=False)[cols[2:]].mean().assign(task_name="all tasks")
-    return pd.concat([part[cols], mean[cols]], ignore_index=True)
+def relevance_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per method arm and task of the synthetic suite: fraction of relevant tokens kept, accuracy with its
+    95% interval and kept fraction, plus an "all tasks" row per arm (unweighted task means). Tasks whose
+    samples have no relevant token in the ground truth (the suite's "prior" questions) are left out."""
+    part = rows[rows.relevant_kept.notna()]
+    cols = ["arm", "task_name", "relevant_kept", "accuracy", "ci_low", "ci_high", "samples", "kept_fraction"]
+    if part.empty:
+        return pd.DataFrame(columns=cols)
+    tasks = study.accuracy_table(part, ["arm"], "task_name")
+    overall = study.accuracy_table(part, ["arm"], "family")
+    overall = overall[overall.family == ALL].rename(columns={"family": "task_name"})
+    return pd.concat([tasks[cols], overall[cols]], ignore_index=True)
 
 
 REFERENCE_ARMS = (UNPRUNED, "text_only")
@@ -310,8 +295,9 @@ def relevance_correlation(table: pd.DataFrame) -> pd.Series:
 
 
 def relevance_figure(table: pd.DataFrame) -> plt.Figure:
-    """One small scatter per task: fraction of ground-truth relevant tokens kept (x) against accuracy (y),
-    one marker per method arm (a note instead when the dataset has no ground-truth relevance)."""
+    """One small scatter per task: fraction of ground-truth relevant tokens kept (x) against accuracy (y)
+    with its 95% interval, one marker per method arm (a note instead when the dataset has no ground-truth
+    relevance)."""
     tasks = table.task_name.unique().tolist()
     arms = table.arm.unique().tolist()
     if not tasks:
@@ -326,82 +312,94 @@ def relevance_figure(table: pd.DataFrame) -> plt.Figure:
     colours = dict(zip(arms, sns.color_palette("tab10", len(arms))))
     for ax, task in zip(axes.flat, tasks):
         part = table[table.task_name == task]
-        for arm, row in part.set_index("arm").iterrows():
-            ax.scatter(row.relevant_kept, row.accuracy, marker=markers[arm], color=colours[arm], s=22, label=arm)
-        ax.set_title(task, fontsize=8)
+        for arm in arms:
+            point = part[part.arm == arm]
+            if len(point):
+                draw_intervals(ax, point.relevant_kept, point, marker=markers[arm], color=colours[arm], ms=4,
+                               ls="", label=arm)
+        ax.set_title(f"{task} (n={int(part.samples.max())})", fontsize=8)
         ax.set_xlim(-0.05, 1.05)
         ax.set_ylim(-0.05, 1.05)
     for ax in axes.flat[len(tasks):]:
         ax.axis("off")
     fig.supxlabel("fraction of the ground-truth relevant tokens kept", fontsize=9)
-    fig.supylabel("accuracy", fontsize=9)
+    fig.supylabel("accuracy (95% interval)", fontsize=9)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.tight_layout()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     return fig
 
 
-def _change(base: float, value: float) -> str:
-    relative = f"{value / base - 1:+.0%}" if base > 0 else "n/a"
-    return f"{base:.2f} → {value:.2f} ({relative})"
+def _resolution(per_task: pd.DataFrame) -> str:
+    n = int(per_task.samples.min())
+    return (f"{n} samples per task (one answer moves a task's accuracy by {1 / n:.2f}); brackets are 95% intervals "
+            "(Wilson for one task, bootstrap over samples for means over tasks, paired bootstrap for changes).")
 
 
-def _resolution(accuracy: pd.DataFrame) -> str:
-    n = int(accuracy.samples.min())
-    return f"With {n} samples per task one answer moves a task's accuracy by {1 / n:.2f}."
+def _change(row: pd.Series) -> str:
+    """``0.71 [..] → 0.67 [..], change -0.04 [-0.12, +0.04] (interval contains 0 ...)``."""
+    iv = Interval(row.change, row.change_ci_low, row.change_ci_high, int(row.samples), "paired bootstrap")
+    return f"{study.with_interval(row)}, change {describe(iv)}"
 
 
 def where_pruning_hurts_summary(by_ratio: pd.DataFrame, by_layer: pd.DataFrame, quartiles: pd.DataFrame,
-                                accuracy: pd.DataFrame, paper_depth: int = 32) -> str:
-    """What the three figures show, in numbers (markdown): unpruned → pruned accuracy (relative change)
-    of localization and of the other tasks per R and per K, and the best quarter per layer."""
+                                per_task: pd.DataFrame, paper_depth: int = 32) -> str:
+    """What the three figures show, in numbers (markdown): per R and per K, localization's and the other
+    tasks' accuracy and change from unpruned with intervals; the best quarter per layer."""
     lines = []
     for table in (by_ratio, by_layer):
-        base = table.set_index("arm").loc[UNPRUNED]
-        for _, row in table[table.arm != UNPRUNED].iterrows():
+        base = table[table.arm == UNPRUNED].set_index("family")
+        lines.append(f"- Unpruned: localization {study.with_interval(base.loc[LOCALIZATION])}, other tasks "
+                     f"{study.with_interval(base.loc[OTHER])}.")
+        for arm, part in table[table.arm != UNPRUNED].groupby("arm", sort=False):
+            part = part.set_index("family")
+            row = part.loc[LOCALIZATION]
             where = f"R={row.R:g} after {_layer_label(row.paper_K, row.layer, paper_depth)}"
-            lines.append(f"- FastV {where}: localization {_change(base.localization, row.localization)}, "
-                         f"other tasks {_change(base.others, row.others)}.")
-    unpruned = accuracy[accuracy.arm == UNPRUNED].accuracy.mean()
-    for (paper_k, layer), part in quartiles.groupby(["paper_K", "layer"], sort=True):
-        scores = part.set_index("q").all_tasks
-        best = " and ".join(f"q{q}" for q, a in scores.items() if a >= scores.max() - 1e-9)
-        listed = ", ".join(f"q{q} {a:.3f}" for q, a in scores.items())
-        central, last = scores.loc[[2, 3]].mean(), scores.loc[4]
+            lines.append(f"- FastV {where}: localization {_change(row)}; other tasks {_change(part.loc[OTHER])}.")
+    for (paper_k, layer), part in quartiles[quartiles.family == ALL].groupby(["paper_K", "layer"], sort=True):
+        scores = part.set_index("q")
+        best = " and ".join(f"q{q}" for q, a in scores.accuracy.items() if a >= scores.accuracy.max() - 1e-9)
+        listed = ", ".join(f"q{q} {study.with_interval(r)}" for q, r in scores.iterrows())
         lines.append(f"- Only one quarter kept after {_layer_label(paper_k, layer, paper_depth)}: mean accuracy over "
-                     f"tasks {listed} (unpruned {unpruned:.3f}); best {best}; central quarters (q2, q3) "
-                     f"{central:.3f} against the last one (q4, next to the text) {last:.3f}.")
-    lines.append(f"- {_resolution(accuracy)}")
+                     f"tasks {listed}; highest {best}.")
+    lines.append(f"- {_resolution(per_task)}")
     return "\n".join(lines)
 
 
 def _per_task(part: pd.DataFrame, column: str) -> str:
-    """``task value, ...`` of one dataset's leakage rows; the bare value for a dataset that is one task."""
+    """``task value [low, high], ...`` of one dataset's leakage rows; no task name for a one-task dataset."""
+    text = [describe(Interval(r[column], r[f"{column}_ci_low"], r[f"{column}_ci_high"], 0, "paired bootstrap"))
+            for _, r in part.iterrows()]
     if len(part) == 1:
-        return f"{part[column].iloc[0]:+.2f}"
-    return ", ".join(f"{task} {value:+.2f}" for task, value in zip(part.task_name, part[column]))
+        return text[0]
+    return ", ".join(f"{task} {t}" for task, t in zip(part.task_name, text))
 
 
-def leakage_summary(leakage: pd.DataFrame, relevance: pd.DataFrame) -> str:
-    """What the leakage and relevance figures show, in numbers (markdown)."""
+def leakage_summary(leakage: pd.DataFrame, relevance: pd.DataFrame, rows: pd.DataFrame) -> str:
+    """What the leakage and relevance figures show, in numbers (markdown), differences with their
+    paired-bootstrap intervals."""
     lines = []
     for dataset, part in leakage.groupby("dataset", sort=False):
-        gaps, needs = _per_task(part, "transfer"), _per_task(part, "image_need")
-        helped = int((part.transfer > 0).sum())
+        at = rows[rows.dataset == dataset]
+        mean = study.pair(at, at.arm == "fastv", at.arm == "before_llm")
         lines.append(f"- {dataset}: in-LLM minus before-LLM accuracy (information passed on by the pruned tokens): "
-                     f"{gaps}; mean {part.transfer.mean():+.2f}, positive on {helped} of {len(part)} tasks.")
-        lines.append(f"- {dataset}: unpruned minus text-only accuracy (how much a task needs the image): {needs}.")
+                     f"{_per_task(part, 'transfer')}; mean over tasks {describe(mean)}.")
+        lines.append(f"- {dataset}: unpruned minus text-only accuracy (how much a task needs the image): "
+                     f"{_per_task(part, 'image_need')}.")
     if len(relevance):
-        overall = relevance[relevance.task_name == "all tasks"].set_index("arm")
+        overall = relevance[relevance.task_name == ALL].set_index("arm")
         pruned = overall.drop(index=[a for a in REFERENCE_ARMS if a in overall.index])
         ranked = pruned.sort_values("relevant_kept", ascending=False)
-        listed = ", ".join(f"{arm} {row.relevant_kept:.0%} / {row.accuracy:.2f}" for arm, row in ranked.iterrows())
+        listed = ", ".join(f"{arm} {row.relevant_kept:.0%} / {study.with_interval(row)}" for arm, row in ranked.iterrows())
         low, high = f"{pruned.kept_fraction.min():.0%}", f"{pruned.kept_fraction.max():.0%}"
         kept = low if low == high else f"{low}-{high}"
-        references = "; ".join(f"{arm} {overall.accuracy[arm]:.2f}" for arm in REFERENCE_ARMS if arm in overall.index)
-        lines.append(f"- Relevant tokens kept / accuracy (means over tasks), most relevant kept first: {listed} "
-                     f"(each keeps {kept} of the visual tokens; {references}).")
+        references = "; ".join(f"{arm} {study.with_interval(overall.loc[arm])}" for arm in REFERENCE_ARMS
+                               if arm in overall.index)
+        lines.append(f"- Relevant tokens kept / accuracy (means over tasks with relevant tokens), most relevant "
+                     f"kept first: {listed} (each keeps {kept} of the visual tokens; {references}); "
+                     f"{int(overall.samples.max())} samples per arm.")
         r = relevance_correlation(relevance)
-        lines.append("- Pearson correlation across the pruning methods between relevant tokens kept and accuracy: "
+        lines.append("- Pearson correlation across the pruning methods between relevant tokens kept and accuracy "
+                     "(a handful of methods: descriptive only): "
                      + ", ".join(f"{t} {v:+.2f}" for t, v in r.items() if not math.isnan(v)) + ".")
     return "\n".join(lines)

@@ -26,7 +26,9 @@ from ..evaluation.datasets import EvalSample
 from ..evaluation.runner import EvalModel, MethodSetting, prompt_inputs
 from ..flops import PRESETS, schedule_flops
 from ..pruning import get_method, nominal_kept
-from .dispersion import family
+from ..figures import reference_band
+from ..stats import describe
+from . import study
 
 # run_grid method names -> FEATHER's names, in Table 1's order; before_llm is Table 2.
 CRITERIA = {"fastv": "φ_original", "fastv_norope": "φ-R", "uniform": "φ_uniform", "knn": "φ_KNN",
@@ -58,11 +60,12 @@ def criterion_settings(paper_layers: Sequence[int], paper_depth: int, R: float,
     return settings
 
 
-def _label_rows(rows: pd.DataFrame, paper_depth: int) -> pd.DataFrame:
-    """Rows with ``criterion`` (FEATHER's name) and ``paper_K`` (0 when unpruned) columns."""
+def label_rows(rows: pd.DataFrame, paper_depth: int) -> pd.DataFrame:
+    """The study's tidy rows with ``criterion`` (FEATHER's name; ``unpruned``) and ``paper_K`` (0 unpruned)."""
+    rows = study.tidy(rows)
     fractions = [json.loads(p).get("K", 0.0) for p in rows.params]
     return rows.assign(criterion=rows.method.map({"none": UNPRUNED, **CRITERIA}),
-                       paper_K=[round(k * paper_depth) for k in fractions], family=rows.task.map(family))
+                       paper_K=[round(k * paper_depth) for k in fractions])
 
 
 def preset_flops(paper_layers: Sequence[int], paper_depth: int, R: float, preset: str = PRESET) -> pd.DataFrame:
@@ -81,23 +84,24 @@ def preset_flops(paper_layers: Sequence[int], paper_depth: int, R: float, preset
     return pd.DataFrame(rows)
 
 
-def criteria_table(rows: pd.DataFrame, paper_depth: int, preset: pd.DataFrame) -> pd.DataFrame:
-    """One row per criterion × K (unpruned first): accuracy on localization, on the other tasks and on
-    all, the fraction of ground-truth relevant tokens kept on localization and on all, mean kept visual
-    tokens, the measured FLOPs reduction and the preset's."""
-    rows = _label_rows(rows, paper_depth)
-    rows = rows.assign(kept_tokens=[json.loads(c)[-1] if json.loads(c) else n
-                                    for c, n in zip(rows.kept_counts, rows.n_visual)])
+FAMILY_COLUMNS = {study.LOCALIZATION: "localization", study.OTHER: "other", study.ALL: "all"}
+
+
+def criteria_table(rows: pd.DataFrame, preset: pd.DataFrame) -> pd.DataFrame:
+    """One row per criterion × K (unpruned first) of ``label_rows``: accuracy on localization, on the other
+    tasks and on all (``accuracy_<family>`` with ``_ci_low``/``_ci_high``, unweighted task means), the
+    fraction of relevant tokens kept on localization and on all, mean kept visual tokens, samples, the
+    measured FLOPs reduction and the preset's."""
     keys = ["criterion", "paper_K"]
-    table = rows.groupby(keys, as_index=False, sort=False).agg(
-        accuracy_all=("score", "mean"), relevant_kept_all=("relevant_kept", "mean"),
-        kept_tokens=("kept_tokens", "mean"), flops_reduction=("flops_reduction", "mean"), samples=("score", "size"))
-    by_family = rows.groupby(keys + ["family"], sort=False).agg(accuracy=("score", "mean"),
-                                                                relevant_kept=("relevant_kept", "mean"))
-    wide = by_family.unstack("family")
-    wide.columns = [f"{metric}_{fam}" for metric, fam in wide.columns]
-    wanted = [c for c in ("accuracy_localization", "accuracy_other", "relevant_kept_localization") if c in wide]
-    table = table.merge(wide[wanted].reset_index(), on=keys, how="left")
+    long = study.accuracy_table(rows, keys, "family")
+    table = long[long.family == study.ALL][keys + ["kept_tokens", "flops_reduction", "samples"]].reset_index(drop=True)
+    for fam, name in FAMILY_COLUMNS.items():
+        part = long[long.family == fam].set_index(keys)
+        wanted = {"accuracy": f"accuracy_{name}", "ci_low": f"accuracy_{name}_ci_low",
+                  "ci_high": f"accuracy_{name}_ci_high"}
+        if fam != study.OTHER:
+            wanted["relevant_kept"] = f"relevant_kept_{name}"
+        table = table.join(part[list(wanted)].rename(columns=wanted), on=keys)
     return table.merge(preset, on=keys, how="left")
 
 
@@ -112,10 +116,14 @@ def accuracy_flops_figure(table: pd.DataFrame) -> plt.Figure:
     base = table[table.criterion == UNPRUNED]
     for ax, column in zip(axes[0], columns):
         for _, row in pruned.iterrows():
-            ax.scatter(row.flops_reduction, row[column], color=colours[row.criterion], s=22,
-                       marker=MARKERS[layers.index(row.paper_K) % len(MARKERS)], edgecolor="white", linewidth=0.3)
+            ax.errorbar(row.flops_reduction, row[column], yerr=[[row[column] - row[f"{column}_ci_low"]],
+                                                                [row[f"{column}_ci_high"] - row[column]]],
+                        color=colours[row.criterion], marker=MARKERS[layers.index(row.paper_K) % len(MARKERS)],
+                        ms=4, capsize=2, elinewidth=0.7, mec="white", mew=0.3)
         if len(base):
-            ax.axhline(base[column].iloc[0], color="0.3", ls="--", lw=0.8)
+            band = base.iloc[0]
+            reference_band(ax, pd.Series({"accuracy": band[column], "ci_low": band[f"{column}_ci_low"],
+                                          "ci_high": band[f"{column}_ci_high"]}), "0.3")
         ax.set(xlabel="FLOPs reduction (measured)", ylabel=column.replace("accuracy_", "accuracy: "))
         ax.set_ylim(bottom=0)
     handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=name) for name, c in colours.items()
@@ -124,7 +132,7 @@ def accuracy_flops_figure(table: pd.DataFrame) -> plt.Figure:
                 for i, k in enumerate(layers)]
     handles.append(plt.Line2D([], [], color="0.3", ls="--", label=UNPRUNED))
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.suptitle("FEATHER's criteria: accuracy vs FLOPs reduction")
+    fig.suptitle(f"FEATHER's criteria: accuracy vs FLOPs reduction ({int(table.samples.max())} samples; 95% intervals)")
     fig.tight_layout()
     return fig
 
@@ -135,19 +143,18 @@ def example_samples(samples: Sequence[EvalSample], count: int) -> list[EvalSampl
     return (local or list(samples))[:count]
 
 
-def kept_cells(em: EvalModel, rows: pd.DataFrame, examples: Sequence[EvalSample], paper_depth: int) -> pd.DataFrame:
+def kept_cells(em: EvalModel, rows: pd.DataFrame, examples: Sequence[EvalSample]) -> pd.DataFrame:
     """Grid cells (first segment: LLaVA-1.5's grid, LLaVA-NeXT's base image) kept by each criterion's last
     stage in each example, from the run's recorded kept indices; unpruned and Table 2 (the same kept set as
     φ-R) left out."""
     inputs = prompt_inputs(em, examples)
     layout = em.adapter.inputs_layout(inputs)
-    rows = _label_rows(rows, paper_depth)
     rows = rows[rows.method.isin([m for m in CRITERIA if m != "before_llm"])]
     out = []
     for b, sample in enumerate(examples):
         grid = layout.samples[b]
         for _, row in rows[rows.sample_id == sample.sample_id].iterrows():
-            kept = torch.tensor(json.loads(row.kept)[-1], dtype=torch.long)
+            kept = torch.tensor(row.kept[-1], dtype=torch.long)
             out += [{"sample_id": sample.sample_id, "criterion": row.criterion, "paper_K": row.paper_K,
                      "row": cell["row"], "col": cell["col"], "grid_rows": grid.segments[0].rows,
                      "grid_cols": grid.segments[0].cols}
@@ -188,27 +195,34 @@ def kept_tokens_figure(cells: pd.DataFrame, examples: Sequence[EvalSample], pape
     return fig
 
 
-def summary(table: pd.DataFrame) -> str:
-    """What the table and figures show, in numbers (markdown)."""
+def _with_interval(row: pd.Series, name: str) -> str:
+    return study.with_interval(row, f"accuracy_{name}")
+
+
+def summary(table: pd.DataFrame, rows: pd.DataFrame) -> str:
+    """What the table and figures show, in numbers (markdown), with 95% intervals; per K, each criterion's
+    localization accuracy minus the unpruned model's on the same samples (``rows``: ``label_rows``)."""
     base = table[table.criterion == UNPRUNED]
     lines = []
     if len(base):
         b = base.iloc[0]
-        lines.append(f"- Unpruned: localization accuracy {b.get('accuracy_localization', math.nan):.2f}, other tasks "
-                     f"{b.get('accuracy_other', math.nan):.2f} ({int(b.samples)} samples).")
+        lines.append(f"- Unpruned: localization accuracy {_with_interval(b, 'localization')}, other tasks "
+                     f"{_with_interval(b, 'other')} ({int(b.samples)} samples).")
     pruned = table[table.criterion != UNPRUNED]
+    local = rows[rows.family == study.LOCALIZATION]
     for paper_k, part in pruned.groupby("paper_K", sort=True):
         part = part.set_index("criterion")
-        cells = "; ".join(f"{c} {r.get('accuracy_localization', math.nan):.2f} / "
-                          f"{r.get('accuracy_other', math.nan):.2f} / {r.relevant_kept_all:.0%} at "
-                          f"{r.flops_reduction:.0%} FLOPs reduction "
+        cells = "; ".join(f"{c} {_with_interval(r, 'localization')} / {_with_interval(r, 'other')} / "
+                          f"{r.relevant_kept_all:.0%} at {r.flops_reduction:.0%} FLOPs reduction "
                           f"({r.preset_flops_reduction:.0%} on {PRESET})" for c, r in part.iterrows())
         lines.append(f"- K={paper_k} (localization / other accuracy / relevant tokens kept): {cells}.")
-        if "accuracy_localization" in part:
-            table1 = part.drop(index=CRITERIA["before_llm"], errors="ignore")
-            best = table1.accuracy_localization.max()
-            winners = ", ".join(table1.index[table1.accuracy_localization == best])
-            kept = table1.relevant_kept_localization.idxmax()
-            lines.append(f"  Best for localization: {winners} ({best:.2f}); most relevant tokens kept on "
-                         f"localization: {kept} ({table1.relevant_kept_localization[kept]:.0%}).")
+        at = local[(local.paper_K == paper_k) | (local.criterion == UNPRUNED)]
+        base = at.criterion == UNPRUNED
+        changes = "; ".join(f"{c} {describe(study.pair(at, (at.criterion == c) & (at.paper_K == paper_k), base))}"
+                            for c in part.index)
+        lines.append(f"  Localization minus unpruned on the same samples: {changes}.")
+        table1 = part.drop(index=CRITERIA["before_llm"], errors="ignore")
+        kept = table1.relevant_kept_localization.idxmax()
+        lines.append(f"  Most relevant tokens kept on localization: {kept} "
+                     f"({table1.relevant_kept_localization[kept]:.0%}).")
     return "\n".join(lines)

@@ -27,6 +27,9 @@ from ..capture import capture_attention
 from ..evaluation.datasets import EvalSample
 from ..evaluation.runner import EvalModel, MethodSetting
 from ..pruning import Schedule, Stage, TextAttentionScorer, VisionAttentionScorer, get_method
+from ..figures import draw_intervals, reference_band
+from ..stats import describe
+from . import study
 from .positional import batches, scaled_layer
 
 # Full-row softmax, as the model (and FastV) computes it; renormalising the head mean over the visual
@@ -174,21 +177,17 @@ def pruning_settings(paper_layer: int, paper_depth: int, ratios: Sequence[float]
     return settings
 
 
-def family(task: str) -> str:
-    """Task family of FEATHER's tables: localization vs everything else."""
-    return "localization" if task == "localization" else "other"
+def pruning_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The study's tidy rows with ``criterion`` (``unpruned`` for the reference) and ``R`` (0 unpruned)."""
+    rows = study.tidy(rows)
+    return rows.assign(criterion=rows.method.map({"none": study.UNPRUNED, **CRITERIA}),
+                       R=[float(json.loads(p).get("R", 0.0)) for p in rows.params])
 
 
 def pruning_accuracy(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per criterion × R × task family (localization, other, all): mean score (accuracy), the fraction of
-    ground-truth relevant tokens kept and the mean FLOPs reduction; the unpruned rows as criterion
-    "unpruned" with R = 0."""
-    rows = rows.assign(criterion=rows.method.map({"none": "unpruned", **CRITERIA}),
-                       R=[float(json.loads(p).get("R", 0.0)) for p in rows.params], family=rows.task.map(family))
-    both = pd.concat([rows, rows.assign(family="all")], ignore_index=True)
-    return both.groupby(["criterion", "R", "family"], as_index=False, sort=False).agg(
-        accuracy=("score", "mean"), relevant_kept=("relevant_kept", "mean"),
-        flops_reduction=("flops_reduction", "mean"), samples=("score", "size"))
+    """Per criterion × R × family (localization, other tasks, all tasks): accuracy with its 95% interval,
+    the fraction of ground-truth relevant tokens kept and the mean FLOPs reduction (``pruning_rows``)."""
+    return study.accuracy_table(rows, ["criterion", "R"], "family")
 
 
 def dispersion_figure(distributions: pd.DataFrame, curves: pd.DataFrame, top_fraction: float) -> plt.Figure:
@@ -237,29 +236,34 @@ def encoder_figure(layers: pd.DataFrame, top_fraction: float) -> plt.Figure:
 
 
 def accuracy_figure(accuracy: pd.DataFrame) -> plt.Figure:
-    """Accuracy (localization, other tasks) and relevant tokens kept vs reduction ratio, per criterion;
-    dashed: unpruned (Fig. 3c)."""
-    panels = [("localization", "accuracy", "localization accuracy"), ("other", "accuracy", "other tasks accuracy"),
-              ("all", "relevant_kept", "relevant tokens kept")]
-    fig, axes = plt.subplots(1, 3, figsize=(7.2, 2.3))
-    pruned = accuracy[accuracy.criterion != "unpruned"]
+    """Accuracy (localization, other tasks) with 95% intervals and relevant tokens kept vs reduction ratio,
+    per criterion; dashed over its interval: unpruned (Fig. 3c)."""
+    panels = [(study.LOCALIZATION, "accuracy", "localization accuracy"),
+              (study.OTHER, "accuracy", "other tasks accuracy"), (study.ALL, "relevant_kept", "relevant tokens kept")]
+    fig, axes = plt.subplots(1, 3, figsize=(7.2, 2.4))
+    pruned = accuracy[accuracy.criterion != study.UNPRUNED]
     for ax, (fam, column, label) in zip(axes, panels):
-        for criterion, part in pruned[pruned.family == fam].groupby("criterion", sort=False):
-            ax.plot(part.R, part[column], marker="o", ms=3, color=PALETTE[criterion], label=criterion)
-        base = accuracy[(accuracy.criterion == "unpruned") & (accuracy.family == fam)]
+        for i, (criterion, part) in enumerate(pruned[pruned.family == fam].groupby("criterion", sort=False)):
+            if column == "accuracy":
+                draw_intervals(ax, part.R + 0.006 * (i - 1.5), part, marker="o", ms=3, color=PALETTE[criterion],
+                               label=criterion)
+            else:
+                ax.plot(part.R, part[column], marker="o", ms=3, color=PALETTE[criterion], label=criterion)
+        base = accuracy[(accuracy.criterion == study.UNPRUNED) & (accuracy.family == fam)]
         if column == "accuracy" and len(base):
-            ax.axhline(base[column].iloc[0], color="0.3", ls="--", lw=0.8, label="unpruned")
+            reference_band(ax, base.iloc[0], "0.3", "unpruned")
         ax.set(xlabel="reduction ratio R", ylabel=label)
-        ax.set_ylim(0, 1.02 if column == "relevant_kept" else None)
+        ax.set_ylim(0, 1.02)
         ax.set_xticks(sorted(pruned.R.unique()))
     axes[0].legend(frameon=False, fontsize="small")
-    fig.suptitle("Pruning by each attention after the same layer")
+    n = int(accuracy[accuracy.family == study.ALL].samples.max())
+    fig.suptitle(f"Pruning by each attention after the same layer ({n} samples; 95% intervals)")
     fig.tight_layout()
     return fig
 
 
-def summary(stats: pd.DataFrame, layers: pd.DataFrame, accuracy: pd.DataFrame) -> str:
-    """What the figures show, in numbers (markdown)."""
+def summary(stats: pd.DataFrame, layers: pd.DataFrame, accuracy: pd.DataFrame, rows: pd.DataFrame) -> str:
+    """What the figures show, in numbers (markdown); ``rows`` (``pruning_rows``) give the paired differences."""
     s = stats.set_index("kind")
     top = f"top {s.top_fraction.iloc[0]:.0%}"
     lines = ["- Concentration (mean over samples; entropy / log N, 1 = uniform): " + "; ".join(
@@ -273,15 +277,21 @@ def summary(stats: pd.DataFrame, layers: pd.DataFrame, accuracy: pd.DataFrame) -
         lines.append(f"- Vision tower, {kind}: the {top} patches hold " + ", ".join(
             f"{m:.0%}" for m in part.top_mass) + f" of the attention in layers {part.layer.min()}..{part.layer.max()}"
             f" (entropy {part.entropy.iloc[0]:.3f} → {part.entropy.iloc[-1]:.3f}).")
-    base = accuracy[(accuracy.criterion == "unpruned")].set_index("family").accuracy
-    lines.append(f"- Unpruned accuracy: localization {base.get('localization', np.nan):.2f}, "
-                 f"other {base.get('other', np.nan):.2f}.")
-    pruned = accuracy[accuracy.criterion != "unpruned"]
+    base = accuracy[accuracy.criterion == study.UNPRUNED].set_index("family")
+    lines.append(f"- Unpruned accuracy: localization {study.with_interval(base.loc[study.LOCALIZATION])}, "
+                 f"other tasks {study.with_interval(base.loc[study.OTHER])} ({int(base.samples[study.ALL])} samples).")
+    pruned = accuracy[accuracy.criterion != study.UNPRUNED]
     for R, part in pruned.groupby("R", sort=True):
         cells = []
-        for criterion, rows in part.groupby("criterion", sort=False):
-            r = rows.set_index("family")
-            cells.append(f"{criterion} {r.accuracy.get('localization', np.nan):.2f} / "
-                         f"{r.accuracy.get('other', np.nan):.2f} / {r.relevant_kept['all']:.0%}")
-        lines.append(f"- R={R:g} (localization / other accuracy / relevant tokens kept): " + "; ".join(cells) + ".")
+        for criterion, group in part.groupby("criterion", sort=False):
+            r = group.set_index("family")
+            cells.append(f"{criterion} {study.with_interval(r.loc[study.LOCALIZATION])} / "
+                         f"{study.with_interval(r.loc[study.OTHER])} / {r.relevant_kept[study.ALL]:.0%}")
+        lines.append(f"- R={R:g} (localization / other tasks accuracy / relevant tokens kept): "
+                     + "; ".join(cells) + ".")
+        at = rows[rows.R == R]
+        for fam in (study.LOCALIZATION, study.ALL):
+            scope = at if fam == study.ALL else at[at.family == fam]
+            iv = study.pair(scope, scope.criterion == "last", scope.criterion == "[CLS]")
+            lines.append(f"  - last minus [CLS] on {fam}: {describe(iv)}.")
     return "\n".join(lines)

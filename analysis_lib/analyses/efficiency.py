@@ -37,10 +37,11 @@ import torch
 
 from ..adapters import ModelAdapter
 from ..evaluation.datasets import EvalSample
-from ..evaluation.runner import NO_PRUNING, EvalModel, MethodSetting, model_fingerprint, prompt_inputs
+from ..evaluation.runner import EvalModel, MethodSetting, model_fingerprint, prompt_inputs
 from ..flops import LMDims, schedule_flops
 from ..pruning import PruningEngine
 from .methods import Budgeted, palette
+from .study import UNPRUNED
 
 MB = 2**20
 
@@ -168,7 +169,7 @@ def efficiency_table(runs: pd.DataFrame) -> pd.DataFrame:
                                            "flops_reduction", "kept_visual")}
     table = runs.groupby(["name", "keep_fraction", "setting"], sort=False).agg(
         **medians, kv_tokens_per_layer=("kv_tokens_per_layer", "first"), rounds=("round", "size")).reset_index()
-    base = table[table.name == NO_PRUNING].iloc[0]
+    base = table[table.name == UNPRUNED].iloc[0]
     table["predicted_speedup"] = 1 / (1 - table.flops_reduction)
     table["prefill_speedup"] = base.prefill_ms / table.prefill_ms
     table["decode_speedup"] = base.decode_ms_per_token / table.decode_ms_per_token
@@ -188,7 +189,7 @@ def speedup_figure(table: pd.DataFrame) -> plt.Figure:
     """Measured against FLOPs-predicted speed-up, for the prefill (TTFT) and per decoded token (TPOT);
     the diagonal is a speed-up exactly as predicted."""
     colours = palette(table.name)
-    pruned = table[table.name != NO_PRUNING]
+    pruned = table[table.name != UNPRUNED]
     top = max(pruned.predicted_speedup.max(), pruned.prefill_speedup.max(), pruned.decode_speedup.max()) * 1.08
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.8), sharey=True)
     for ax, column, title in zip(axes, ("prefill_speedup", "decode_speedup"),
@@ -211,8 +212,8 @@ def kv_cache_figure(table: pd.DataFrame) -> plt.Figure:
     """KV-cache size after prefill per method and kept fraction, and the cached tokens per layer at the
     smallest kept fraction (in-LLM pruning keeps full caches before its stage)."""
     colours = palette(table.name)
-    pruned = table[table.name != NO_PRUNING]
-    base = table[table.name == NO_PRUNING].iloc[0]
+    pruned = table[table.name != UNPRUNED]
+    base = table[table.name == UNPRUNED].iloc[0]
     names = list(dict.fromkeys(pruned.name))
     fractions = sorted(pruned.keep_fraction.unique(), reverse=True)
     fig, axes = plt.subplots(1, 2, figsize=(7.6, 2.6))
@@ -221,7 +222,7 @@ def kv_cache_figure(table: pd.DataFrame) -> plt.Figure:
         part = pruned[pruned.name == name].set_index("keep_fraction").reindex(fractions)
         axes[0].bar(np.arange(len(fractions)) + (i - (len(names) - 1) / 2) * width, part.kv_cache_mb, width,
                     color=colours[name], label=name)
-    axes[0].axhline(base.kv_cache_mb, color=colours[NO_PRUNING], ls="--", lw=0.8)
+    axes[0].axhline(base.kv_cache_mb, color=colours[UNPRUNED], ls="--", lw=0.8)
     axes[0].set_xticks(np.arange(len(fractions)), [f"{f:g}" for f in fractions])
     axes[0].set_xlabel("kept fraction")
     axes[0].set_ylabel("KV cache after prefill (MB)")
@@ -230,8 +231,8 @@ def kv_cache_figure(table: pd.DataFrame) -> plt.Figure:
     for row in [base, *(r for _, r in smallest.iterrows())]:
         tokens = json.loads(row.kv_tokens_per_layer)
         axes[1].plot(range(len(tokens)), tokens, marker="o", ms=3, lw=1, color=colours[row["name"]],
-                     ls="--" if row["name"] == NO_PRUNING else "-",
-                     label="unpruned" if row["name"] == NO_PRUNING else row["name"])
+                     ls="--" if row["name"] == UNPRUNED else "-",
+                     label="unpruned" if row["name"] == UNPRUNED else row["name"])
     axes[1].set_xlabel("decoder layer")
     axes[1].set_ylabel("cached positions")
     axes[1].set_title(f"per layer, kept fraction {min(fractions):g}")
@@ -243,13 +244,13 @@ def kv_cache_figure(table: pd.DataFrame) -> plt.Figure:
 
 def summary(table: pd.DataFrame, device: str, batch: int, new_tokens: int) -> str:
     """What the figures show, in numbers (markdown)."""
-    base = table[table.name == NO_PRUNING].iloc[0]
+    base = table[table.name == UNPRUNED].iloc[0]
     memory = (f", peak memory {base.peak_memory_mb:.0f} MB" if not np.isnan(base.peak_memory_mb)
               else "; peak memory is not measured on CPU (the KV cache is the memory figure)")
     lines = [f"- Device: {device}; a batch of {batch} prompts, {new_tokens} greedy tokens each, medians over "
              f"{int(base.rounds)} round(s). Unpruned: prefill {base.prefill_ms:.1f} ms, "
              f"{base.decode_ms_per_token:.2f} ms per output token, KV cache {base.kv_cache_mb:.2f} MB{memory}."]
-    pruned = table[table.name != NO_PRUNING]
+    pruned = table[table.name != UNPRUNED]
     for f, part in pruned.groupby("keep_fraction", sort=False):
         items = [f"{r.name} {r.prefill_speedup:.2f}× of {r.predicted_speedup:.2f}× predicted "
                  f"(decode {r.decode_speedup:.2f}×, KV cache {r.kv_cache_ratio:.0%})" for r in part.itertuples()]

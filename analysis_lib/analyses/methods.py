@@ -36,14 +36,16 @@ from ..evaluation.datasets import EvalSample
 from ..evaluation.runner import NO_PRUNING, EvalModel, MethodSetting, prompt_inputs, run_grid
 from ..flops import LMDims, schedule_flops
 from ..pruning import get_method, nominal_kept
+from ..figures import draw_intervals, reference_band
+from ..stats import Interval, describe
 from ..validation import check_choice, check_range
+from . import study
+from .study import LOCALIZATION, OTHER, UNPRUNED
 
 LAYER_PARAMETERS = ("K", "K1", "K2", "K3")
 MATCH_TOLERANCE = 0.01  # |nominal - target| FLOPs reduction counted as matched
 # Notebook names that are a registry method with fixed parameters.
 VARIANTS: dict[str, tuple[str, dict]] = {"fopru_row": ("fopru", {"strategy": "row"})}
-LOCALIZATION = "localization"
-OTHER = "other tasks"
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def matched_settings(methods: Sequence[str], keep_fractions: Sequence[float], ge
     the order given, preceded by the unpruned model."""
     for name in methods:
         check_choice("method", name, SUPPORTED)
-    plan = [Budgeted(NO_PRUNING, 1.0, MethodSetting(NO_PRUNING), "unpruned", math.nan, 0.0)]
+    plan = [Budgeted(UNPRUNED, 1.0, MethodSetting(NO_PRUNING), "unpruned", math.nan, 0.0)]
     depth = geo.dims.layers
     for f in keep_fractions:
         check_range("keep fraction", f, 0.0, 1.0, low_open=True, high_open=True)
@@ -183,9 +185,9 @@ def matched_settings(methods: Sequence[str], keep_fractions: Sequence[float], ge
 
 def plan_frame(plan: Sequence[Budgeted]) -> pd.DataFrame:
     """The plan as a table: name, kept fraction, registry setting, the model layers its stages prune at,
-    rule, target and nominal reduction."""
+    rule, target and nominal reduction, matched."""
     return pd.DataFrame([{"name": b.name, "keep_fraction": b.keep_fraction, "setting": b.setting.label,
-                          "params": json.dumps(b.setting.params, sort_keys=True), "layers": json.dumps(b.layers),
+                          "params": json.dumps(b.setting.params, sort_keys=True), "layers": list(b.layers),
                           "rule": b.rule,
                           "target_reduction": b.target_reduction, "nominal_reduction": b.nominal_reduction,
                           "matched": b.matched} for b in plan])
@@ -193,33 +195,36 @@ def plan_frame(plan: Sequence[Budgeted]) -> pd.DataFrame:
 
 def evaluate(em: EvalModel, samples: list[EvalSample], plan: Sequence[Budgeted], out: str | Path,
              batch_size: int = 8, dataset: str = "synthetic") -> pd.DataFrame:
-    """``run_grid`` rows (resumable under ``out``) of every distinct setting of the plan, joined to the
-    plan's names and kept fractions, in the plan's order (a setting two entries share is run once)."""
+    """The study's tidy rows (resumable under ``out``) of every distinct setting of the plan, joined to the
+    plan's names, kept fractions and ``matched``, in the plan's order (a setting two entries share is run
+    once)."""
     settings = list({b.setting.label: b.setting for b in plan}.values())
-    rows = run_grid([em], settings, [(dataset, samples)], out=out, batch_size=batch_size, progress=False)
-    entries = plan_frame(plan)[["setting", "name", "keep_fraction"]].reset_index(names="plan_index")
+    rows = study.tidy(run_grid([em], settings, [(dataset, samples)], out=out, batch_size=batch_size, progress=False))
+    entries = plan_frame(plan)[["setting", "name", "keep_fraction", "matched"]].reset_index(names="plan_index")
     merged = rows.merge(entries, on="setting").sort_values("plan_index", kind="stable")
     return merged.drop(columns="plan_index").reset_index(drop=True)
 
 
-def family(task: str) -> str:
-    return LOCALIZATION if task == LOCALIZATION else OTHER
-
-
 def accuracy_table(rows: pd.DataFrame, by: str = "family") -> pd.DataFrame:
-    """Per method × kept fraction × task family (``by="family"``: localization vs the rest) or synthetic
-    task (``by="group"``): accuracy, share of the relevant tokens kept, mean measured FLOPs reduction,
-    samples. Methods stay in the plan's order."""
-    check_choice("by", by, ("family", "group"))
-    frame = rows.assign(family=rows.task.map(family))
-    keys = ["name", "keep_fraction", by]
-    table = (frame.groupby(keys, sort=False)
-             .agg(accuracy=("score", "mean"), relevant_kept=("relevant_kept", "mean"),
-                  flops_reduction=("flops_reduction", "mean"), samples=("score", "size"))
-             .reset_index())
-    if by == "group":
-        table.insert(3, "family", table.group.map(lambda g: LOCALIZATION if g == LOCALIZATION else OTHER))
-    return table
+    """Per method × kept fraction × family (localization, other tasks, all tasks) or task (``by="task_name"``):
+    accuracy with its 95% interval, samples, share of the relevant tokens kept, mean measured FLOPs
+    reduction, and whether the method's budget was matched. Methods stay in the plan's order."""
+    check_choice("by", by, ("family", "task_name"))
+    table = study.accuracy_table(rows, ["name", "keep_fraction", "matched"], by)
+    columns = ["name", "keep_fraction", by, "accuracy", "ci_low", "ci_high", "samples", "relevant_kept",
+               "flops_reduction", "matched"]
+    return table[columns]
+
+
+def versus_fastv(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per method other than FastV, kept fraction and family: its accuracy minus FastV's at the same kept
+    fraction on the same samples, with the 95% paired-bootstrap interval."""
+    out = []
+    for f, at in rows[rows.name != UNPRUNED].groupby("keep_fraction", sort=False):
+        fastv = at[at.name == "fastv"]
+        if len(fastv):
+            out.append(study.differences(at[at.name != "fastv"], fastv, ["name", "keep_fraction"], "family"))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 def budget_table(plan: Sequence[Budgeted], rows: pd.DataFrame) -> pd.DataFrame:
@@ -229,40 +234,51 @@ def budget_table(plan: Sequence[Budgeted], rows: pd.DataFrame) -> pd.DataFrame:
     return plan_frame(plan).merge(measured.reset_index(), on=["name", "keep_fraction"])
 
 
-def _mean_counts(counts: pd.Series) -> str:
-    """Mean kept tokens per stage over rows of one setting (JSON lists of equal length)."""
-    per_row = [json.loads(c) for c in counts]
-    return json.dumps([round(float(np.mean(stage)), 1) for stage in zip(*per_row)])
+def _mean_counts(counts: pd.Series) -> list[float]:
+    """Mean kept tokens per stage over rows of one setting (lists of equal length)."""
+    return [round(float(np.mean(stage)), 1) for stage in zip(*counts)]
 
 
 def palette(names: Sequence[str]) -> dict[str, tuple]:
     """A fixed colour per method (plan order), grey for the unpruned model."""
-    methods = [n for n in dict.fromkeys(names) if n != NO_PRUNING]
-    return {NO_PRUNING: (0.4, 0.4, 0.4), **dict(zip(methods, sns.color_palette("tab10", len(methods))))}
+    methods = [n for n in dict.fromkeys(names) if n != UNPRUNED]
+    return {UNPRUNED: (0.4, 0.4, 0.4), **dict(zip(methods, sns.color_palette("tab10", len(methods))))}
 
 
 def accuracy_figure(by_family: pd.DataFrame) -> plt.Figure:
-    """Accuracy on localization and on the other tasks, and the share of relevant tokens kept, against the
-    measured FLOPs reduction; one line per method, the unpruned model dashed (FEATHER Fig. 5)."""
+    """Accuracy on localization and on the other tasks (95% intervals), and the share of relevant tokens
+    kept, against the measured FLOPs reduction; one line per method, the unpruned model dashed over its
+    interval (FEATHER Fig. 5). A method whose budget could not be matched at the model's depth is left out
+    of the plot and named under it."""
     colours = palette(by_family.name)
     panels = [(LOCALIZATION, "accuracy", "localization (IoU ≥ 0.5)"), (OTHER, "accuracy", "other tasks"),
               (LOCALIZATION, "relevant_kept", "relevant tokens kept (localization)")]
-    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.6))
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.7))
     for ax, (fam, column, title) in zip(axes, panels):
         part = by_family[by_family.family == fam]
-        base = part[part.name == NO_PRUNING][column]
-        if len(base):
-            ax.axhline(base.iloc[0], color=colours[NO_PRUNING], ls="--", lw=0.8, label="unpruned")
-        for name, line in part[part.name != NO_PRUNING].groupby("name", sort=False):
+        base = part[part.name == UNPRUNED]
+        if len(base) and column == "accuracy":
+            reference_band(ax, base.iloc[0], colours[UNPRUNED], "unpruned")
+        for name, line in part[(part.name != UNPRUNED) & part.matched].groupby("name", sort=False):
             line = line.sort_values("flops_reduction")
-            ax.plot(line.flops_reduction, line[column], marker="o", ms=3, lw=1, color=colours[name], label=name)
+            if column == "accuracy":
+                draw_intervals(ax, line.flops_reduction, line, marker="o", ms=3, lw=1, color=colours[name], label=name)
+            else:
+                ax.plot(line.flops_reduction, line[column], marker="o", ms=3, lw=1, color=colours[name], label=name)
         ax.set_title(title)
         ax.set_xlabel("FLOPs reduction")
         ax.set_ylim(-0.03, 1.03)
-    axes[0].set_ylabel("accuracy")
+    axes[0].set_ylabel("accuracy (95% interval)")
     axes[2].set_ylabel("share kept")
-    handles, labels = axes[2].get_legend_handles_labels()
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    unmatched = by_family[~by_family.matched & (by_family.family == LOCALIZATION)]
+    n = int(by_family[by_family.family == LOCALIZATION].samples.max())
+    note = f"{n} localization samples per point."
+    if len(unmatched):
+        note += (" Not plotted, FastV's FLOPs out of reach at this depth: "
+                 + ", ".join(f"{r.name} at kept fraction {r.keep_fraction:g}" for r in unmatched.itertuples()) + ".")
+    fig.text(0.01, -0.04, textwrap.fill(note, 150), fontsize=6, ha="left", va="top")
     fig.tight_layout()
     return fig
 
@@ -291,7 +307,7 @@ def examples_figure(em: EvalModel, samples: Sequence[EvalSample], rows: pd.DataF
         raise ValueError("examples: no localization sample with a box among the samples")
     inputs = prompt_inputs(em, chosen)
     layout = em.adapter.inputs_layout(inputs)
-    part = rows[np.isclose(rows.keep_fraction, keep_fraction) & (rows.name != NO_PRUNING)]
+    part = rows[np.isclose(rows.keep_fraction, keep_fraction) & (rows.name != UNPRUNED)]
     names = list(dict.fromkeys(part.name))
     fig, axes = plt.subplots(len(names), len(chosen), figsize=(1.35 * len(chosen) + 0.9, 1.35 * len(names)),
                              squeeze=False)
@@ -300,8 +316,7 @@ def examples_figure(em: EvalModel, samples: Sequence[EvalSample], rows: pd.DataF
         for j, sample in enumerate(chosen):
             ax = axes[i, j]
             row = by_id.loc[sample.sample_id]
-            stages = json.loads(row.kept)
-            mask = _kept_mask(layout.samples[j], stages[-1])
+            mask = _kept_mask(layout.samples[j], row.kept[-1])
             ax.imshow(sample.image, extent=(0, 1, 1, 0))
             shade = np.ones((*mask.shape, 4))
             shade[mask, 3] = 0.0
@@ -322,25 +337,27 @@ def examples_figure(em: EvalModel, samples: Sequence[EvalSample], rows: pd.DataF
     return fig
 
 
-def _ranking(part: pd.DataFrame, column: str) -> str:
-    ordered = part.sort_values(column, ascending=False, kind="stable")
-    return ", ".join(f"{r.name} {getattr(r, column):.2f}" for r in ordered.itertuples())
+def _ranking(part: pd.DataFrame) -> str:
+    ordered = part.sort_values("accuracy", ascending=False, kind="stable")
+    return ", ".join(f"{r.name} {r.accuracy:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+                     + ("" if r.matched else " (budget not matched)") for r in ordered.itertuples())
 
 
-def summary(budget: pd.DataFrame, by_family: pd.DataFrame) -> str:
-    """What the figures show, in numbers (markdown): the budgets, and per budget the ranking on
-    localization and on the other tasks."""
+def summary(budget: pd.DataFrame, by_family: pd.DataFrame, versus: pd.DataFrame) -> str:
+    """What the figures show, in numbers (markdown): the budgets (saying which could not be matched), and
+    per budget the ranking on localization and on the other tasks with 95% intervals, and each method's
+    difference from FastV on the same samples (``versus_fastv``)."""
     lines = []
-    base = by_family[by_family.name == NO_PRUNING].set_index("family")
-    pruned = budget[budget.name != NO_PRUNING]
+    base = by_family[by_family.name == UNPRUNED].set_index("family")
+    pruned = budget[budget.name != UNPRUNED]
     for f, part in pruned.groupby("keep_fraction", sort=False):
         fastv = part[part.name == "fastv"]
         target = f" (FastV's FLOPs reduction {fastv.nominal_reduction.iloc[0]:.0%})" if len(fastv) else ""
         solved = [f"{r.name} {SOLVED_RULES[r.name][0]}={json.loads(r.params)[SOLVED_RULES[r.name][0]]:g} (keeps "
-                  + " → ".join(f"{k:g}" for k in json.loads(r.kept_per_stage)) + " tokens after layers "
-                  + ", ".join(map(str, json.loads(r.layers))) + ")"
-                  + ("" if r.matched else f" (most aggressive; FastV's reduction is out of reach at its layers: "
-                                          f"{r.nominal_reduction:.0%})")
+                  + " → ".join(f"{k:g}" for k in r.kept_per_stage) + " tokens after layers "
+                  + ", ".join(map(str, r.layers)) + ")"
+                  + ("" if r.matched else f" — **not matched**: FastV's reduction is out of reach at its layers on "
+                                          f"this depth (nominal {r.nominal_reduction:.0%}); left out of the figure")
                   for r in part.itertuples() if r.name in SOLVED_RULES]
         lines.append(f"- **Kept fraction {f:g}**{target}: measured FLOPs reduction "
                      + ", ".join(f"{r.name} {r.flops_reduction:.0%}" for r in part.itertuples())
@@ -350,16 +367,17 @@ def summary(budget: pd.DataFrame, by_family: pd.DataFrame) -> str:
             ranked = at_f[at_f.family == fam]
             if ranked.empty:
                 continue
-            ref = f" (unpruned {base.accuracy[fam]:.2f})" if fam in base.index else ""
-            lines.append(f"  - {fam}, accuracy over {int(ranked.samples.iloc[0])} samples{ref}: "
-                         f"{_ranking(ranked, 'accuracy')}.")
+            ref = (f" (unpruned {base.accuracy[fam]:.2f} [{base.ci_low[fam]:.2f}, {base.ci_high[fam]:.2f}])"
+                   if fam in base.index else "")
+            lines.append(f"  - {fam}, accuracy over {int(ranked.samples.iloc[0])} samples{ref}: {_ranking(ranked)}.")
+            if len(versus):
+                diff = versus[np.isclose(versus.keep_fraction, f) & (versus.family == fam)]
+                lines.append(f"    minus FastV on the same samples: " + "; ".join(
+                    f"{r.name} {describe(Interval(r.difference, r.ci_low, r.ci_high, r.samples, 'paired bootstrap'))}"
+                    for r in diff.itertuples()) + ".")
         loc = at_f[at_f.family == LOCALIZATION]
         if not loc.empty and loc.relevant_kept.notna().any():
-            lines.append(f"  - share of the target's tokens kept (localization): {_ranking(loc, 'relevant_kept')}.")
-    if LOCALIZATION in base.index:
-        n = int(base.samples[LOCALIZATION])
-        p = base.accuracy[LOCALIZATION]
-        error = f" and the unpruned accuracy's standard error is {math.sqrt(p * (1 - p) / n):.2f}" if 0 < p < 1 else ""
-        lines.append(f"- With {n} localization samples one answer moves accuracy by {1 / n:.2f}{error}: differences "
-                     "of that size are noise; the share of the target's tokens kept is the steadier measure.")
+            shares = loc.sort_values("relevant_kept", ascending=False, kind="stable")
+            lines.append("  - share of the target's tokens kept (localization): "
+                         + ", ".join(f"{r.name} {r.relevant_kept:.2f}" for r in shares.itertuples()) + ".")
     return "\n".join(lines)

@@ -119,7 +119,7 @@ def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = No
     try:
         for i, name in enumerate(names, 1):
             source, target = NOTEBOOK_DIR / f"{name}.ipynb", run_dir / f"{name}.ipynb"
-            parameters = {**settings[name], "root": str(root)}
+            parameters = {**settings[name], "root": str(root), "threads": threads}
             stamp_file, stamp = run_dir / f"{name}.stamp", _stamp(source, parameters)
             executed.append(target)
             if (skip_up_to_date and target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp

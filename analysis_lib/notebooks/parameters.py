@@ -2,13 +2,20 @@
 
 papermill injects parameters as a cell after the one tagged ``parameters`` and carries on when a name
 is misspelled (the misspelled name is simply a new variable). ``collect`` reads every parameter-like
-name of the notebook's namespace right after those cells, so an unknown name, a missing one or a
-value of the wrong type stops the notebook at once with the allowed names. The defaults here and the
+name of the notebook's namespace right after those cells, leaving out the names the notebook's own
+cells bind (so Run All works again in the same kernel), so an unknown name, a missing one or a value
+of the wrong type stops the notebook at once with the allowed names. Parameters edited by hand (not
+the defaults) with ``root="."`` write under ``runs/edited/`` unless ``update_committed=True``. The defaults here and the
 notebook's parameters cell are the same table (a test keeps them equal).
 """
 from __future__ import annotations
 
+import ast
+import hashlib
+import json
 import os
+import re
+from functools import cache
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -30,6 +37,8 @@ COMMON: dict[str, object] = {
     "batch_size": 8,
     "seed": 0,
     "root": ".",  # figures/<notebook>/ and data/results/<notebook>/ are written under it
+    "update_committed": False,  # edited parameters with root "." write under runs/edited/ unless True
+    "threads": 1,  # CPU threads (as the batch's kernels; 0 = torch's default)
 }
 
 # Each notebook's own parameters (layers are given for a paper_depth-layer model and scaled by depth).
@@ -129,10 +138,44 @@ CHOICES = {"device_prefix": ("cpu", "cuda", "mps"), "dtype": ("float32", "float1
 KERNEL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 
-def _parameter_names(namespace: dict) -> dict[str, object]:
+@cache
+def notebook_names(notebook: str) -> frozenset[str]:
+    """Names the notebook's own code cells (all but the parameters cell) bind: imports, assignments, loop
+    targets. They are the notebook's variables, never parameters, so a second Run All in the same kernel
+    (where ``P``, ``fig``, ``session`` already exist) is not mistaken for misspelled parameters."""
+    cells = json.loads((REPO / "notebooks" / f"{notebook}.ipynb").read_text(encoding="utf-8"))["cells"]
+    names = set()
+    for cell in cells:
+        if cell["cell_type"] != "code" or "parameters" in cell["metadata"].get("tags", []):
+            continue
+        for node in ast.walk(ast.parse("".join(cell["source"]))):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+    return frozenset(names)
+
+
+def _parameter_names(namespace: dict, notebook: str) -> dict[str, object]:
+    own = notebook_names(notebook)
     return {k: v for k, v in namespace.items()
-            if not k.startswith("_") and k not in KERNEL_NAMES and not isinstance(v, ModuleType)
+            if not k.startswith("_") and k not in KERNEL_NAMES and k not in own and not isinstance(v, ModuleType)
             and not callable(v)}
+
+
+def edited_root(notebook: str, values: dict) -> str:
+    """``runs/edited/<notebook>/<changed parameters>``: where a run whose parameters differ from the defaults
+    writes when it keeps ``root="."`` and does not ask to ``update_committed``; ``"."`` otherwise."""
+    defaults = NOTEBOOKS[notebook]
+    changed = {k: v for k, v in values.items() if k not in ("root", "update_committed", "threads") and v != defaults[k]}
+    if values["root"] != "." or values["update_committed"] or not changed:
+        return values["root"]
+    name = re.sub(r"[^A-Za-z0-9=.,_-]+", "_", ",".join(f"{k}={v}" for k, v in sorted(changed.items())))
+    if len(name) > 60:
+        name = f"{name[:50]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return str(Path("runs") / "edited" / notebook / name)
 
 
 def _same_kind(value: object, default: object) -> bool:
@@ -156,7 +199,7 @@ def collect(namespace: dict, notebook: str) -> SimpleNamespace:
         os.chdir(REPO)
     check_choice("notebook", notebook, NOTEBOOKS)
     defaults = NOTEBOOKS[notebook]
-    given = _parameter_names(namespace)
+    given = _parameter_names(namespace, notebook)
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ValueError(f"{notebook}: unknown parameter(s) {unknown} (misspelled?); allowed: {', '.join(defaults)}")
@@ -170,6 +213,8 @@ def collect(namespace: dict, notebook: str) -> SimpleNamespace:
     check_choice("device", str(given["device"]).split(":")[0], CHOICES["device_prefix"])
     check_choice("dtype", given["dtype"], CHOICES["dtype"])
     check_choice("attn_implementation", given["attn_implementation"], CHOICES["attn_implementation"])
+    if given["threads"] < 0:
+        raise ValueError(f"{notebook}: parameter threads={given['threads']!r} must be >= 0 (0 = torch's default)")
     for name in ("per_task", "batch_size"):
         if given[name] < 1:
             raise ValueError(f"{notebook}: parameter {name}={given[name]!r} must be >= 1")
@@ -178,4 +223,5 @@ def collect(namespace: dict, notebook: str) -> SimpleNamespace:
     values = {k: given[k] for k in defaults}
     if notebook in CHECKS:
         CHECKS[notebook](values)
+    values["root"] = edited_root(notebook, values)
     return SimpleNamespace(notebook=notebook, **values)

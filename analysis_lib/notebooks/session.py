@@ -1,14 +1,19 @@
-"""What every notebook does first: load the model and the samples its parameters name, and know where
-its figures and tables go."""
+"""What every notebook does first: load the model and the samples its parameters name, use the batch's
+thread setting, and know where its figures and tables go; and how a cell saves them (a figure cell shows
+the figure and nothing else)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
 from ..evaluation.datasets import EvalSample, load_dataset
 from ..evaluation.runner import EvalModel, load_eval_model
-from ..figures import paper_style
+from ..figures import paper_style, save_figure, save_table
 
 
 @dataclass
@@ -25,9 +30,27 @@ class Session:
     def tables(self) -> Path:
         return Path(self.params.root) / "data" / "results" / self.params.notebook
 
+    @property
+    def runs(self) -> Path:
+        """Finished evaluation batches, reused when the notebook runs again."""
+        return Path(self.params.root) / "runs" / self.params.notebook
+
+    def figure(self, fig: plt.Figure, name: str) -> None:
+        """Show ``fig`` once in the notebook, write ``figures/<notebook>/<name>.pdf/.png`` and close it."""
+        from IPython.display import display
+        display(fig)
+        save_figure(fig, self.figures / name)
+
+    def table(self, frame: pd.DataFrame, name: str) -> None:
+        """Write ``data/results/<notebook>/<name>.parquet/.csv``."""
+        save_table(frame, self.tables / name)
+
 
 def open_session(params: SimpleNamespace) -> Session:
-    """Load the dataset first (cheap errors first), then the model; set the paper figure style."""
+    """Load the dataset first (cheap errors first), then the model, on ``params.threads`` CPU threads (the
+    batch's setting; 0 keeps torch's default); set the paper figure style."""
+    if params.threads:
+        torch.set_num_threads(params.threads)
     options = {"per_task": params.per_task} if params.dataset.split(":")[0] == "synthetic" else {}
     samples = load_dataset(params.dataset, split=params.split if params.dataset == "synthetic" else None,
                            limit=params.limit or None, seed=params.seed, **options)
