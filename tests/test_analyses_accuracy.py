@@ -23,7 +23,7 @@ def rows_of(spec: list[tuple[str, dict, str, list[float]]], relevant: float | No
     for arm, coords, task, scores in spec:
         kept = 1.0 if arm == accuracy.UNPRUNED else 0.25
         out += [{"dataset": dataset, "arm": arm, **coords, "task_name": task, "task": task,
-                 "family": study.family(task), "sample_id": f"{task}-{i}", "score": float(s), "kept_fraction": kept,
+                 "family": study.family(dataset, task), "sample_id": f"{task}-{i}", "score": float(s), "kept_fraction": kept,
                  "relevant_kept": relevant} for i, s in enumerate(scores)]
     return pd.DataFrame(out)
 

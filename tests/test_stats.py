@@ -42,7 +42,7 @@ def test_paired_difference_uses_the_pairs():
 
 def rows(arm, scores_by_task):
     return pd.DataFrame([{"dataset": "synthetic", "arm": arm, "sample_id": f"{task}-{i}", "task": task,
-                          "task_name": task, "family": study.family(task), "score": float(s)}
+                          "task_name": task, "family": study.family("synthetic", task), "score": float(s)}
                          for task, scores in scores_by_task.items() for i, s in enumerate(scores)])
 
 

@@ -146,7 +146,9 @@ def relative_drop(reference: float, value: float) -> float:
 def localization_vs_rest(rows: pd.DataFrame) -> pd.DataFrame:
     """Per arm and family (localization, other tasks, all tasks; unweighted task means): accuracy with its
     95% interval, and its change from the unpruned arm on the same samples (``change``, paired-bootstrap
-    ``change_ci_low``/``change_ci_high``, ``change_excludes_zero``) and relative to it."""
+    ``change_ci_low``/``change_ci_high``, ``change_excludes_zero``) and relative to it; refused without a
+    localization dataset."""
+    study.require_localization(rows, "the localization-vs-rest table (FEATHER Fig. 2)")
     table = study.accuracy_table(rows, ["arm"], "family")[["arm", "family", "accuracy", "ci_low", "ci_high", "samples"]]
     change = study.differences(rows[rows.arm != UNPRUNED], rows[rows.arm == UNPRUNED], ["arm"], "family")
     change = change.drop(columns="samples").rename(columns={"difference": "change", "ci_low": "change_ci_low",
@@ -159,7 +161,9 @@ def localization_vs_rest(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def quartile_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per paper layer K, quarter q and family (localization, all tasks): accuracy with its 95% interval."""
+    """Per paper layer K, quarter q and family (localization, all tasks): accuracy with its 95% interval;
+    refused without a localization dataset."""
+    study.require_localization(rows, "the quartile table (FEATHER Fig. 3)")
     table = study.accuracy_table(rows[rows.q.notna()], ["paper_K", "layer", "q"], "family")
     table = table[table.family.isin([LOCALIZATION, ALL])]
     table = table[["paper_K", "layer", "q", "family", "accuracy", "ci_low", "ci_high", "samples"]]

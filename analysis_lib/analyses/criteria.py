@@ -91,7 +91,8 @@ def criteria_table(rows: pd.DataFrame, preset: pd.DataFrame) -> pd.DataFrame:
     """One row per criterion × K (unpruned first) of ``label_rows``: accuracy on localization, on the other
     tasks and on all (``accuracy_<family>`` with ``_ci_low``/``_ci_high``, unweighted task means), the
     fraction of relevant tokens kept on localization and on all, mean kept visual tokens, samples, the
-    measured FLOPs reduction and the preset's."""
+    measured FLOPs reduction and the preset's; refused without a localization dataset."""
+    study.require_localization(rows, "the criteria table (FEATHER Table 1)")
     keys = ["criterion", "paper_K"]
     long = study.accuracy_table(rows, keys, "family")
     table = long[long.family == study.ALL][keys + ["kept_tokens", "flops_reduction", "samples"]].reset_index(drop=True)
@@ -139,7 +140,7 @@ def accuracy_flops_figure(table: pd.DataFrame) -> plt.Figure:
 
 def example_samples(samples: Sequence[EvalSample], count: int) -> list[EvalSample]:
     """The first ``count`` localization samples (with a target box), else the first samples."""
-    local = [s for s in samples if s.task == "localization" and s.box is not None]
+    local = [s for s in samples if study.family(s.dataset, s.task) == study.LOCALIZATION and s.box is not None]
     return (local or list(samples))[:count]
 
 

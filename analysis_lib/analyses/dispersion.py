@@ -186,7 +186,9 @@ def pruning_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 def pruning_accuracy(rows: pd.DataFrame) -> pd.DataFrame:
     """Per criterion × R × family (localization, other tasks, all tasks): accuracy with its 95% interval,
-    the fraction of ground-truth relevant tokens kept and the mean FLOPs reduction (``pruning_rows``)."""
+    the fraction of ground-truth relevant tokens kept and the mean FLOPs reduction (``pruning_rows``); refused
+    without a localization dataset."""
+    study.require_localization(rows, "the dispersion notebook's pruning accuracy")
     return study.accuracy_table(rows, ["criterion", "R"], "family")
 
 

@@ -5,7 +5,9 @@ the study's coordinates), runs them with ``run`` and aggregates with ``accuracy_
 ``differences``. The definitions every notebook shares live here:
 
 - a row's ``task_name`` is the scene task on the synthetic suite (its ``group``), else the dataset's
-  name; its ``family`` is ``localization`` or ``other tasks``;
+  name; its ``family`` is ``localization`` when its task family (``datasets.task_family``: the benchmark's,
+  else the task's) is localization — RefCOCO / RefCOCO+ / RefCOCOg on real data, the ``localization``
+  task on the synthetic suite — else ``other tasks``;
 - "other tasks" and "all tasks" are the **unweighted mean of the tasks' accuracies** (FEATHER's "other
   task avg": every task counts alike whatever its sample count), with a bootstrap interval resampled
   within each task (``analysis_lib.stats``); one task alone gets its Wilson interval (0/1 scores);
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluation.datasets import EvalSample
+from ..evaluation.datasets import BENCHMARKS, EvalSample, task_family
 from ..evaluation.runner import NO_PRUNING, EvalModel, MethodSetting, run_grid
 from ..pruning.schedule import resolve_layer
 from ..stats import Interval, mean_interval, paired_difference
@@ -50,8 +52,19 @@ def unpruned_arm() -> Arm:
     return Arm(UNPRUNED, MethodSetting(NO_PRUNING))
 
 
-def family(task: str) -> str:
-    return LOCALIZATION if task == LOCALIZATION else OTHER
+def family(dataset: str | None, task: str) -> str:
+    """``localization`` or ``other tasks``: the split every analysis reports (see the module docstring)."""
+    return LOCALIZATION if task_family(dataset, task) == LOCALIZATION else OTHER
+
+
+def require_localization(rows: pd.DataFrame, analysis: str) -> None:
+    """Refuse (ValueError) rows without a localization dataset for an analysis that splits localization from
+    the rest, naming the datasets given and the ones it can use."""
+    if not (rows.family == LOCALIZATION).any():
+        usable = ", ".join(k for k, b in BENCHMARKS.items() if b.task_family == LOCALIZATION)
+        given = ", ".join(dict.fromkeys(map(str, rows.dataset))) or "none"
+        raise ValueError(f"dataset: {analysis} splits localization from the other tasks, but the datasets given "
+                         f"({given}) have no localization samples; add one of {usable}, or use the synthetic suite")
 
 
 def _as_list(value: object) -> list:
@@ -68,7 +81,7 @@ def tidy(rows: pd.DataFrame) -> pd.DataFrame:
     task_name = rows.group.where(scenes & rows.group.notna() & (rows.group != ""), short)
     return rows.assign(kept=[_as_list(k) for k in rows.kept], kept_counts=kept_counts, kept_tokens=tokens,
                        kept_fraction=np.asarray(tokens, dtype=float) / rows.n_visual.to_numpy(),
-                       task_name=task_name, family=rows.task.map(family),
+                       task_name=task_name, family=[family(d, t) for d, t in zip(rows.dataset, rows.task)],
                        score=rows.score.astype(float), relevant_kept=rows.relevant_kept.astype(float))
 
 

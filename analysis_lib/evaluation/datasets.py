@@ -90,6 +90,10 @@ from PIL import Image
 from ..validation import check_choice
 
 TASKS: tuple[str, ...] = ("localization", "vqa", "yes_no", "multiple_choice", "mme", "exact_match")
+# Task families the analyses split by ("localization vs others"): a benchmark declares its own (GQA is scored by
+# exact match but is a VQA benchmark); other data takes its task's (the synthetic suite's non-localization
+# tasks are "exact_match").
+FAMILIES: tuple[str, ...] = TASKS
 
 # Scene-suite task -> evaluation task (metric family).
 SCENE_TASK_MAP: dict[str, str] = {
@@ -337,7 +341,8 @@ class Benchmark:
     holds the index of the correct option (becomes its letter). ``one_per_expression``: the question
     column holds a list of expressions, one sample each (RefCOCO). ``box_format``: "xywh_pixels" or
     "xyxy_normalised". ``images``: (config, key column here, key column there) of a separate image table.
-    ``split_configs``: splits kept in another config (POPE's subsets in "Full")."""
+    ``split_configs``: splits kept in another config (POPE's subsets in "Full"). ``family``: the task family
+    (FAMILIES) when it is not ``task``."""
 
     name: str
     hub_id: str
@@ -351,6 +356,15 @@ class Benchmark:
     box_format: str = "xyxy_normalised"
     images: tuple[str, str, str] | None = None
     split_configs: dict[str, str] = field(default_factory=dict)
+    family: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("family", self.task_family, FAMILIES)
+
+    @property
+    def task_family(self) -> str:
+        """The family the analyses count this benchmark in (FAMILIES)."""
+        return self.family or self.task
 
 
 def _refcoco(name: str, hub_id: str, splits: tuple[str, ...]) -> Benchmark:
@@ -374,7 +388,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                           "context": "ocr_tokens"}, splits=("train", "validation", "test")),
     "gqa": Benchmark("gqa", "lmms-lab/GQA", "testdev_balanced_instructions", "testdev", "exact_match",
                      {"id": "id", "question": "question", "answers": "answer"},
-                     splits=("testdev",), images=("testdev_balanced_images", "imageId", "id")),
+                     splits=("testdev",), images=("testdev_balanced_images", "imageId", "id"), family="vqa"),
     "vqav2": Benchmark("vqav2", "lmms-lab/VQAv2", None, "validation", "vqa",
                        {"id": "question_id", "image": "image", "question": "question", "answers": "answers",
                         "group": "answer_type"}, splits=("validation", "testdev", "test")),
@@ -402,6 +416,26 @@ def _benchmark_name(name: str) -> str | None:
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     return key if key in BENCHMARKS else None
+
+
+def _hub_folder_benchmark(name: str) -> str | None:
+    """The registry name of a hub-cache folder name ("datasets--lmms-lab--POPE"), else None."""
+    m = re.match(r"^datasets--(.+?)--(.+)$", name)
+    if not m:
+        return None
+    by_hub = {hub_id.lower(): k for k, b in BENCHMARKS.items() for hub_id in hub_ids(b)}
+    return by_hub.get(f"{m[1]}/{m[2]}".lower())
+
+
+def task_family(dataset: str | None, task: str) -> str:
+    """The task family (FAMILIES) of a sample or row: its benchmark's when ``dataset`` names one whose task
+    it has (a registry name or alias, "<name>:<split>", or a path whose last name, file stem or hub-cache
+    folder names it), else its task's."""
+    path = Path(str(dataset or ""))
+    names = [n.partition(":")[0] for n in (*reversed(path.parts), path.stem)]
+    key = next((k for n in names if (k := _benchmark_name(n) or _hub_folder_benchmark(n))), None)
+    bench = BENCHMARKS.get(key)
+    return bench.task_family if bench is not None and bench.task == task else task
 
 
 def _unknown_name_error(name: str) -> ValueError:
@@ -895,12 +929,10 @@ def _is_scene_jsonl(path: Path) -> bool:
 def _infer_benchmark(path: Path) -> str:
     """The registry name a dataset path holds, from a hub-cache folder name, dataset_info.json, or the
     path's last two names; else a ValueError asking for benchmark=..."""
-    by_hub = {hub_id.lower(): k for k, b in BENCHMARKS.items() for hub_id in hub_ids(b)}
     by_repo = {b.hub_id.split("/")[1].lower(): k for k, b in BENCHMARKS.items()}
     for part in (*path.parts, *path.resolve().parts):
-        m = re.match(r"^datasets--(.+?)--(.+)$", part)
-        if m and f"{m[1]}/{m[2]}".lower() in by_hub:
-            return by_hub[f"{m[1]}/{m[2]}".lower()]
+        if key := _hub_folder_benchmark(part):
+            return key
     folder = path if path.is_dir() else path.parent
     infos = [folder / "dataset_info.json", *sorted(folder.glob("*/dataset_info.json"))]
     for info in infos:
@@ -1000,5 +1032,5 @@ def load_dataset(spec: str | Path, split: str | None = None, limit: int | None =
     return load_benchmark(benchmark, path=path, split=split, limit=limit, **options)
 
 
-__all__ = ["TASKS", "SCENE_TASK_MAP", "EvalSample", "Benchmark", "BENCHMARKS", "COLUMN_ROLES", "HUB_OWNERS",
+__all__ = ["TASKS", "FAMILIES", "task_family", "SCENE_TASK_MAP", "EvalSample", "Benchmark", "BENCHMARKS", "COLUMN_ROLES", "HUB_OWNERS",
            "hub_cache_dir", "hub_ids", "load_synthetic", "load_jsonl", "load_benchmark", "load_dataset"]
