@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +38,7 @@ from .datasets import EvalSample, load_dataset
 from .launch import Launch, check_shared, joined
 from .parts import code_digest, digest, gather, registered, sample_digest, stable_form, write_atomic
 from .prompts import PromptStyle, check_templates, style_for
+from .relevance import image_frame, relevant_kept
 from .scoring import Scoring, benchmark_family, frame_of
 
 NO_PRUNING = "none"
@@ -138,23 +138,6 @@ def _forward_timer(model: torch.nn.Module):
             handle.remove()
 
 
-def relevant_kept(sample: EvalSample, grid, kept: torch.Tensor) -> float | None:
-    """Fraction of the ground-truth relevant visual tokens kept (synthetic suite only). A token is
-    relevant when its centre falls in a relevant cell of the sample's relevance grid, so any model grid
-    maps onto the suite's."""
-    if sample.relevance is None:
-        return None
-    mask = torch.as_tensor(np.asarray(sample.relevance, dtype=bool))
-    rows, cols = mask.shape
-    cell_r = (grid.y * rows).long().clamp(0, rows - 1)
-    cell_c = (grid.x * cols).long().clamp(0, cols - 1)
-    relevant = mask[cell_r, cell_c] & grid.is_patch
-    total = int(relevant.sum())
-    if total == 0:
-        return None
-    return float(relevant[kept].sum()) / total
-
-
 def _dims(model) -> LMDims:
     text = model.config.get_text_config()
     return LMDims(text.hidden_size, text.intermediate_size, text.num_hidden_layers)
@@ -195,7 +178,8 @@ def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str],
             "score": scoring.rule(family).score(prediction, score_fields(sample, box_format, em.style)),
             "n_visual": n_visual, "n_text": n_text, "kept": json.dumps(kept),
             "kept_counts": json.dumps([len(k) for k in kept]),
-            "relevant_kept": relevant_kept(sample, grid, final),
+            "relevant_kept": relevant_kept(sample, grid, final, image_frame(
+                em.adapter.family, em.processor.image_processor, *sample.image.size)),
             "flops_reduction": schedule_flops(dims, n_visual, n_text, stages).reduction,
             "flops_reduction_swiglu": schedule_flops(dims, n_visual, n_text, stages, ffn_matrices=3).reduction,
             "batch_prefill_ms": prefill, "batch_decode_ms_per_token": decode,
