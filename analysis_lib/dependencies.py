@@ -35,9 +35,10 @@ ENVS = ROOT / "runs" / "envs"
 EXTRAS = ("notebooks", "dev")
 #: the CPU build of torch that lies on this machine's disk (a plain requirement pulls a CUDA build)
 TORCH = "torch==2.13.0"
-#: what make test-compat runs: the engine, capture and generation invariants and the call readers
+#: what make test-compat runs: the engine, capture and generation invariants (also under accelerate's
+#: offload hooks), the call readers, and the cache accounting
 INVARIANT_TESTS = ("tests/test_engine.py", "tests/test_capture.py", "tests/test_adapters.py",
-                   "tests/test_calls.py", "tests/test_analyses_efficiency.py")
+                   "tests/test_calls.py", "tests/test_offload.py", "tests/test_analyses_efficiency.py")
 _LOCK_HEADER = """\
 # The locked install: every package of the environment that `make test` and `make reproduce` build
 # (torch first, then `-e .[{extras}]`), at the versions the whole test suite passed with.
@@ -156,7 +157,8 @@ def run_tests(python: Path, tests: tuple[str, ...] = (), env: dict[str, str] | N
 
 
 def versions_line(pins: dict[str, str]) -> str:
-    return ", ".join(f"{n} {pins.get(n, '?')}" for n in ("torch", "transformers", "numpy", "pandas"))
+    names = ("torch", "transformers", "accelerate", "numpy", "pandas")
+    return ", ".join(f"{n} {pins.get(n, '?')}" for n in names)
 
 
 # ---- commands ------------------------------------------------------------------------------------

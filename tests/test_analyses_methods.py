@@ -60,6 +60,16 @@ def test_multi_stage_methods_match_fastvs_flops_or_say_they_cannot(plan):
     assert plan["pyramiddrop", 0.1].setting.params["lam"] == 0.01
 
 
+def test_a_budget_reached_only_by_keeping_one_token_is_not_matched(plan):
+    """At 25% on 6 layers both multi-stage methods reach FastV's FLOPs, but only by keeping 1 token."""
+    for name in ("pyramiddrop", "feather"):
+        entry = plan[name, 0.25]
+        assert abs(entry.nominal_reduction - entry.target_reduction) <= compare.MATCH_TOLERANCE
+        assert entry.final_kept == 1 and not entry.matched
+    assert plan["feather", 0.5].final_kept == 36 and plan["feather", 0.5].matched
+    assert plan["fastv", 0.25].final_kept == 36 and plan["fopru", 0.25].final_kept == 36
+
+
 def test_unknown_method_or_fraction_is_rejected():
     with pytest.raises(ValueError, match="method='fastvv'"):
         compare.matched_settings(["fastvv"], [0.5], GEO)

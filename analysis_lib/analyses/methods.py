@@ -8,7 +8,9 @@ Matching: for each kept fraction f a method gets the parameters below (``matched
   depth) and solve their one ratio so that their theoretical FLOPs reduction (eq. 1 on the model's own
   dims and grid, kept counts from ``nominal_kept``) equals FastV's: FEATHER Fig. 5 compares at comparable
   FLOPs. On a shallow model the first stage sits late relative to FastV's, so the target can be out of
-  reach; the most aggressive setting is then used and the budget table says ``matched=False``.
+  reach; the most aggressive setting is then used and the budget table says ``matched=False``. A setting
+  that reaches the FLOPs only by keeping a single token or none after its last stage (``final_kept``)
+  counts as not matched too: it gets there by discarding the image, which says nothing about the method.
 - ``fopru``, ``fopru_row`` (FoPru with strategy=row), ``vispruner`` and ``random`` keep f before the LLM.
 - ``fopru_fastv`` splits f as FoPru Table 2 does: each stage keeps √f, so f remain after FastV's layer.
 
@@ -44,6 +46,7 @@ from .study import LOCALIZATION, OTHER, UNPRUNED
 
 LAYER_PARAMETERS = ("K", "K1", "K2", "K3")
 MATCH_TOLERANCE = 0.01  # |nominal - target| FLOPs reduction counted as matched
+MIN_FINAL_KEPT = 2  # fewer visual tokens left after the last stage is a degenerate match
 # Notebook names that are a registry method with fixed parameters.
 VARIANTS: dict[str, tuple[str, dict]] = {"fopru_row": ("fopru", {"strategy": "row"})}
 
@@ -73,12 +76,16 @@ class Budgeted:
     target_reduction: float
     nominal_reduction: float
     layers: tuple[int, ...] = ()
+    final_kept: int | None = None  # nominal visual tokens left after the last stage
 
     @property
     def matched(self) -> bool:
-        """False when a FLOPs target was out of reach (the most aggressive setting was used)."""
-        gap = abs(self.nominal_reduction - self.target_reduction)
-        return math.isnan(self.target_reduction) or gap <= MATCH_TOLERANCE
+        """False when a FLOPs target was out of reach (the most aggressive setting was used), or reached
+        only by keeping fewer than ``MIN_FINAL_KEPT`` tokens."""
+        if math.isnan(self.target_reduction):
+            return True
+        degenerate = self.final_kept is not None and self.final_kept < MIN_FINAL_KEPT
+        return abs(self.nominal_reduction - self.target_reduction) <= MATCH_TOLERANCE and not degenerate
 
 
 def geometry(em: EvalModel, samples: Sequence[EvalSample], batch_size: int = 8) -> Geometry:
@@ -179,7 +186,9 @@ def matched_settings(methods: Sequence[str], keep_fractions: Sequence[float], ge
                 rule, params = FIXED_RULES[name]
                 setting = _setting(name, paper_depth, **params(f))
             layers = tuple(layer for layer, _ in setting.schedule().resolve(depth))
-            plan.append(Budgeted(name, f, setting, rule, target, nominal_reduction(setting, geo), layers))
+            stages = nominal_kept(setting.schedule(), depth, geo.grid)
+            final = stages[-1][1] if stages else geo.n_visual
+            plan.append(Budgeted(name, f, setting, rule, target, nominal_reduction(setting, geo), layers, final))
     return plan
 
 
@@ -190,7 +199,7 @@ def plan_frame(plan: Sequence[Budgeted]) -> pd.DataFrame:
                           "params": json.dumps(b.setting.params, sort_keys=True), "layers": list(b.layers),
                           "rule": b.rule,
                           "target_reduction": b.target_reduction, "nominal_reduction": b.nominal_reduction,
-                          "matched": b.matched} for b in plan])
+                          "final_kept": b.final_kept, "matched": b.matched} for b in plan])
 
 
 def evaluate(em: EvalModel, samples: list[EvalSample], plan: Sequence[Budgeted], out: str | Path,
@@ -276,7 +285,8 @@ def accuracy_figure(by_family: pd.DataFrame) -> plt.Figure:
     n = int(by_family[by_family.family == LOCALIZATION].samples.max())
     note = f"{n} localization samples per point."
     if len(unmatched):
-        note += (" Not plotted, FastV's FLOPs out of reach at this depth: "
+        note += (" Not plotted, FastV's FLOPs out of reach at this depth without keeping fewer than "
+                 f"{MIN_FINAL_KEPT} tokens: "
                  + ", ".join(f"{r.name} at kept fraction {r.keep_fraction:g}" for r in unmatched.itertuples()) + ".")
     fig.text(0.01, -0.04, textwrap.fill(note, 150), fontsize=6, ha="left", va="top")
     fig.tight_layout()
@@ -357,7 +367,8 @@ def summary(budget: pd.DataFrame, by_family: pd.DataFrame, versus: pd.DataFrame)
                   + " → ".join(f"{k:g}" for k in r.kept_per_stage) + " tokens after layers "
                   + ", ".join(map(str, r.layers)) + ")"
                   + ("" if r.matched else f" — **not matched**: FastV's reduction is out of reach at its layers on "
-                                          f"this depth (nominal {r.nominal_reduction:.0%}); left out of the figure")
+                                          f"this depth without keeping fewer than {MIN_FINAL_KEPT} tokens (nominal "
+                                          f"{r.nominal_reduction:.0%}); left out of the figure")
                   for r in part.itertuples() if r.name in SOLVED_RULES]
         lines.append(f"- **Kept fraction {f:g}**{target}: measured FLOPs reduction "
                      + ", ".join(f"{r.name} {r.flops_reduction:.0%}" for r in part.itertuples())
