@@ -444,6 +444,13 @@ def _unknown_name_error(name: str) -> ValueError:
                       f"a parquet/arrow file, or a dataset folder (save_to_disk, hub cache snapshot, scene suite)")
 
 
+def _absent_spec_error(text: str, path: Path) -> Exception:
+    """A spec that is no name and no existing path: a missing path when it looks like one, else unknown."""
+    if os.sep in text or "/" in text or text.startswith((".", "~")) or path.suffix in (".jsonl", ".parquet", ".arrow"):
+        return FileNotFoundError(f"dataset path {path} does not exist")
+    return _unknown_name_error(text)
+
+
 def hub_cache_dir() -> tuple[Path, str]:
     """The Hugging Face hub cache folder, resolved as huggingface_hub does, and where it came from."""
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
@@ -670,14 +677,38 @@ def _repo_folder(cache: Path, bench: Benchmark) -> Path:
     return cache / names[0]
 
 
+def _cached_snapshot(bench: Benchmark, cache_dir: str | Path | None = None) -> Path:
+    """The hub-cache snapshot of a benchmark, or a FileNotFoundError saying where it looked and how to get it."""
+    cache, origin = (Path(cache_dir), "cache_dir") if cache_dir is not None else hub_cache_dir()
+    repo = _repo_folder(cache, bench)
+    snapshot = _pick_snapshot(repo) if repo.is_dir() else None
+    if snapshot is None:
+        raise _missing_copy_error(bench, repo / "snapshots" / "<revision>", cache, origin)
+    return snapshot
+
+
+def check_local_copy(spec: str) -> None:
+    """Whether the dataset ``spec`` (as ``load_dataset`` takes it) is on this machine, reading no data:
+    the synthetic suite always is; a benchmark name needs its hub-cache copy and a path must exist.
+    Raises the FileNotFoundError ``load_dataset`` would (where it looked, how to get it), or a ValueError
+    for an unknown name."""
+    text = str(spec).strip()
+    name = text.partition(":")[0]
+    if name.lower() == "synthetic":
+        return
+    key = _benchmark_name(name)
+    if key is not None:
+        _cached_snapshot(BENCHMARKS[key])
+        return
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise _absent_spec_error(text, path)
+
+
 def _resolve(bench: Benchmark, path, split, config, cache_dir) -> tuple[_Table, str, Path | None]:
     """The table of the requested split, its name, and the snapshot it came from (None if not one)."""
     if path is None:
-        cache, origin = (Path(cache_dir), "cache_dir") if cache_dir is not None else hub_cache_dir()
-        repo = _repo_folder(cache, bench)
-        snapshot = _pick_snapshot(repo) if repo.is_dir() else None
-        if snapshot is None:
-            raise _missing_copy_error(bench, repo / "snapshots" / "<revision>", cache, origin)
+        snapshot = _cached_snapshot(bench, cache_dir)
         table = _choose_split_in_snapshot(snapshot, config, split, bench.split)
         return table, table.split or bench.split, snapshot
     path = Path(path).expanduser()
@@ -986,10 +1017,7 @@ def load_dataset(spec: str | Path, split: str | None = None, limit: int | None =
         return load_benchmark(key, split=sub or split, limit=limit, **options)
     path = Path(text).expanduser()
     if not path.exists():
-        looks_like_path = os.sep in text or "/" in text or text.startswith((".", "~"))
-        if looks_like_path or path.suffix in (".jsonl", ".parquet", ".arrow"):
-            raise FileNotFoundError(f"dataset path {path} does not exist")
-        raise _unknown_name_error(text)
+        raise _absent_spec_error(text, path)
 
     benchmark = options.pop("benchmark", None)
     if path.is_file() and path.suffix == ".jsonl":
@@ -1033,4 +1061,4 @@ def load_dataset(spec: str | Path, split: str | None = None, limit: int | None =
 
 
 __all__ = ["TASKS", "FAMILIES", "task_family", "SCENE_TASK_MAP", "EvalSample", "Benchmark", "BENCHMARKS", "COLUMN_ROLES", "HUB_OWNERS",
-           "hub_cache_dir", "hub_ids", "load_synthetic", "load_jsonl", "load_benchmark", "load_dataset"]
+           "hub_cache_dir", "hub_ids", "check_local_copy", "load_synthetic", "load_jsonl", "load_benchmark", "load_dataset"]

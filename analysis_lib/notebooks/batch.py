@@ -2,7 +2,9 @@
 
 A profile (``notebooks/profiles/<name>.yaml``) gives parameters for all notebooks (``common``) and per
 notebook (``notebooks: {name: {...}}``): ``default`` is the embedded default on CPU, ``ci`` the tiny
-settings CI runs, ``llava-1.5-7b`` a real checkpoint on a GPU. Executed notebooks go to
+settings CI runs, ``llava-1.5-7b`` a real checkpoint on a GPU on the papers' benchmarks. Before any notebook
+runs, the datasets a profile names are checked against the local copies; its ``missing_datasets``
+(``fail`` or ``skip``) says what a missing one does (``availability``). Executed notebooks go to
 ``runs/notebooks/<profile>/``; figures and tables go where the notebooks write them. A failing
 notebook stops the batch with its name and the cell's error. ``skip_up_to_date`` skips a notebook
 whose executed copy exists and whose inputs (notebook, parameters, library source) are unchanged.
@@ -17,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..validation import check_choice
+from .availability import POLICIES, without_missing
 from .parameters import NOTEBOOKS, REPO
 
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -34,6 +37,11 @@ def profiles() -> list[str]:
 
 def load_profile(name_or_path: str | Path) -> dict:
     """``{notebook: parameters}`` for every notebook, from a profile name or a YAML path."""
+    return read_profile(name_or_path)[0]
+
+
+def read_profile(name_or_path: str | Path) -> tuple[dict, str]:
+    """``load_profile``'s parameters and the profile's ``missing_datasets`` policy (default "fail")."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         check_choice("profile", str(name_or_path), profiles())
@@ -50,13 +58,23 @@ def load_profile(name_or_path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"profile {path}: expected a mapping with 'common' and/or 'notebooks', got "
                          f"{type(data).__name__}")
-    unknown = set(data) - {"common", "notebooks"}
+    unknown = set(data) - {"common", "notebooks", "missing_datasets"}
     if unknown:
-        raise ValueError(f"profile {path}: unknown sections {sorted(unknown)}; allowed: 'common', 'notebooks'")
+        raise ValueError(f"profile {path}: unknown sections {sorted(unknown)}; allowed: 'common', 'notebooks', "
+                         "'missing_datasets'")
     per_notebook = data.get("notebooks") or {}
     for name in per_notebook:
         check_choice(f"profile {path.name}: notebook", name, NOTEBOOKS)
-    return {name: {**(data.get("common") or {}), **(per_notebook.get(name) or {})} for name in NOTEBOOKS}
+    policy = check_choice(f"profile {path.name}: missing_datasets", data.get("missing_datasets", "fail"), POLICIES)
+    return {name: {**(data.get("common") or {}), **(per_notebook.get(name) or {})} for name in NOTEBOOKS}, policy
+
+
+def resolve_profile(profile: str | Path, only: list[str] | None = None) -> tuple[dict[str, dict], list[str]]:
+    """The parameters of each notebook to run (all, or ``only``) once the profile's datasets are checked
+    against the local copies (``availability``), and the lines saying what was left out."""
+    settings, policy = read_profile(profile)
+    names = list(NOTEBOOKS) if not only else [check_choice("notebook", n, NOTEBOOKS) for n in only]
+    return without_missing({name: settings[name] for name in names}, policy)
 
 
 def _stamp(notebook: Path, parameters: dict) -> str:
@@ -107,9 +125,11 @@ def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = No
     default: several threads on a small shared machine were measured 20x slower than one."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ValueError(f"threads={threads!r}: must be an integer >= 0 (0 = torch's default)")
-    settings = load_profile(profile)
     root = output_root(profile, root, update_committed)
-    names = list(NOTEBOOKS) if not only else [check_choice("notebook", n, NOTEBOOKS) for n in only]
+    settings, lines = resolve_profile(profile, only)
+    for line in lines:
+        print(line)
+    names = list(settings)
     run_dir = Path(run_dir or REPO / "runs" / "notebooks" / Path(str(profile)).stem)
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = os.environ.get("OMP_NUM_THREADS")
