@@ -45,7 +45,7 @@ COMMON: dict[str, object] = {
 OWN: dict[str, dict[str, object]] = {
     "01_positional_bias": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "R": 0.75, "frequency_layer": 3},
     "02_where_pruning_hurts": {"paper_layers": [3, 8, 16, 24], "paper_depth": 32, "ratios": [0.25, 0.5, 0.75, 0.9],
-                               "R": 0.75, "ratio_layer": 3},
+                               "R": 0.75, "ratio_layer": 3, "extra_datasets": []},
     "03_attention_dispersion": {"paper_layer": 3, "paper_depth": 32, "top_fraction": 0.2,
                                 "ratios": [0.5, 0.75, 0.9]},
     "04_benchmark_leakage": {"paper_layer": 3, "paper_depth": 32, "R": 0.75, "extra_datasets": []},
@@ -104,14 +104,19 @@ def _check_where(p: dict) -> None:
     if not isinstance(p["ratio_layer"], int) or not 1 <= p["ratio_layer"] < p["paper_depth"]:
         raise ValueError(f"ratio_layer={p['ratio_layer']!r}: a layer of a {p['paper_depth']}-layer model in "
                          f"1..{p['paper_depth'] - 1}")
+    _check_extra(p)
+
+
+def _check_extra(p: dict) -> None:
+    bad = [d for d in p["extra_datasets"] if not isinstance(d, str)]
+    if bad:
+        raise ValueError(f"extra_datasets: dataset specs are strings (names or paths), got {bad!r}")
 
 
 def _check_leakage(p: dict) -> None:
     _check_layer(p)
     check_range("R", p["R"], 0.0, 1.0, high_open=True)
-    bad = [d for d in p["extra_datasets"] if not isinstance(d, str)]
-    if bad:
-        raise ValueError(f"extra_datasets: dataset specs are strings (names or paths), got {bad!r}")
+    _check_extra(p)
 
 
 def _check_budgets(p: dict) -> None:
