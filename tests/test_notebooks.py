@@ -46,6 +46,7 @@ def test_collect_rejects_bad_parameters(change, message):
 
 @pytest.mark.parametrize("name, change, message", [
     ("02_where_pruning_hurts", {"ratios": [0.5, 1.2]}, "ratios=1.2"),
+    ("02_where_pruning_hurts", {"extra_datasets": ["pope", 3]}, "extra_datasets: dataset specs are strings"),
     ("03_attention_dispersion", {"top_fraction": 0.0}, "top_fraction=0.0"),
     ("04_benchmark_leakage", {"paper_layer": 32}, "paper_layer=32"),
     ("05_criteria", {"examples": 0}, "examples=0"),
