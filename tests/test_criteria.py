@@ -221,10 +221,19 @@ def test_rows_score_per_segment():
     assert kept(Rows("score").select(sample(next_grid(), scores), 11)) == [8, 9, 10, 11] + list(range(37, 44))
 
 
-def test_rows_at_least_one_row_per_segment():
-    """k = 1 of 44 rounds to 0 rows, but each segment still keeps one."""
+def test_rows_budget_below_one_row_keeps_none():
+    """k = 10 of 44: 10·4 // 44 = 0 rows in each segment, so nothing is kept rather than 4 + 7 = 11 > 10 tokens."""
     s = sample(next_grid())
-    assert kept(Rows("bottom").select(s, 1)) == [12, 13, 14, 15] + list(range(37, 44))
+    assert kept(Rows("bottom").select(s, 10)) == []
+    assert kept(Rows("top").select(s, 10)) == []
+
+
+def test_rows_truncate_and_never_exceed_budget():
+    """FoPru's rounding on 27×27 at R = 0.75: k = floor(0.25·729) = 182 → 182·27 // 729 = 6 rows (n×r% sliced,
+    truncated) = 162 tokens, not round(6.74) = 7 rows = 189 > 182. Rows 0-5 score highest."""
+    s = sample(square_grid(27), -torch.arange(729.0))
+    assert kept(Rows("score").select(s, 182)) == list(range(162))
+    assert kept(Rows("bottom").select(s, 182)) == list(range(729 - 162, 729))
 
 
 def test_rows_bad_part():

@@ -117,8 +117,11 @@ ROW_PARTS = ("score", "top", "bottom")
 @dataclass(frozen=True)
 class Rows:
     """Whole rows of each segment's grid. The budget k sets the fraction of rows, k / candidates, kept
-    per segment (at least one row): by summed score (FoPru's row strategy, ``part="score"``), or the
-    top / bottom rows of the image (positional ablations). Newline tokens go with their row."""
+    per segment, rounded down (FoPru selects n×r% rows and slices, which truncates: 6 of 27 rows = 162
+    tokens for a budget of 182; rounding to nearest would keep 7 = 189, over budget), so a stage of
+    whole rows never exceeds its budget and keeps no row when one row is more than it; by summed score
+    (FoPru's row strategy, ``part="score"``), or the top / bottom rows of the image (positional
+    ablations). Newline tokens go with their row."""
 
     part: str = "score"
     needs_budget: bool = True
@@ -133,18 +136,18 @@ class Rows:
 
     def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
         g, cand = sample.grid, sample.candidates
-        fraction = k / max(int(cand.sum()), 1)
+        n_candidates = max(int(cand.sum()), 1)
         scores = torch.nan_to_num(sample.scores.float(), nan=0.0)
         keep = torch.zeros_like(cand)
         for segment in g.segment[cand].unique().tolist():
             in_segment = cand & (g.segment == segment)
             rows = g.row[in_segment].unique()  # ascending: top first
-            n_keep = max(1, round(fraction * len(rows)))
+            n_keep = k * len(rows) // n_candidates
             if self.part == "score":
                 totals = torch.stack([scores[in_segment & (g.row == r)].sum() for r in rows])
                 chosen = rows[torch.argsort(totals, descending=True, stable=True)[:n_keep]]
             else:
-                chosen = rows[:n_keep] if self.part == "top" else rows[-n_keep:]
+                chosen = rows[:n_keep] if self.part == "top" else rows[len(rows) - n_keep:]
             keep |= in_segment & torch.isin(g.row, chosen)
         return keep.nonzero().flatten()
 
