@@ -329,11 +329,14 @@ def test_important_diverse_by_hand():
 
 
 def test_important_diverse_important_count_is_floored():
-    """k = 7, important = 0.5 → int(3.5) = 3 important {0, 5, 10}; pool now also holds 15 (13 tokens):
-    r1 drops all 7 A places (each has a twin in B) → [2,4,7,9,12,14]; r2: A=[2,7,12] sims 0,1,1 → drop 7, 12
-    → diverse 2, 4, 9, 14."""
+    """k = 7, important = 0.5 → int(3.5) = 3 important {0, 5, 10}; pool now also holds 15 (13 tokens).
+    Attention order reads 15 (score 1) first, then the zero scores in image order: [15,1,2,3,4,6,7,8,9,11,12,13,14];
+    r1 drops all 7 A places (each has a twin in B) → [1,3,6,8,11,13]; r2: A=[1,6,11] sims 1,0,1 → drop 1, 11
+    → diverse 6, 3, 8, 13. Image order: r1 → [2,4,7,9,12,14]; r2: A=[2,7,12] sims 0,1,1 → drop 7, 12 → diverse
+    2, 4, 9, 14. Either way one per class."""
     s = _vispruner_sample(planted(16, {0: 4.0, 5: 3.0, 10: 2.0, 15: 1.0}))
-    assert kept(ImportantDiverse(0.5).select(s, 7)) == [0, 2, 4, 5, 9, 10, 14]
+    assert kept(ImportantDiverse(0.5).select(s, 7)) == [0, 3, 5, 6, 8, 10, 13]
+    assert kept(ImportantDiverse(0.5, order="image").select(s, 7)) == [0, 2, 4, 5, 9, 10, 14]
 
 
 def test_important_diverse_newlines_only_fill_a_shortfall():
@@ -357,8 +360,18 @@ def test_important_one_equals_topk():
     assert kept(ImportantDiverse(1.0).select(s, 4)) == kept(TopK().select(s, 4)) == [1, 3, 9, 12]
 
 
+def test_important_diverse_attention_order_by_hand():
+    """2×2 grid, scores 2, 1, 3, 4 for tokens 0-3; k = 2 → 1 important (token 3), 1 diverse from the other three
+    (orthogonal features). Duplicate removal with n = 1: r = min(8, 3 - 1) = 2 drops both A places (0 and 2),
+    leaving the token at place 1. Attention order (official code) reads [2, 0, 1] → keeps token 0; image
+    order reads [0, 1, 2] → keeps token 1."""
+    s = sample(square_grid(2), [2.0, 1.0, 3.0, 4.0], features=onehot([0, 1, 2, 3]))
+    assert kept(ImportantDiverse(0.5).select(s, 2)) == [0, 3]
+    assert kept(ImportantDiverse(0.5, order="image").select(s, 2)) == [1, 3]
+
+
 @pytest.mark.parametrize("kwargs, name", [({"important": 1.5}, "important"), ({"important": -0.1}, "important"),
-                                          ({"per_round": 0}, "per_round")])
+                                          ({"per_round": 0}, "per_round"), ({"order": "raster"}, "order")])
 def test_important_diverse_bad_parameters(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ImportantDiverse(**kwargs)

@@ -7,7 +7,7 @@ quartile, a region).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -225,16 +225,25 @@ def remove_duplicates(normalized: torch.Tensor, n: int, per_round: int) -> torch
     return remaining
 
 
+DIVERSE_ORDERS = ("attention", "image")
+
+
 @dataclass(frozen=True)
 class ImportantDiverse:
     """VisPruner: the int(k·important) best-scored candidates ("important", scored by [CLS] attention),
     then the rest of the budget as "diverse" tokens: duplicates are removed from the other candidates
     by cosine similarity of their L2-normalised feature-layer features (``remove_duplicates``, up to
     ``per_round`` per round). Tokens without features (newlines) are used last, in image order, only
-    if the budget needs them."""
+    if the budget needs them.
+
+    ``order`` is the order the other candidates enter duplicate removal, which sets the alternating
+    halves: "attention" (default) best-scored first, as the official code does (``encode_images`` in
+    ``llava/model/llava_arch.py`` of Theia-4869/VisPruner runs it over the residual indices of the
+    descending attention sort); "image" in raster order (the paper's Algorithm 1 does not say)."""
 
     important: float = 0.5
     per_round: int = 8
+    order: str = "attention"
     name: str = "important+diverse"
     needs_budget: bool = True
     needs_features: bool = True
@@ -243,6 +252,13 @@ class ImportantDiverse:
         check_range("important", self.important, 0.0, 1.0)
         if isinstance(self.per_round, bool) or not isinstance(self.per_round, int) or self.per_round < 1:
             raise ValueError(f"per_round={self.per_round!r}: must be an integer >= 1")
+        check_choice("order", self.order, DIVERSE_ORDERS)
+
+    def _pool(self, sample: SampleSelection, usable: torch.Tensor) -> torch.Tensor:
+        """The ``usable`` tokens in the order duplicate removal reads them (see ``order``)."""
+        if self.order == "image":
+            return usable.nonzero().flatten()
+        return _ranked(replace(sample, candidates=usable))
 
     def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
         n_important = int(k * self.important)
@@ -251,7 +267,7 @@ class ImportantDiverse:
         rest[important] = False
         features = sample.features.float()
         with_features = rest & ~torch.isnan(features).any(dim=1)
-        pool = with_features.nonzero().flatten()
+        pool = self._pool(sample, with_features)
         normalized = torch.nn.functional.normalize(features[pool], dim=1)
         diverse = pool[remove_duplicates(normalized, k - n_important, self.per_round)]
         shortfall = k - n_important - diverse.numel()
