@@ -384,14 +384,30 @@ def _line(xs: list[float], channels: int = 4) -> torch.Tensor:
     return torch.tensor(xs, dtype=torch.float32)[:, None].repeat(1, channels)
 
 
-def _dpc_line_expected():
+def _dpc_line_expected(delta: str = "squared"):
     """x = 0, 1, 3, 10, k = 2 (self + nearest): ρ = e^-0.5, e^-0.5, e^-2, e^-24.5; token 0 is densest (tie with 1
-    broken by index) so δ0 = its largest distance 10; δ1 = 1, δ2 = 2, δ3 = 7."""
-    return torch.tensor([10 * math.exp(-0.5), math.exp(-0.5), 2 * math.exp(-2), 7 * math.exp(-24.5)])
+    broken by index) so its distance is its largest, 10; then 1, 2, 7; δ squares them (FEATHER eq. 2) or not."""
+    distances = torch.tensor([10.0, 1.0, 2.0, 7.0])
+    rho = torch.tensor([math.exp(-0.5), math.exp(-0.5), math.exp(-2), math.exp(-24.5)])
+    return rho * (distances**2 if delta == "squared" else distances)
 
 
-def test_density_peaks_by_hand():
-    torch.testing.assert_close(density_peaks(_line([0, 1, 3, 10]), 2), _dpc_line_expected())
+@pytest.mark.parametrize("delta", ["squared", "plain"])
+def test_density_peaks_by_hand(delta):
+    torch.testing.assert_close(density_peaks(_line([0, 1, 3, 10]), 2, delta), _dpc_line_expected(delta))
+
+
+def test_density_peaks_squared_delta_changes_the_kept_pair():
+    """x = 0, 1, 4, 6, k = 2: ρ = e^-0.5, e^-0.5, e^-2, e^-2; distances to the nearest denser token 6 (token 0,
+    densest: its largest), 1, 3 (token 2: token 3 ties and comes later, so its nearest denser is token 1), 2.
+    Squared (FEATHER eq. 2): 36e^-0.5, e^-0.5, 9e^-2 = 1.22, 4e^-2 → top 2 = {0, 2}, one per cluster.
+    Plain (TCFormer): 6e^-0.5, e^-0.5 = 0.61, 3e^-2 = 0.41, 2e^-2 → top 2 = {0, 1}, both from the first cluster."""
+    candidates = torch.ones(1, 4, dtype=torch.bool)
+    inputs = ScoreInputs(num_visual=[4], candidates=candidates, features=[_line([0, 1, 4, 6])])
+    squared = DensityPeakScorer(k=2).score(inputs)[0]
+    plain = DensityPeakScorer(k=2, delta="plain").score(inputs)[0]
+    assert kept(TopK().select(sample(square_grid(2), squared), 2)) == [0, 2]
+    assert kept(TopK().select(sample(square_grid(2), plain), 2)) == [0, 1]
 
 
 def test_density_peaks_cluster_centres_score_highest():
@@ -404,7 +420,7 @@ def test_density_peaks_cluster_centres_score_highest():
     assert set(scores.topk(2).indices.tolist()) == {0, 5}
     dist = torch.cdist(pts.double(), pts.double()) / math.sqrt(2)
     rho0 = math.exp(-(0 + 1 + 1) / 2 / 3)  # distances 0, 1, 1 divided by sqrt(2), squared, averaged
-    assert scores[0].item() == pytest.approx(rho0 * dist[0].max().item(), rel=1e-5)
+    assert scores[0].item() == pytest.approx(rho0 * dist[0].max().item() ** 2, rel=1e-5)
 
 
 def test_density_peak_scorer_nan_rows_and_non_candidates():
@@ -421,6 +437,11 @@ def test_density_peak_scorer_nan_rows_and_non_candidates():
 def test_density_peak_scorer_bad_k(k):
     with pytest.raises(ValueError, match="k="):
         DensityPeakScorer(k=k)
+
+
+def test_density_peak_scorer_bad_delta_lists_allowed():
+    with pytest.raises(ValueError, match="delta='cubed'.*'squared', 'plain'"):
+        DensityPeakScorer(delta="cubed")
 
 
 # ---------------------------------------------------------------- FoPru significance / vision attention

@@ -49,11 +49,12 @@ def uniform(K: int | float = 3, stride: int = 2) -> Schedule:
     return Schedule((Stage(K, selector=Grid(stride)),), name="uniform")
 
 
-def knn(K: int | float = 3, R: float = 0.731, k: int = 5) -> Schedule:
+def knn(K: int | float = 3, R: float = 0.731, k: int = 5, delta: str = "squared") -> Schedule:
     """FEATHER's φ_KNN: after layer K keep the tokens with the highest DPC-KNN density × distance on the
-    vision features (k nearest neighbours). R=0.731 keeps 196 of 729, matching φ_uniform's stride 2 as
-    the paper does."""
-    return Schedule((Stage(K, DensityPeakScorer(k), _ratio(R)),), name="knn")
+    vision features (k nearest neighbours); the distance to the nearest denser token squared, as FEATHER's
+    eq. 2 writes it (``delta="squared"``), or plain, as TCFormer's DPC-KNN (``"plain"``). R=0.731 keeps
+    196 of 729, matching φ_uniform's stride 2 as the paper does."""
+    return Schedule((Stage(K, DensityPeakScorer(k, delta), _ratio(R)),), name="knn")
 
 
 def fastv_norope_uniform(K: int | float = 3, R: float = 0.75, stride: int = 3) -> Schedule:
