@@ -221,10 +221,19 @@ def test_rows_score_per_segment():
     assert kept(Rows("score").select(sample(next_grid(), scores), 11)) == [8, 9, 10, 11] + list(range(37, 44))
 
 
-def test_rows_at_least_one_row_per_segment():
-    """k = 1 of 44 rounds to 0 rows, but each segment still keeps one."""
+def test_rows_budget_below_one_row_keeps_none():
+    """k = 10 of 44: 10·4 // 44 = 0 rows in each segment, so nothing is kept rather than 4 + 7 = 11 > 10 tokens."""
     s = sample(next_grid())
-    assert kept(Rows("bottom").select(s, 1)) == [12, 13, 14, 15] + list(range(37, 44))
+    assert kept(Rows("bottom").select(s, 10)) == []
+    assert kept(Rows("top").select(s, 10)) == []
+
+
+def test_rows_truncate_and_never_exceed_budget():
+    """FoPru's rounding on 27×27 at R = 0.75: k = floor(0.25·729) = 182 → 182·27 // 729 = 6 rows (n×r% sliced,
+    truncated) = 162 tokens, not round(6.74) = 7 rows = 189 > 182. Rows 0-5 score highest."""
+    s = sample(square_grid(27), -torch.arange(729.0))
+    assert kept(Rows("score").select(s, 182)) == list(range(162))
+    assert kept(Rows("bottom").select(s, 182)) == list(range(729 - 162, 729))
 
 
 def test_rows_bad_part():
@@ -320,11 +329,14 @@ def test_important_diverse_by_hand():
 
 
 def test_important_diverse_important_count_is_floored():
-    """k = 7, important = 0.5 → int(3.5) = 3 important {0, 5, 10}; pool now also holds 15 (13 tokens):
-    r1 drops all 7 A places (each has a twin in B) → [2,4,7,9,12,14]; r2: A=[2,7,12] sims 0,1,1 → drop 7, 12
-    → diverse 2, 4, 9, 14."""
+    """k = 7, important = 0.5 → int(3.5) = 3 important {0, 5, 10}; pool now also holds 15 (13 tokens).
+    Attention order reads 15 (score 1) first, then the zero scores in image order: [15,1,2,3,4,6,7,8,9,11,12,13,14];
+    r1 drops all 7 A places (each has a twin in B) → [1,3,6,8,11,13]; r2: A=[1,6,11] sims 1,0,1 → drop 1, 11
+    → diverse 6, 3, 8, 13. Image order: r1 → [2,4,7,9,12,14]; r2: A=[2,7,12] sims 0,1,1 → drop 7, 12 → diverse
+    2, 4, 9, 14. Either way one per class."""
     s = _vispruner_sample(planted(16, {0: 4.0, 5: 3.0, 10: 2.0, 15: 1.0}))
-    assert kept(ImportantDiverse(0.5).select(s, 7)) == [0, 2, 4, 5, 9, 10, 14]
+    assert kept(ImportantDiverse(0.5).select(s, 7)) == [0, 3, 5, 6, 8, 10, 13]
+    assert kept(ImportantDiverse(0.5, order="image").select(s, 7)) == [0, 2, 4, 5, 9, 10, 14]
 
 
 def test_important_diverse_newlines_only_fill_a_shortfall():
@@ -348,8 +360,18 @@ def test_important_one_equals_topk():
     assert kept(ImportantDiverse(1.0).select(s, 4)) == kept(TopK().select(s, 4)) == [1, 3, 9, 12]
 
 
+def test_important_diverse_attention_order_by_hand():
+    """2×2 grid, scores 2, 1, 3, 4 for tokens 0-3; k = 2 → 1 important (token 3), 1 diverse from the other three
+    (orthogonal features). Duplicate removal with n = 1: r = min(8, 3 - 1) = 2 drops both A places (0 and 2),
+    leaving the token at place 1. Attention order (official code) reads [2, 0, 1] → keeps token 0; image
+    order reads [0, 1, 2] → keeps token 1."""
+    s = sample(square_grid(2), [2.0, 1.0, 3.0, 4.0], features=onehot([0, 1, 2, 3]))
+    assert kept(ImportantDiverse(0.5).select(s, 2)) == [0, 3]
+    assert kept(ImportantDiverse(0.5, order="image").select(s, 2)) == [1, 3]
+
+
 @pytest.mark.parametrize("kwargs, name", [({"important": 1.5}, "important"), ({"important": -0.1}, "important"),
-                                          ({"per_round": 0}, "per_round")])
+                                          ({"per_round": 0}, "per_round"), ({"order": "raster"}, "order")])
 def test_important_diverse_bad_parameters(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ImportantDiverse(**kwargs)
@@ -362,14 +384,30 @@ def _line(xs: list[float], channels: int = 4) -> torch.Tensor:
     return torch.tensor(xs, dtype=torch.float32)[:, None].repeat(1, channels)
 
 
-def _dpc_line_expected():
+def _dpc_line_expected(delta: str = "squared"):
     """x = 0, 1, 3, 10, k = 2 (self + nearest): ρ = e^-0.5, e^-0.5, e^-2, e^-24.5; token 0 is densest (tie with 1
-    broken by index) so δ0 = its largest distance 10; δ1 = 1, δ2 = 2, δ3 = 7."""
-    return torch.tensor([10 * math.exp(-0.5), math.exp(-0.5), 2 * math.exp(-2), 7 * math.exp(-24.5)])
+    broken by index) so its distance is its largest, 10; then 1, 2, 7; δ squares them (FEATHER eq. 2) or not."""
+    distances = torch.tensor([10.0, 1.0, 2.0, 7.0])
+    rho = torch.tensor([math.exp(-0.5), math.exp(-0.5), math.exp(-2), math.exp(-24.5)])
+    return rho * (distances**2 if delta == "squared" else distances)
 
 
-def test_density_peaks_by_hand():
-    torch.testing.assert_close(density_peaks(_line([0, 1, 3, 10]), 2), _dpc_line_expected())
+@pytest.mark.parametrize("delta", ["squared", "plain"])
+def test_density_peaks_by_hand(delta):
+    torch.testing.assert_close(density_peaks(_line([0, 1, 3, 10]), 2, delta), _dpc_line_expected(delta))
+
+
+def test_density_peaks_squared_delta_changes_the_kept_pair():
+    """x = 0, 1, 4, 6, k = 2: ρ = e^-0.5, e^-0.5, e^-2, e^-2; distances to the nearest denser token 6 (token 0,
+    densest: its largest), 1, 3 (token 2: token 3 ties and comes later, so its nearest denser is token 1), 2.
+    Squared (FEATHER eq. 2): 36e^-0.5, e^-0.5, 9e^-2 = 1.22, 4e^-2 → top 2 = {0, 2}, one per cluster.
+    Plain (TCFormer): 6e^-0.5, e^-0.5 = 0.61, 3e^-2 = 0.41, 2e^-2 → top 2 = {0, 1}, both from the first cluster."""
+    candidates = torch.ones(1, 4, dtype=torch.bool)
+    inputs = ScoreInputs(num_visual=[4], candidates=candidates, features=[_line([0, 1, 4, 6])])
+    squared = DensityPeakScorer(k=2).score(inputs)[0]
+    plain = DensityPeakScorer(k=2, delta="plain").score(inputs)[0]
+    assert kept(TopK().select(sample(square_grid(2), squared), 2)) == [0, 2]
+    assert kept(TopK().select(sample(square_grid(2), plain), 2)) == [0, 1]
 
 
 def test_density_peaks_cluster_centres_score_highest():
@@ -382,7 +420,7 @@ def test_density_peaks_cluster_centres_score_highest():
     assert set(scores.topk(2).indices.tolist()) == {0, 5}
     dist = torch.cdist(pts.double(), pts.double()) / math.sqrt(2)
     rho0 = math.exp(-(0 + 1 + 1) / 2 / 3)  # distances 0, 1, 1 divided by sqrt(2), squared, averaged
-    assert scores[0].item() == pytest.approx(rho0 * dist[0].max().item(), rel=1e-5)
+    assert scores[0].item() == pytest.approx(rho0 * dist[0].max().item() ** 2, rel=1e-5)
 
 
 def test_density_peak_scorer_nan_rows_and_non_candidates():
@@ -399,6 +437,11 @@ def test_density_peak_scorer_nan_rows_and_non_candidates():
 def test_density_peak_scorer_bad_k(k):
     with pytest.raises(ValueError, match="k="):
         DensityPeakScorer(k=k)
+
+
+def test_density_peak_scorer_bad_delta_lists_allowed():
+    with pytest.raises(ValueError, match="delta='cubed'.*'squared', 'plain'"):
+        DensityPeakScorer(delta="cubed")
 
 
 # ---------------------------------------------------------------- FoPru significance / vision attention

@@ -20,6 +20,7 @@ VARIANTS = [(name, params) for name, params in SHALLOW.items()] + [
     ("fopru", {"strategy": "row"}), ("fopru", {"reorder": False}), ("fopru", {"rule": "low-variance"}),
     ("vispruner", {"keep": 5, "r": 0.4}), ("quartile", {"q": 3, "K": 0}), ("rows", {"part": "top"}),
     ("fastv", {"scope": "crop"}), ("vispruner", {"keep": 0.5, "scope": "crop"}),
+    ("vispruner", {"keep": 0.5, "diverse_order": "image"}), ("knn", {"delta": "plain"}),
 ]
 
 
@@ -187,6 +188,9 @@ def test_crop_scope_splits_the_budget_over_crops(models):
     (lambda: get_method("fastv").schedule(ratio=0.5), "fastv parameter='ratio'"),
     (lambda: get_method("quartile").schedule(q=5), "q=5"),
     (lambda: get_method("before_llm").schedule(criterion="cls"), "criterion='cls'"),
+    (lambda: get_method("vispruner").schedule(diverse_order="raster"), "diverse_order='raster'.*'attention', 'image'"),
+    (lambda: get_method("vispruner").schedule(diverse_order=1), "diverse_order=1: must be a string"),
+    (lambda: get_method("knn").schedule(delta="cubed"), "delta='cubed'.*'squared', 'plain'"),
 ])
 def test_bad_method_parameters_name_the_parameter(make, message):
     with pytest.raises(ValueError, match=message):

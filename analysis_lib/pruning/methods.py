@@ -18,7 +18,7 @@ from ..validation import check_choice, check_range
 from .schedule import SCOPES, Schedule, Stage
 from .scorers import (DensityPeakScorer, FoPruSignificance, RandomScorer, TextAttentionScorer,
                       VisionAttentionScorer)
-from .selectors import Grid, ImportantDiverse, Quartile, Region, Rows, TopK, Union
+from .selectors import DIVERSE_ORDERS, Grid, ImportantDiverse, Quartile, Region, Rows, TopK, Union
 
 # FastV's φ_original: the last token's attention as the model computes it (RoPE applied, full softmax).
 ORIGINAL = TextAttentionScorer(TextAttentionSpec())
@@ -49,11 +49,12 @@ def uniform(K: int | float = 3, stride: int = 2) -> Schedule:
     return Schedule((Stage(K, selector=Grid(stride)),), name="uniform")
 
 
-def knn(K: int | float = 3, R: float = 0.731, k: int = 5) -> Schedule:
+def knn(K: int | float = 3, R: float = 0.731, k: int = 5, delta: str = "squared") -> Schedule:
     """FEATHER's φ_KNN: after layer K keep the tokens with the highest DPC-KNN density × distance on the
-    vision features (k nearest neighbours). R=0.731 keeps 196 of 729, matching φ_uniform's stride 2 as
-    the paper does."""
-    return Schedule((Stage(K, DensityPeakScorer(k), _ratio(R)),), name="knn")
+    vision features (k nearest neighbours); the distance to the nearest denser token squared, as FEATHER's
+    eq. 2 writes it (``delta="squared"``), or plain, as TCFormer's DPC-KNN (``"plain"``). R=0.731 keeps
+    196 of 729, matching φ_uniform's stride 2 as the paper does."""
+    return Schedule((Stage(K, DensityPeakScorer(k, delta), _ratio(R)),), name="knn")
 
 
 def fastv_norope_uniform(K: int | float = 3, R: float = 0.75, stride: int = 3) -> Schedule:
@@ -119,14 +120,18 @@ def fopru_fastv(R: float = 0.5, K: int | float = 2, R_llm: float = 0.5, strategy
                     name="fopru_fastv", positions="reindex")
 
 
-def vispruner(keep: int | float = 64, r: float = 0.5, per_round: int = 8) -> Schedule:
+def vispruner(keep: int | float = 64, r: float = 0.5, per_round: int = 8,
+              diverse_order: str = "attention") -> Schedule:
     """VisPruner: before the LLM keep ``keep`` tokens (a count, or a fraction of the visual tokens):
     int(keep·r) important ones by [CLS] attention at the feature layer (mean received attention for
     towers without [CLS]), the rest diverse ones by similarity-based duplicate removal (``per_round`` per
-    round). Positions re-indexed."""
+    round) over the remaining tokens in descending attention order, as the official code runs it
+    (``diverse_order="attention"``), or in image order (``"image"``). Positions re-indexed."""
     check_range("r", r, 0.0, 1.0)
+    check_choice("diverse_order", diverse_order, DIVERSE_ORDERS)
     return Schedule((Stage(0, VisionAttentionScorer("auto"), keep,
-                           selector=ImportantDiverse(r, per_round)),), name="vispruner", positions="reindex")
+                           selector=ImportantDiverse(r, per_round, diverse_order)),),
+                    name="vispruner", positions="reindex")
 
 
 def random_prune(K: int | float = 0, R: float = 0.5, seed: int = 0) -> Schedule:

@@ -135,31 +135,39 @@ class FoPruSignificance:
                               inputs.candidates.shape[1])
 
 
-def density_peaks(features: torch.Tensor, k: int) -> torch.Tensor:
+DELTA_DISTANCES = ("squared", "plain")
+
+
+def density_peaks(features: torch.Tensor, k: int, delta: str = "squared") -> torch.Tensor:
     """DPC-KNN score ρ·δ of each row of ``features`` [n, C].
 
     Distances are Euclidean divided by sqrt(C); ρ = exp(-mean squared distance to the k nearest rows,
     the row itself included as in the DPC-KNN token clustering of TCFormer / Chat-UniVi); δ = distance
     to the nearest denser row (ties in ρ broken by index: the earlier row counts as denser), or the
-    largest distance of the row for the densest one.
+    largest distance of the row for the densest one. ``delta="squared"`` (default) squares that
+    distance, as FEATHER's eq. 2 writes δ; ``"plain"`` uses it as is, as TCFormer's DPC-KNN does.
     """
+    check_choice("delta", delta, DELTA_DISTANCES)
     n, channels = features.shape
     dist = torch.cdist(features.double(), features.double()) / channels**0.5
     nearest = dist.topk(min(k, n), dim=1, largest=False).values
     density = torch.exp(-(nearest**2).mean(dim=1))
     index = torch.arange(n)
     denser = (density[None, :] > density[:, None]) | ((density[None, :] == density[:, None]) & (index[None, :] < index[:, None]))
-    delta = torch.where(denser, dist, torch.inf).min(dim=1).values
-    delta = torch.where(denser.any(dim=1), delta, dist.max(dim=1).values)
-    return (density * delta).float()
+    separation = dist**2 if delta == "squared" else dist
+    nearest_denser = torch.where(denser, separation, torch.inf).min(dim=1).values
+    nearest_denser = torch.where(denser.any(dim=1), nearest_denser, separation.max(dim=1).values)
+    return (density * nearest_denser).float()
 
 
 @dataclass(frozen=True)
 class DensityPeakScorer:
     """φ_KNN (FEATHER): DPC-KNN density × distance on the feature-layer patch features of the tokens
-    still present (tokens without a patch get NaN)."""
+    still present (tokens without a patch get NaN); ``delta`` as in ``density_peaks`` (squared, FEATHER
+    eq. 2, by default)."""
 
     k: int = 5
+    delta: str = "squared"
     name: str = "dpc_knn"
     needs_text_attention: bool = False
     needs_vision_attention: bool = False
@@ -168,6 +176,7 @@ class DensityPeakScorer:
     def __post_init__(self):
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"k={self.k!r}: the number of nearest neighbours must be an integer >= 1")
+        check_choice("delta", self.delta, DELTA_DISTANCES)
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         out = torch.full(inputs.candidates.shape, float("nan"))
@@ -176,7 +185,7 @@ class DensityPeakScorer:
             usable = inputs.candidates[b, :n] & ~torch.isnan(feats.cpu()).any(dim=1)
             rows = usable.nonzero().flatten()
             if rows.numel():
-                out[b, rows] = density_peaks(feats.cpu()[rows], self.k)
+                out[b, rows] = density_peaks(feats.cpu()[rows], self.k, self.delta)
         return out
 
 

@@ -7,7 +7,7 @@ quartile, a region).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -117,8 +117,11 @@ ROW_PARTS = ("score", "top", "bottom")
 @dataclass(frozen=True)
 class Rows:
     """Whole rows of each segment's grid. The budget k sets the fraction of rows, k / candidates, kept
-    per segment (at least one row): by summed score (FoPru's row strategy, ``part="score"``), or the
-    top / bottom rows of the image (positional ablations). Newline tokens go with their row."""
+    per segment, rounded down (FoPru selects n×r% rows and slices, which truncates: 6 of 27 rows = 162
+    tokens for a budget of 182; rounding to nearest would keep 7 = 189, over budget), so a stage of
+    whole rows never exceeds its budget and keeps no row when one row is more than it; by summed score
+    (FoPru's row strategy, ``part="score"``), or the top / bottom rows of the image (positional
+    ablations). Newline tokens go with their row."""
 
     part: str = "score"
     needs_budget: bool = True
@@ -133,18 +136,18 @@ class Rows:
 
     def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
         g, cand = sample.grid, sample.candidates
-        fraction = k / max(int(cand.sum()), 1)
+        n_candidates = max(int(cand.sum()), 1)
         scores = torch.nan_to_num(sample.scores.float(), nan=0.0)
         keep = torch.zeros_like(cand)
         for segment in g.segment[cand].unique().tolist():
             in_segment = cand & (g.segment == segment)
             rows = g.row[in_segment].unique()  # ascending: top first
-            n_keep = max(1, round(fraction * len(rows)))
+            n_keep = k * len(rows) // n_candidates
             if self.part == "score":
                 totals = torch.stack([scores[in_segment & (g.row == r)].sum() for r in rows])
                 chosen = rows[torch.argsort(totals, descending=True, stable=True)[:n_keep]]
             else:
-                chosen = rows[:n_keep] if self.part == "top" else rows[-n_keep:]
+                chosen = rows[:n_keep] if self.part == "top" else rows[len(rows) - n_keep:]
             keep |= in_segment & torch.isin(g.row, chosen)
         return keep.nonzero().flatten()
 
@@ -222,16 +225,25 @@ def remove_duplicates(normalized: torch.Tensor, n: int, per_round: int) -> torch
     return remaining
 
 
+DIVERSE_ORDERS = ("attention", "image")
+
+
 @dataclass(frozen=True)
 class ImportantDiverse:
     """VisPruner: the int(k·important) best-scored candidates ("important", scored by [CLS] attention),
     then the rest of the budget as "diverse" tokens: duplicates are removed from the other candidates
     by cosine similarity of their L2-normalised feature-layer features (``remove_duplicates``, up to
     ``per_round`` per round). Tokens without features (newlines) are used last, in image order, only
-    if the budget needs them."""
+    if the budget needs them.
+
+    ``order`` is the order the other candidates enter duplicate removal, which sets the alternating
+    halves: "attention" (default) best-scored first, as the official code does (``encode_images`` in
+    ``llava/model/llava_arch.py`` of Theia-4869/VisPruner runs it over the residual indices of the
+    descending attention sort); "image" in raster order (the paper's Algorithm 1 does not say)."""
 
     important: float = 0.5
     per_round: int = 8
+    order: str = "attention"
     name: str = "important+diverse"
     needs_budget: bool = True
     needs_features: bool = True
@@ -240,6 +252,13 @@ class ImportantDiverse:
         check_range("important", self.important, 0.0, 1.0)
         if isinstance(self.per_round, bool) or not isinstance(self.per_round, int) or self.per_round < 1:
             raise ValueError(f"per_round={self.per_round!r}: must be an integer >= 1")
+        check_choice("order", self.order, DIVERSE_ORDERS)
+
+    def _pool(self, sample: SampleSelection, usable: torch.Tensor) -> torch.Tensor:
+        """The ``usable`` tokens in the order duplicate removal reads them (see ``order``)."""
+        if self.order == "image":
+            return usable.nonzero().flatten()
+        return _ranked(replace(sample, candidates=usable))
 
     def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
         n_important = int(k * self.important)
@@ -248,7 +267,7 @@ class ImportantDiverse:
         rest[important] = False
         features = sample.features.float()
         with_features = rest & ~torch.isnan(features).any(dim=1)
-        pool = with_features.nonzero().flatten()
+        pool = self._pool(sample, with_features)
         normalized = torch.nn.functional.normalize(features[pool], dim=1)
         diverse = pool[remove_duplicates(normalized, k - n_important, self.per_round)]
         shortfall = k - n_important - diverse.numel()
