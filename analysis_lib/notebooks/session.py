@@ -16,6 +16,9 @@ from ..evaluation.runner import EvalModel, load_eval_model
 from ..figures import paper_style, save_figure, save_table
 
 
+FIGURE_WIDTH_PX = 900  # the 300-dpi PNG shown at a readable size
+
+
 @dataclass
 class Session:
     params: SimpleNamespace
@@ -36,10 +39,12 @@ class Session:
         return Path(self.params.root) / "runs" / self.params.notebook
 
     def figure(self, fig: plt.Figure, name: str) -> None:
-        """Show ``fig`` once in the notebook, write ``figures/<notebook>/<name>.pdf/.png`` and close it."""
-        from IPython.display import display
-        display(fig)
-        save_figure(fig, self.figures / name)
+        """Write ``figures/<notebook>/<name>.pdf/.png``, close the figure and show the saved PNG once: the
+        notebook shows exactly the paper's file, the same on every run whatever the kernel's matplotlib
+        backend (displaying the figure object shows only its repr before the inline backend is active)."""
+        from IPython.display import Image, display
+        _, png = save_figure(fig, self.figures / name)
+        display(Image(filename=str(png), width=FIGURE_WIDTH_PX))
 
     def table(self, frame: pd.DataFrame, name: str) -> None:
         """Write ``data/results/<notebook>/<name>.parquet/.csv``."""
