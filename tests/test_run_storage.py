@@ -118,15 +118,17 @@ def test_a_claim_left_by_a_dead_process_is_taken_over(tmp_path):
     assert frames[0].v.tolist() == [1] and part.exists() and not (tmp_path / (part.name + ".claim")).exists()
 
 
-def _worker(folder: str, log: str, names: list[str]) -> None:
-    """One of two processes gathering the same parts; each computation is logged with its pid."""
+def _worker(folder: str, log: str, names: list[str], ready) -> None:
+    """One of two processes gathering the same parts; each computation is logged with its pid. Both start
+    together (``ready``), so neither finishes the list before the other has imported torch."""
     import time
 
     def compute(part: Path) -> pd.DataFrame:
         with open(log, "a") as f:
             f.write(f"{part.name} {os.getpid()}\n")
-        time.sleep(0.2)
+        time.sleep(0.5)
         return pd.DataFrame({"part": [part.name]})
+    ready.wait(60)
     frames = parts.gather([Path(folder) / n for n in names], compute, poll=0.05)
     assert [f.part.iloc[0] for f in frames] == names
 
@@ -135,7 +137,8 @@ def test_two_processes_share_the_parts_and_compute_each_once(tmp_path):
     names = [f"batch-{i:05d}-x.parquet" for i in range(8)]
     log = tmp_path / "log.txt"
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_worker, args=(str(tmp_path), str(log), names)) for _ in range(2)]
+    ready = context.Barrier(2)
+    workers = [context.Process(target=_worker, args=(str(tmp_path), str(log), names, ready)) for _ in range(2)]
     for w in workers:
         w.start()
     for w in workers:
@@ -162,3 +165,17 @@ def test_two_concurrent_cli_runs_into_one_folder_finish_with_one_complete_table(
     stable = [c for c in shared.columns if c not in VARYING]
     pd.testing.assert_frame_equal(shared[stable], alone[stable])
     assert not list((tmp_path / "shared").rglob("*.claim")) and not list((tmp_path / "shared").rglob("*.tmp"))
+
+
+def test_an_unreadable_claim_is_respected_until_it_is_old(tmp_path):
+    """A claim is published whole (never read half-written); one that cannot be read is someone's until
+    it has been unreadable for UNREADABLE_CLAIM_S, then it is taken over."""
+    part = tmp_path / "batch-00000-x.parquet"
+    claim_file = tmp_path / (part.name + ".claim")
+    claim_file.write_text("")
+    assert not parts.claim(part)
+    old = claim_file.stat().st_mtime - parts.UNREADABLE_CLAIM_S - 1
+    os.utime(claim_file, (old, old))
+    assert parts.claim(part) and json.loads(claim_file.read_text())["pid"] == os.getpid()
+    parts.release(part)
+    assert not claim_file.exists() and not list(tmp_path.glob("*.tmp"))

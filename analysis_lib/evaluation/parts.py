@@ -108,28 +108,51 @@ def _alive(owner: dict) -> bool:
     return True
 
 
+UNREADABLE_CLAIM_S = 60  # a claim file that cannot be read for this long is taken for abandoned
+
+
+def _publish_claim(path: Path) -> bool:
+    """Create the claim file with its owner already written (a hard link of a finished temporary file is
+    atomic and fails if the claim exists), so no other process ever reads a half-written claim."""
+    tmp = path.with_name(f"{path.name}.{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(_owner()))
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _abandoned(path: Path) -> bool:
+    """The claim's process died (same host), is this process (a leftover: one process computes one part at
+    a time), or the claim has been unreadable for a long time."""
+    try:
+        owner = json.loads(path.read_text())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        try:
+            return time.time() - path.stat().st_mtime > UNREADABLE_CLAIM_S
+        except FileNotFoundError:
+            return True
+    if owner.get("pid") == os.getpid() and owner.get("host") == HOST:
+        return True
+    return not _alive(owner)
+
+
 def claim(part: Path) -> bool:
     """Take the exclusive right to compute ``part``; False while another live process holds it. A claim
-    whose process died (or that cannot be read) is removed and taken over."""
+    whose process died is removed and taken over."""
     path = part.with_name(part.name + ".claim")
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = json.loads(path.read_text())
-            except (OSError, ValueError):
-                owner = {}
-            if owner.get("pid") == os.getpid() and owner.get("host") == HOST:
-                return True
-            if owner and _alive(owner):
-                return False
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(_owner(), f)
-        return True
+        if _publish_claim(path):
+            return True
+        if not _abandoned(path):
+            return False
+        path.unlink(missing_ok=True)
     return False
 
 
