@@ -71,7 +71,7 @@ def _feather(name: str, K1: int | float, K2: int | float, R: float, stride: int)
 
 
 def feather(K1: int | float = 8, K2: int | float = 16, R: float = 0.7, stride: int = 3) -> Schedule:
-    """FEATHER as released (DESIGN.md §3): after layer K1 keep φ-R's top 1-R ∪ the stride-3 grid (≈275
+    """FEATHER as released (its published evaluation script): after layer K1 keep φ-R's top 1-R ∪ the stride-3 grid (≈275
     of 729 at R=0.7); after layer K2 keep (1-R)² = 9% of those survivors by φ-R, grid tokens not
     protected (≈24 of 729 = 3.3%, the paper's figure; FLOPs reduction 64% by eq. 1)."""
     return _feather("feather", K1, K2, R, stride)

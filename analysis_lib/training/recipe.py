@@ -1,6 +1,7 @@
 """Training recipes: the model shape, the scene suite, and a list of stages run in order.
 
-The default recipe is staged (DESIGN.md section 6 lists what failed before):
+The default recipe is staged (earlier single-stage attempts, with the loss on answer tokens only or a
+per-patch loss on the tower alone, left every image task near chance):
 1. "tower": only the vision tower learns, from dense per-patch targets (colour, shape, quantised box
    and whether the patch holds the object's centre), so that every visual token carries what the
    language model will have to read, including where its object is;
@@ -8,8 +9,8 @@ The default recipe is staged (DESIGN.md section 6 lists what failed before):
    conversations about one image (several questions share the 144 image tokens), with a curriculum
    from few objects to full clutter, plus the "image words" loss: the language model's output at
    every image token names its object's colour, shape and box bins. Without it (recipe
-   "answer-only") every image task stayed at chance for 1000 language steps, as DESIGN.md section 6
-   found; with colour and shape words ("words-colour-shape") colour and shape questions were far above
+   "answer-only") every image task stayed at chance for 1000 language steps, as those earlier
+   attempts did; with colour and shape words ("words-colour-shape") colour and shape questions were far above
    chance after 250 steps.
 """
 
@@ -198,7 +199,7 @@ RECIPES: dict[str, Recipe] = {
     "answer-only": _ANSWER_ONLY,
     "pointer": replace(_ANSWER_ONLY, pointer_weight=1.0),
     "words-colour-shape": replace(_ANSWER_ONLY, image_word_weight=1.0),
-    # Language-stage experiments (DESIGN.md section 6), each a 20-minute run from the same trained tower
+    # Language-stage experiments, each a 20-minute run from the same trained tower
     # (--init-tower-from runs/tower-snapshot.pt), compared with "default" at equal language steps.
     # Baseline ("default", runs/train-default) at language steps 500 / 1000 / 1500: colour .48/.42/.36,
     # shape .64/.54/.60, existence .58/.50/.54, counting .28/.18/.22, localization .16/.10/.16.
