@@ -41,6 +41,18 @@ class SampleGrid:
     x: torch.Tensor  # [N] float
     segments: list[Segment]  # grid shape of each segment of this sample
 
+    @classmethod
+    def joined(cls, positions: torch.Tensor, parts: list[dict[str, torch.Tensor]], segments: list[Segment],
+               geometry: str) -> SampleGrid:
+        """One sample's grid from its images' parts (each a dict of the per-token fields); an error naming
+        ``geometry`` (the argument that gave the image shapes) when the image tokens and the parts disagree."""
+        seen = sum(len(part["row"]) for part in parts)
+        if seen != positions.numel():
+            raise ValueError(f"input_ids: {positions.numel()} image tokens do not match {geometry} "
+                             f"({seen} expected)")
+        fields = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        return cls(positions=positions.cpu(), segments=segments, **fields)
+
     @property
     def num_tokens(self) -> int:
         return int(self.positions.numel())

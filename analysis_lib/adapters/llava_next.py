@@ -70,11 +70,7 @@ class LlavaNextAdapter(LlavaAdapter):
                 seen += packed.shape[0]
                 crop_offset += self._crops(sizes[image_idx])
                 image_idx += 1
-            if seen != positions.numel():
-                raise ValueError(f"input_ids: {positions.numel()} image tokens do not match image_sizes "
-                                 f"({seen} expected)")
-            fields = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            samples.append(SampleGrid(positions=positions.cpu(), segments=segments, **fields))
+            samples.append(SampleGrid.joined(positions, parts, segments, "image_sizes"))
         return VisualLayout(samples, int(input_ids.shape[1]), self.patches_per_crop)
 
     @staticmethod

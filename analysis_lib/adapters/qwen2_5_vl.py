@@ -183,9 +183,5 @@ class Qwen2_5_VLAdapter(ModelAdapter):
                 segments.append(Segment("image", rows, cols))
                 seen += n
                 image_idx += 1
-            if seen != positions.numel():
-                raise ValueError(f"input_ids: {positions.numel()} image tokens do not match {self.geometry_argument} "
-                                 f"({seen} expected)")
-            fields = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            samples.append(SampleGrid(positions=positions.cpu(), segments=segments, **fields))
+            samples.append(SampleGrid.joined(positions, parts, segments, self.geometry_argument))
         return VisualLayout(samples, int(input_ids.shape[1]), width)

@@ -267,20 +267,21 @@ def setting_fingerprint(setting: MethodSetting, mode: str, positions: str | None
 
 def check_fits(em: EvalModel, settings: Sequence[MethodSetting], data: dict[str, list[EvalSample]]) -> None:
     """Every schedule's layers fit the model and its budgets fit the visual tokens of each dataset's first
-    sample (the processor alone tells; nothing runs through the model)."""
+    sample (the processor alone tells, once per dataset; nothing runs through the model)."""
+    first = {name: em.adapter.inputs_layout(prompt_inputs(em, samples[:1])).counts()[0]
+             for name, samples in data.items()}
     for s in settings:
         schedule = s.schedule()
         if schedule is None:
             continue
         stages = schedule.resolve(em.adapter.num_layers)
-        for dataset_name, samples in data.items():
-            counts = em.adapter.inputs_layout(prompt_inputs(em, samples[:1])).counts()
-            n_in = counts[0]
+        for dataset_name, n_visual in first.items():
+            n_in = n_visual
             for _, stage in stages:
                 if stage.keep is None or stage.scope != "global":
                     break
                 try:
-                    n_in = stage.budget(n_in, counts[0])
+                    n_in = stage.budget(n_in, n_visual)
                 except ValueError as err:
                     raise ValueError(f"method {s.label!r} on dataset {dataset_name!r}: {err}") from None
 
@@ -349,6 +350,8 @@ def _run(launch: Launch, models: list[EvalModel], settings: list[MethodSetting],
     """``run_grid`` once its arguments are checked: this rank's share of the batches first, then the
     rest; the table written by rank 0."""
     jobs: dict[Path, tuple] = {}
+    keys = {name: [sample_digest(x) for x in samples] for name, samples in data.items()}  # image hashes: once
+    fingerprints = [setting_fingerprint(s, mode, positions, seed, scorer) for s in settings]
     for em in models:
         check_fits(em, settings, data)
         model_dir = out / "parts" / f"{_slug(em.name)}-{model_fingerprint(em)}"
@@ -357,13 +360,12 @@ def _run(launch: Launch, models: list[EvalModel], settings: list[MethodSetting],
                   "seed": seed, "device": device_used, "dtype": dtype_used, "library_version": __version__,
                   "git_commit": git_commit(), "rank": launch.rank, "world_size": launch.world_size}
         for dataset_name, samples in data.items():
-            keys = [sample_digest(x) for x in samples]
-            for s in settings:
-                fingerprint = setting_fingerprint(s, mode, positions, seed, scorer)
+            for s, fingerprint in zip(settings, fingerprints):
                 folder = model_dir / _slug(dataset_name) / f"{s.key}-{fingerprint}"
                 for index, start in enumerate(range(0, len(samples), batch_size)):
                     batch = samples[start:start + batch_size]
-                    part = folder / f"batch-{index:05d}-{digest(keys[start:start + batch_size])}.parquet"
+                    part = (folder / f"batch-{index:05d}-{digest(keys[dataset_name][start:start + batch_size])}"
+                                     ".parquet")
                     jobs[part] = (em, s, batch, index, {**common, "dataset": dataset_name})
     bar = tqdm(total=len(jobs), initial=sum(p.exists() for p in jobs), desc="evaluation batches",
                disable=not progress or launch.rank != 0)
