@@ -27,8 +27,10 @@ $(STAMP): pyproject.toml analysis_lib/__init__.py $(LOCK)
 test: setup
 	$(BIN)/python -m pytest -q
 
+# JOBS notebooks at once (one per core on this 2-core reference machine; one thread each)
+JOBS ?= 2
 reproduce: setup
-	$(BIN)/python -m analysis_lib reproduce
+	$(BIN)/python -m analysis_lib reproduce --jobs $(JOBS)
 
 benchmark: setup
 	$(BIN)/python -m analysis_lib.benchmarks.prefill

@@ -113,7 +113,7 @@ def reproduce_command(args: argparse.Namespace) -> None:
                          "'Scaling out')")
     try:
         run_batch(args.profile, only=args.only, root=args.root, skip_up_to_date=args.skip_up_to_date,
-                  threads=args.threads, update_committed=args.update_committed)
+                  threads=args.threads, update_committed=args.update_committed, jobs=args.jobs)
     except NotebookFailed as err:
         raise ValueError(str(err)) from None
 
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="run only these notebooks")
     p.add_argument("--skip-up-to-date", action="store_true", help="skip notebooks whose inputs did not change")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per notebook kernel (0 = torch's default)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks run at once, each in its own kernel (on a CPU: "
+                   "one per core, with --threads 1); the efficiency notebook always runs alone")
     p.add_argument("--root", default=None, help="figures/ and data/results/ are written under it (default: the "
                    "repository for the default profile, runs/reproduce/<profile>/ for the others)")
     p.add_argument("--update-committed", action="store_true",

@@ -7,7 +7,8 @@ import torch
 from transformers import DynamicCache
 
 from analysis_lib.adapters import adapter_for
-from analysis_lib.adapters.calls import CACHE_NAMES, ModelCall, cache_tensors, output_cache, watch_argument
+from analysis_lib.adapters.calls import (CACHE_NAMES, LastResult, ModelCall, cache_tensors, output_cache,
+                                         watch_argument)
 from analysis_lib.pruning import PruningEngine, Schedule, Stage, TextAttentionScorer
 from tiny_setup import batch_inputs, sample_inputs
 
@@ -50,6 +51,35 @@ def test_watched_arguments_are_seen_positional_or_keyword():
     assert owner.get_image_features(1) == 1
     assert seen == [[2, 3], [4, 5], None]
     restore()
+    assert "get_image_features" not in vars(owner)
+
+
+def test_a_reused_result_is_returned_only_for_equal_arguments_while_active():
+    class Encoder:
+        calls = 0
+
+        def get_image_features(self, pixel_values, image_sizes=None):
+            Encoder.calls += 1
+            return pixel_values * 2
+
+    owner, seen = Encoder(), []
+    reuse = LastResult(owner, "get_image_features")
+    restore = watch_argument(owner, "get_image_features", "image_sizes", seen.append)  # nested on top
+    x = torch.arange(4.0)
+    first = owner.get_image_features(x, [1, 2])
+    assert owner.get_image_features(x.clone(), [1, 2]) is first and Encoder.calls == 1
+    owner.get_image_features(x + 1, [1, 2])  # other pixels
+    owner.get_image_features(x + 1, [1, 3])  # other sizes
+    owner.get_image_features((x + 1).double(), [1, 3])  # other dtype
+    assert Encoder.calls == 4
+    reuse.active = False
+    owner.get_image_features((x + 1).double(), [1, 3])
+    assert Encoder.calls == 5 and seen[1] == [1, 2]  # the watch still sees every call, the positional sizes too
+    restore()  # the watch comes off, the reuse stays
+    reuse.active = True
+    owner.get_image_features((x + 1).double(), [1, 3])
+    assert Encoder.calls == 5 and len(seen) == 6
+    reuse.close()
     assert "get_image_features" not in vars(owner)
 
 

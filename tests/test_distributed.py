@@ -130,9 +130,10 @@ def test_bad_launch_variables_name_the_variable(env, message):
 
 
 def test_each_rank_starts_with_its_own_share_then_the_others():
-    parts = list(range(7))
+    parts = [[p] for p in range(7)]
     assert Launch(1, 3).order(parts) == [1, 4, 0, 2, 3, 5, 6]
-    assert Launch().order(parts) == parts
+    assert Launch().order(parts) == list(range(7))
+    assert Launch(1, 2).order([["a0", "a1"], ["b0", "b1"], ["c0"]]) == ["b0", "b1", "a0", "a1", "c0"]
     assert Launch(1, 2, 1).device("cuda") == "cuda:1" and Launch().device("cuda") == "cuda"
 
 

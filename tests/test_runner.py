@@ -63,6 +63,44 @@ def test_a_batch_equals_its_samples_one_by_one(model, tmp_path):
     pd.testing.assert_frame_equal(stable(batched)[columns], stable(single)[columns])
 
 
+def test_settings_share_a_batch_encoding_without_changing_a_row(model, tmp_path):
+    """Per batch the images are encoded once for the unpruned model and FastV (which leave the tower alone)
+    and again for VisPruner and FoPru, which read its attention; the rows equal fresh encodings'."""
+    layer = model.adapter.vision_layers[0]
+    encodings = []
+    handle = layer.register_forward_hook(lambda *_: encodings.append(1))
+    try:
+        fresh = run_grid([model], METHODS, ["synthetic"], tmp_path / "fresh", batch_size=4, limit=8, progress=False,
+                         reuse_images=False)
+        assert len(encodings) == 2 * len(METHODS)
+        encodings.clear()
+        shared = run_grid([model], METHODS, ["synthetic"], tmp_path / "shared", batch_size=4, limit=8,
+                          progress=False)
+        assert len(encodings) == 2 * 3
+    finally:
+        handle.remove()
+    pd.testing.assert_frame_equal(stable(shared), stable(fresh))
+    assert list(shared.setting) == list(fresh.setting)  # the table keeps the grid's order
+
+
+def test_grids_sharing_a_store_compute_a_common_batch_once(model, tmp_path, monkeypatch):
+    real, calls = runner.evaluate_batch, []
+
+    def counted(em, setting, *args, **kwargs):
+        calls.append(setting.method)
+        return real(em, setting, *args, **kwargs)
+    monkeypatch.setattr(runner, "evaluate_batch", counted)
+    store = tmp_path / "store"
+    first = run_grid([model], METHODS[:2], ["synthetic"], tmp_path / "a", batch_size=4, limit=8, progress=False,
+                     store=store)
+    calls.clear()
+    second = run_grid([model], METHODS[1:3], ["synthetic"], tmp_path / "b", batch_size=4, limit=8, progress=False,
+                      store=store)
+    assert calls == ["vispruner", "vispruner"]  # FastV's two batches were the first grid's
+    assert not (tmp_path / "a" / "parts").exists() and (tmp_path / "b" / "results.parquet").exists()
+    pd.testing.assert_frame_equal(stable(second[second.method == "fastv"]), stable(first[first.method == "fastv"]))
+
+
 def test_bad_input_fails_before_any_model_loads(tmp_path):
     missing_model = str(tmp_path / "no-model")
     with pytest.raises(ValueError, match="method='fastvv'"):

@@ -174,6 +174,11 @@ class ModelAdapter(ABC):
         return calls.watch_argument(self.image_feature_owner, "get_image_features", self.geometry_argument,
                                     on_geometry)
 
+    def reuse_image_features(self) -> calls.LastResult:
+        """While the returned switch is active, encoding the same images again returns the previous
+        encoding (``close()`` ends it): settings that leave the vision tower alone share one encoding."""
+        return calls.LastResult(self.image_feature_owner, "get_image_features")
+
     # ---- positions: canonical [axes, B, L] tensors, converted to the model's format here -----------
     def canonical_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
         """A call's position ids -> [rope_axes, B, L]."""

@@ -174,8 +174,7 @@ def cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def watch_argument(owner, method: str, argument: str, on_value: Callable[[object], None]) -> Callable[[], None]:
     """Call ``on_value(value)`` with ``argument`` of every call of ``owner.method`` (positional or keyword).
 
-    Returns the function that restores the method. The wrapper is an instance attribute, so removing it
-    brings back the class's own method.
+    Returns the function that restores the method (``_replace_method``).
     """
     original = getattr(owner, method)
     signature = inspect.signature(original)
@@ -185,10 +184,56 @@ def watch_argument(owner, method: str, argument: str, on_value: Callable[[object
         on_value(bound.arguments.get(argument))
         return original(*args, **kwargs)
 
-    wrapper.__wrapped__ = original
+    return _replace_method(owner, method, wrapper)
+
+
+def _replace_method(owner, method: str, wrapper: Callable) -> Callable[[], None]:
+    """Install ``wrapper`` as ``owner.method``; the returned function puts back what was there (another
+    wrapper installed earlier, or the class's own method), so wrappers nest and come off in any LIFO order."""
+    previous = owner.__dict__.get(method)
+    wrapper.__wrapped__ = getattr(owner, method)
     setattr(owner, method, wrapper)
 
     def restore() -> None:
-        delattr(owner, method)
+        if previous is None:
+            delattr(owner, method)
+        else:
+            setattr(owner, method, previous)
 
     return restore
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal arguments: tensors by dtype, shape, device and value; containers element by element."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and a.device == b.device and torch.equal(a, b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):
+        return a is b
+
+
+class LastResult:
+    """While ``active``, ``owner.method`` called again with equal arguments returns its previous result
+    instead of recomputing it; inactive, it computes (and remembers) as usual. The evaluation grid uses it
+    on ``get_image_features``: one batch's images are encoded once for every setting that leaves the vision
+    tower alone. ``close()`` restores the method."""
+
+    def __init__(self, owner, method: str):
+        self.active = True
+        self._last: tuple[tuple, dict, object] | None = None
+        original = getattr(owner, method)
+
+        def wrapper(*args, **kwargs):
+            if self.active and self._last is not None and _same((args, kwargs), self._last[:2]):
+                return self._last[2]
+            result = original(*args, **kwargs)
+            self._last = (args, kwargs, result)
+            return result
+
+        self.close = _replace_method(owner, method, wrapper)

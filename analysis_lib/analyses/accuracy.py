@@ -102,19 +102,20 @@ def load_datasets(specs: Sequence[str], limit: int | None = None) -> list[tuple[
 
 
 def benchmark_rows(em: EvalModel, suite: tuple[str, list[EvalSample]], extra: Sequence[tuple[str, list[EvalSample]]],
-                   paper_layer: int, R: float, paper_depth: int, out: str | Path, batch_size: int = 8) -> pd.DataFrame:
+                   paper_layer: int, R: float, paper_depth: int, out: str | Path, batch_size: int = 8,
+                   store: str | Path | None = None) -> pd.DataFrame:
     """Rows of every ``relevance_arms`` method on the main dataset and of the Fig. 4 arms
     (``leakage_arms``) on each extra dataset."""
-    rows = [evaluate(em, [suite], relevance_arms(paper_layer, R, paper_depth), out, batch_size)]
+    rows = [evaluate(em, [suite], relevance_arms(paper_layer, R, paper_depth), out, batch_size, store)]
     if extra:
-        rows.append(evaluate(em, extra, leakage_arms(paper_layer, R, paper_depth), out, batch_size))
+        rows.append(evaluate(em, extra, leakage_arms(paper_layer, R, paper_depth), out, batch_size, store))
     return pd.concat(rows, ignore_index=True)
 
 
 def evaluate(em: EvalModel, datasets: Sequence[tuple[str, list[EvalSample]]], arms: Sequence[Arm], out: str | Path,
-             batch_size: int = 8) -> pd.DataFrame:
+             batch_size: int = 8, store: str | Path | None = None) -> pd.DataFrame:
     """The study's tidy rows of every arm on every dataset (``study.run``)."""
-    return study.run(em, datasets, arms, out, batch_size)
+    return study.run(em, datasets, arms, out, batch_size, store)
 
 
 def _coords(rows: pd.DataFrame) -> list[str]:

@@ -203,12 +203,13 @@ def plan_frame(plan: Sequence[Budgeted]) -> pd.DataFrame:
 
 
 def evaluate(em: EvalModel, samples: list[EvalSample], plan: Sequence[Budgeted], out: str | Path,
-             batch_size: int = 8, dataset: str = "synthetic") -> pd.DataFrame:
-    """The study's tidy rows (resumable under ``out``) of every distinct setting of the plan, joined to the
-    plan's names, kept fractions and ``matched``, in the plan's order (a setting two entries share is run
-    once)."""
+             batch_size: int = 8, dataset: str = "synthetic", store: str | Path | None = None) -> pd.DataFrame:
+    """The study's tidy rows (resumable under ``out``, or ``store``) of every distinct setting of the plan,
+    joined to the plan's names, kept fractions and ``matched``, in the plan's order (a setting two entries
+    share is run once)."""
     settings = list({b.setting.label: b.setting for b in plan}.values())
-    rows = study.tidy(run_grid([em], settings, [(dataset, samples)], out=out, batch_size=batch_size, progress=False))
+    rows = study.tidy(run_grid([em], settings, [(dataset, samples)], out=out, batch_size=batch_size, progress=False,
+                               store=store))
     entries = plan_frame(plan)[["setting", "name", "keep_fraction", "matched"]].reset_index(names="plan_index")
     merged = rows.merge(entries, on="setting").sort_values("plan_index", kind="stable")
     return merged.drop(columns="plan_index").reset_index(drop=True)

@@ -86,12 +86,12 @@ def tidy(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(em: EvalModel, datasets: Sequence[tuple[str, list[EvalSample]]], arms: Sequence[Arm], out: str | Path,
-        batch_size: int = 8) -> pd.DataFrame:
+        batch_size: int = 8, store: str | Path | None = None) -> pd.DataFrame:
     """The tidy rows of every arm on every (name, samples) dataset, each distinct setting run once
     (finished batches under ``out`` are reused), with ``arm``, its coordinates and ``layer`` (the model
-    layer its ``K`` resolves to)."""
+    layer its ``K`` resolves to). ``store``: ``run_grid``'s folder of finished batches (the notebooks share one)."""
     settings = list({arm.setting.label: arm.setting for arm in arms}.values())
-    rows = tidy(run_grid([em], settings, list(datasets), out=out, batch_size=batch_size, progress=False))
+    rows = tidy(run_grid([em], settings, list(datasets), out=out, batch_size=batch_size, progress=False, store=store))
     frames = []
     for arm in arms:
         coords = dict(arm.coords)

@@ -53,12 +53,14 @@ class Launch:
         """Each rank of a GPU launch on its own GPU: "cuda" means cuda:LOCAL_RANK."""
         return f"cuda:{self.local_rank}" if self.distributed and device == "cuda" else device
 
-    def order(self, parts: Sequence) -> list:
-        """Every part, this rank's share first (every world_size-th batch from its rank on), then the
-        others' shares, which it reads, waits for or helps with."""
-        parts = list(parts)
-        mine = parts[self.rank::self.world_size]
-        return mine + [p for i, p in enumerate(parts) if i % self.world_size != self.rank]
+    def order(self, groups: Sequence[Sequence]) -> list:
+        """Every part of every group, this rank's groups first (every world_size-th group from its rank on),
+        then the others', which it reads, waits for or helps with. A group (one batch of samples under every
+        setting) stays on one rank, so its encoding is shared."""
+        groups = [list(g) for g in groups]
+        mine = groups[self.rank::self.world_size]
+        theirs = [g for i, g in enumerate(groups) if i % self.world_size != self.rank]
+        return [part for group in mine + theirs for part in group]
 
     def check_batches(self, batches: int) -> None:
         if batches < self.world_size:

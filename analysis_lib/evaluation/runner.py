@@ -8,8 +8,14 @@ to its own Parquet part (a temporary file renamed into place), so a killed run l
 in flight and a re-run skips what exists. ``results.parquet`` (and ``.csv``) gathers the parts in a
 fixed order. A row holds the prediction and its score, the kept visual indices per stage, the
 theoretical FLOPs reduction of that sample's real kept counts, batch timings, every setting (the
-scoring mode, box frame and rule among them), the library version and git commit. Greedy decoding and seeded methods make the rows reproducible (all
-but the timing columns).
+scoring mode, box frame and rule among them), the library version and git commit. Greedy decoding and
+seeded methods make the rows reproducible (all but the timing columns).
+
+The grid runs batch by batch, every setting of a batch in turn: the processor's inputs are made once per
+batch, and the images are encoded once for all settings that leave the vision tower alone (the unpruned
+model and every schedule that reads neither the tower's attention nor its features; ``reuse_images``).
+The rows are the same as with a fresh encoding per setting (a test compares them); the timing columns
+of a reused encoding do not include the vision tower. Measured: ``python -m analysis_lib.benchmarks.evaluation``.
 """
 from __future__ import annotations
 
@@ -212,13 +218,14 @@ def prompt_inputs(em: EvalModel, samples: Sequence[EvalSample]):
 @torch.no_grad()
 def evaluate_batch(em: EvalModel, setting: MethodSetting, samples: Sequence[EvalSample], mode: str = "remove",
                    positions: str | None = None, max_new_tokens: int | None = None,
-                   scoring: Scoring = Scoring()) -> list[dict]:
+                   scoring: Scoring = Scoring(), inputs=None) -> list[dict]:
     """Greedy answers for one batch under one method setting, as row dicts (without run settings), scored
-    as ``scoring`` says."""
+    as ``scoring`` says. ``inputs``: the batch's ``prompt_inputs`` when already made (the grid makes them
+    once per batch for every setting)."""
     tokenizer = em.processor.tokenizer
     texts = prompt_texts(em, samples)
     new_tokens = max_new_tokens or max(em.style.max_new_tokens[s.task] for s in samples)
-    inputs = prompt_inputs(em, samples)
+    inputs = prompt_inputs(em, samples) if inputs is None else inputs
     schedule = setting.schedule()
     with ExitStack() as stack:
         engine = stack.enter_context(PruningEngine(em.model, schedule, mode=mode, positions=positions,
@@ -292,7 +299,8 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
              device: str = "cpu", dtype: str = "float32", mode: str = "remove", positions: str | None = None,
              seed: int = 0, prompts: dict[str, str] | None = None, progress: bool = True,
              scoring: str = "official", box_frame: str | None = None, dist_timeout: float = 600.0,
-             device_map: str | dict | None = None) -> pd.DataFrame:
+             device_map: str | dict | None = None, store: str | Path | None = None,
+             reuse_images: bool = True) -> pd.DataFrame:
     """Evaluate every model × method setting × dataset; returns (and writes to ``out``) all rows.
 
     ``datasets``: specs for ``load_dataset`` ("synthetic", "pope", a .jsonl or a folder) or (name, samples)
@@ -307,7 +315,10 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
     seconds to wait for the rendezvous and for every rank to see ``out``. Rows equal a single process's
     except ``VARYING_COLUMNS`` (timings, and the ``rank`` and ``world_size`` that computed them).
     ``device_map`` ("auto", ...; ``load_vlm``) splits each model over this node's devices instead of ``device``
-    (weights that fit nowhere go to ``out/offload``).
+    (weights that fit nowhere go to ``out/offload``). ``store``: the folder of finished batches (default
+    ``out/parts``); grids that share one compute a batch they have in common once (the notebooks share
+    ``runs/store``). ``reuse_images=False`` encodes the images again for every setting (the module
+    docstring; only for measuring).
     """
     check_int("batch_size", batch_size, minimum=1)
     scorer = Scoring(scoring, box_frame)
@@ -323,6 +334,9 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
     if check_number("dist_timeout", dist_timeout) <= 0:
         raise ValueError(f"dist_timeout={dist_timeout!r}: must be a number of seconds > 0")
     out = check_output_folder(out)
+    store = out / "parts" if store is None else check_output_folder(store, "store")
+    if not isinstance(reuse_images, bool):
+        raise ValueError(f"reuse_images={reuse_images!r}: must be True or False")
     settings = [m if isinstance(m, MethodSetting) else MethodSetting.parse(m) for m in methods]
     for s in settings:
         s.schedule()  # bad parameters fail here, before loading anything
@@ -341,20 +355,22 @@ def run_grid(models: Sequence[str | EvalModel], methods: Sequence[str | MethodSe
             load = partial(load_eval_model, device=device, dtype=dtype, prompts=prompts, device_map=device_map,
                            offload_folder=out / "offload")
             return _run(launch, [m if isinstance(m, EvalModel) else load(m) for m in models], settings, data, out,
-                        batch_size, mode, positions, seed, progress, scorer)
+                        store, batch_size, mode, positions, seed, progress, scorer, reuse_images)
 
 
 def _run(launch: Launch, models: list[EvalModel], settings: list[MethodSetting], data: dict[str, list[EvalSample]],
-         out: Path, batch_size: int, mode: str, positions: str | None, seed: int, progress: bool,
-         scorer: Scoring) -> pd.DataFrame:
+         out: Path, store: Path, batch_size: int, mode: str, positions: str | None, seed: int, progress: bool,
+         scorer: Scoring, reuse_images: bool) -> pd.DataFrame:
     """``run_grid`` once its arguments are checked: this rank's share of the batches first, then the
-    rest; the table written by rank 0."""
+    rest, batch by batch (every setting of a batch in turn, sharing its inputs); the table written by
+    rank 0."""
     jobs: dict[Path, tuple] = {}
+    groups: dict[tuple, list[Path]] = {}
     keys = {name: [sample_digest(x) for x in samples] for name, samples in data.items()}  # image hashes: once
     fingerprints = [setting_fingerprint(s, mode, positions, seed, scorer) for s in settings]
     for em in models:
         check_fits(em, settings, data)
-        model_dir = out / "parts" / f"{_slug(em.name)}-{model_fingerprint(em)}"
+        model_dir = store / f"{_slug(em.name)}-{model_fingerprint(em)}"
         device_used, dtype_used = _device_dtype(em)
         common = {"model": em.name, "prompt_style": em.style.name, "mode": mode, "batch_size": batch_size,
                   "seed": seed, "device": device_used, "dtype": dtype_used, "library_version": __version__,
@@ -367,22 +383,35 @@ def _run(launch: Launch, models: list[EvalModel], settings: list[MethodSetting],
                     part = (folder / f"batch-{index:05d}-{digest(keys[dataset_name][start:start + batch_size])}"
                                      ".parquet")
                     jobs[part] = (em, s, batch, index, {**common, "dataset": dataset_name})
+                    groups.setdefault((id(em), dataset_name, index), []).append(part)
     bar = tqdm(total=len(jobs), initial=sum(p.exists() for p in jobs), desc="evaluation batches",
                disable=not progress or launch.rank != 0)
+
+    made: dict[tuple, object] = {}  # the processor's inputs of the batch in hand
 
     def compute(part: Path) -> pd.DataFrame:
         em, s, batch, index, context = jobs[part]
         bar.set_postfix_str(f"{Path(em.name).name} | {context['dataset']} | {s.label}")
-        torch.manual_seed(seed)
-        rows = evaluate_batch(em, s, batch, mode, positions, scoring=scorer)
+        key = (id(em), context["dataset"], index)
+        if key not in made:
+            made.clear()
+            made[key] = prompt_inputs(em, batch)
         schedule = s.schedule()
+        reuse[id(em)].active = reuse_images and not (schedule and schedule.reads_vision_tower)
+        torch.manual_seed(seed)
+        rows = evaluate_batch(em, s, batch, mode, positions, scoring=scorer, inputs=made[key])
         used = positions or (schedule.positions if schedule else "keep")
         bar.update()
         return pd.DataFrame([{**context, "method": s.method, "params": json.dumps(s.params, sort_keys=True),
                               "setting": s.label, "positions": used, "batch_index": index, **row} for row in rows])
 
-    order = launch.order(jobs)
-    finished = dict(zip(order, gather(order, compute)))
+    order = launch.order(groups.values())
+    with ExitStack() as stack:
+        reuse = {}
+        for em in models:
+            reuse[id(em)] = em.adapter.reuse_image_features()
+            stack.callback(reuse[id(em)].close)
+        finished = dict(zip(order, gather(order, compute)))
     bar.close()
     results = pd.concat([finished[part] for part in jobs], ignore_index=True)
     if launch.rank == 0:

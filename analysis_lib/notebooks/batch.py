@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
 
-from ..validation import check_choice
+from ..validation import check_choice, check_int
 from .availability import POLICIES, without_missing
 from .parameters import NOTEBOOKS, REPO
 
 NOTEBOOK_DIR = REPO / "notebooks"
 PROFILE_DIR = NOTEBOOK_DIR / "profiles"
 DEFAULT_PROFILE = "default"
+#: notebooks that measure wall-clock time: the batch runs them with no other notebook beside them
+ALONE = frozenset({"07_efficiency"})
 
 
 class NotebookFailed(RuntimeError):
@@ -118,42 +123,86 @@ def outputs_exist(root: Path, name: str) -> bool:
 
 def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = None, run_dir: str | Path | None = None,
               root: str | Path | None = None, skip_up_to_date: bool = False, progress: bool = True,
-              threads: int = 1, update_committed: bool = False) -> list[Path]:
-    """Execute the notebooks in order; returns the executed copies. ``root`` is where figures/ and
-    data/results/ are written (the notebooks' own ``root`` parameter; see ``output_root``). ``threads``:
-    CPU threads of each notebook's kernel (OMP_NUM_THREADS; 0 keeps torch's default). One thread is the
-    default: several threads on a small shared machine were measured 20x slower than one."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads={threads!r}: must be an integer >= 0 (0 = torch's default)")
+              threads: int = 1, update_committed: bool = False, jobs: int = 1) -> list[Path]:
+    """Execute the notebooks; returns the executed copies. ``root`` is where figures/ and data/results/ are
+    written (the notebooks' own ``root`` parameter; see ``output_root``). ``threads``: CPU threads of each
+    notebook's kernel (OMP_NUM_THREADS; 0 keeps torch's default). One thread is the default: several
+    threads on a small shared machine were measured 20x slower than one. ``jobs``: notebooks run at once,
+    each in its own kernel (on a CPU, one per core with one thread each); a notebook that measures time
+    (``ALONE``) runs with no other beside it. The first failure stops the batch once the running ones end."""
+    check_int("threads", threads, minimum=0)
+    check_int("jobs", jobs, minimum=1)
     root = output_root(profile, root, update_committed)
     settings, lines = resolve_profile(profile, only)
     for line in lines:
         print(line)
-    names = list(settings)
     run_dir = Path(run_dir or REPO / "runs" / "notebooks" / Path(str(profile)).stem)
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = os.environ.get("OMP_NUM_THREADS")
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the kernels papermill starts
-    executed = []
+    todo = []
+    for name in settings:
+        source, target = NOTEBOOK_DIR / f"{name}.ipynb", run_dir / f"{name}.ipynb"
+        parameters = {**settings[name], "root": str(root), "threads": threads}
+        stamp_file, stamp = run_dir / f"{name}.stamp", _stamp(source, parameters)
+        if (skip_up_to_date and target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp
+                and outputs_exist(root, name)):
+            print(f"{name}: up to date, skipped")
+            continue
+        stamp_file.unlink(missing_ok=True)
+        todo.append((name, source, target, parameters, stamp_file, stamp))
     try:
-        for i, name in enumerate(names, 1):
-            source, target = NOTEBOOK_DIR / f"{name}.ipynb", run_dir / f"{name}.ipynb"
-            parameters = {**settings[name], "root": str(root), "threads": threads}
-            stamp_file, stamp = run_dir / f"{name}.stamp", _stamp(source, parameters)
-            executed.append(target)
-            if (skip_up_to_date and target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp
-                    and outputs_exist(root, name)):
-                print(f"[{i}/{len(names)}] {name}: up to date, skipped")
-                continue
-            print(f"[{i}/{len(names)}] {name}")
-            stamp_file.unlink(missing_ok=True)
-            _execute(name, source, target, parameters, progress)
-            stamp_file.write_text(stamp)
+        for phase in _phases(todo):
+            _run_phase(phase, jobs, progress and jobs == 1)
     finally:
         if previous is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = previous
     print(f"executed notebooks: {run_dir}\nfigures: {root / 'figures'}\ntables: {root / 'data' / 'results'}")
-    return executed
+    return [run_dir / f"{name}.ipynb" for name in settings]
+
+
+def _phases(todo: list[tuple]) -> list[list[tuple]]:
+    """Consecutive notebooks that may run side by side; each ``ALONE`` notebook is a phase of its own."""
+    phases: list[list[tuple]] = []
+    for job in todo:
+        if job[0] in ALONE or not phases or phases[-1][0][0] in ALONE:
+            phases.append([job])
+        else:
+            phases[-1].append(job)
+    return phases
+
+
+def _run_one(job: tuple, progress: bool) -> float:
+    """Execute one notebook; its stamp is written only when it succeeded. Returns its seconds."""
+    name, source, target, parameters, stamp_file, stamp = job
+    start = time.monotonic()
+    _execute(name, source, target, parameters, progress)
+    stamp_file.write_text(stamp)
+    return time.monotonic() - start
+
+
+def _run_phase(phase: list[tuple], jobs: int, progress: bool) -> None:
+    """The phase's notebooks, ``jobs`` at a time, each in a separate process (papermill's kernel clients
+    are not thread-safe); the first failure is raised once the notebooks already running have ended."""
+    if jobs == 1 or len(phase) == 1:
+        for job in phase:
+            print(f"{job[0]} ...", flush=True)
+            print(f"{job[0]}: done in {_run_one(job, progress):.0f} s", flush=True)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {pool.submit(_run_one, job, False): job[0] for job in phase}
+        print(f"running {', '.join(futures.values())}, {jobs} at a time", flush=True)
+        failure = None
+        for future in as_completed(futures):
+            try:
+                print(f"{futures[future]}: done in {future.result():.0f} s", flush=True)
+            except NotebookFailed as err:
+                failure = failure or err
+                for other in futures:
+                    other.cancel()
+        if failure is not None:
+            raise failure

@@ -35,8 +35,14 @@ class Session:
 
     @property
     def runs(self) -> Path:
-        """Finished evaluation batches, reused when the notebook runs again."""
+        """The notebook's evaluation results tables."""
         return Path(self.params.root) / "runs" / self.params.notebook
+
+    @property
+    def store(self) -> Path:
+        """Finished evaluation batches of every notebook: a batch two notebooks share (the unpruned model,
+        FastV's setting) is computed once, and reused when a notebook runs again."""
+        return Path(self.params.root) / "runs" / "store"
 
     def figure(self, fig: plt.Figure, name: str) -> None:
         """Write ``figures/<notebook>/<name>.pdf/.png``, close the figure and show the saved PNG once: the

@@ -130,6 +130,12 @@ class Schedule:
                 raise ValueError("order='score' (no reordering) is only supported for a single stage at layer 0")
         return list(zip(layers, self.stages))
 
+    @property
+    def reads_vision_tower(self) -> bool:
+        """Whether a stage reads the vision tower's attention or features: the tower must then run, hooked,
+        for every prompt, and its output cannot be reused from another setting's run."""
+        return any(stage.scorer.needs_vision_attention or stage.needs_features for stage in self.stages)
+
     @staticmethod
     def score_layer(stage: Stage, layer: int, num_layers: int) -> int:
         """The layer K whose preceding layer's attention scores ``stage`` (the pruning layer by default)."""
