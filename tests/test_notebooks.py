@@ -74,8 +74,9 @@ def test_a_misspelled_parameter_stops_the_batch_with_the_notebook_and_error(tmp_
 
 
 def test_ci_batch_runs_every_notebook_and_writes_reproducible_figures(tmp_path):
+    """Two notebooks at a time first, then one by one: the same figures, byte for byte."""
     run = tmp_path / "run"
-    executed = run_batch("ci", run_dir=run, root=tmp_path, progress=False)
+    executed = run_batch("ci", run_dir=run, root=tmp_path, progress=False, jobs=2)
     assert [p.stem for p in executed] == list(NOTEBOOKS)
     for name in NOTEBOOKS:
         figures = sorted((tmp_path / "figures" / name).glob("*"))
@@ -88,6 +89,16 @@ def test_ci_batch_runs_every_notebook_and_writes_reproducible_figures(tmp_path):
     assert {p: p.read_bytes() for p in (tmp_path / "figures").rglob("*.p*")} == first
     skipped = run_batch("ci", run_dir=run, root=tmp_path, skip_up_to_date=True, progress=False)
     assert [Path(p).stem for p in skipped] == list(NOTEBOOKS)
+
+
+def test_a_timing_notebook_runs_alone_and_the_others_side_by_side():
+    from analysis_lib.notebooks.batch import ALONE, _phases
+    jobs = [(name,) for name in NOTEBOOKS]
+    phases = [[job[0] for job in phase] for phase in _phases(jobs)]
+    assert [name for phase in phases for name in phase] == list(NOTEBOOKS)
+    assert all(len(phase) == 1 for phase in phases if set(phase) & ALONE) and len(phases) < len(NOTEBOOKS)
+    with pytest.raises(ValueError, match="jobs=0: must be an integer >= 1"):
+        run_batch("ci", jobs=0)
 
 
 def test_a_notebook_opened_in_jupyterlab_runs_from_the_repository_root(tmp_path):

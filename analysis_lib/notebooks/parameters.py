@@ -32,9 +32,9 @@ COMMON: dict[str, object] = {
     "attn_implementation": "sdpa",
     "dataset": "synthetic",
     "split": "test",
-    "per_task": 24,  # synthetic suite: samples per task
+    "per_task": 96,  # synthetic suite: samples per task
     "limit": 0,  # other datasets: first N samples (0 = all)
-    "batch_size": 8,
+    "batch_size": 32,
     "seed": 0,
     "root": ".",  # figures/<notebook>/ and data/results/<notebook>/ are written under it
     "update_committed": False,  # edited parameters with root "." write under runs/edited/ unless True
@@ -56,7 +56,8 @@ OWN: dict[str, dict[str, object]] = {
                    "methods": ["fastv", "pyramiddrop", "feather", "fopru", "fopru_row", "fopru_fastv", "vispruner",
                                "random"], "examples": 4},
     "07_efficiency": {"keep_fractions": [0.5, 0.25, 0.1], "paper_depth": 32,
-                      "methods": ["fastv", "feather", "fopru", "vispruner"], "repeats": 3, "new_tokens": 16},
+                      "methods": ["fastv", "feather", "fopru", "vispruner"], "repeats": 3, "new_tokens": 16,
+                      "batch_size": 8},  # the timed batch: 8 prompts, as before
 }
 NOTEBOOKS: dict[str, dict[str, object]] = {name: {**COMMON, **own} for name, own in sorted(OWN.items())}
 
