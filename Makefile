@@ -35,6 +35,7 @@ reproduce: setup
 benchmark: setup
 	$(BIN)/python -m analysis_lib.benchmarks.prefill
 	$(BIN)/python -m analysis_lib.benchmarks.batching
+	$(BIN)/python -m analysis_lib.benchmarks.evaluation
 	$(BIN)/python -m analysis_lib.benchmarks.processes
 
 clean:
