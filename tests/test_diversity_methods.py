@@ -11,6 +11,7 @@ from analysis_lib.pruning.methods import get_method
 from analysis_lib.pruning.nominal import plain_grid
 from analysis_lib.pruning.selectors import MaxMinDiversity, PivotDuplicates, SampleSelection
 from analysis_lib.pruning.states import SampleStates
+from test_engine import _language_model_kwargs
 from tiny_setup import batch_inputs, sample_inputs
 
 
@@ -116,13 +117,7 @@ def test_divprune_reads_the_language_model_input_embeddings(models):
     """The engine's kept set = max–min diversity of the projector outputs the language model receives."""
     model = models[("llava", "sdpa")]
     inputs = sample_inputs(batch_inputs(model, "llava"), 0)
-    seen = {}
-    handle = model.model.language_model.register_forward_pre_hook(
-        lambda m, a, kw: seen.update(x=kw["inputs_embeds"]), with_kwargs=True)
-    with torch.no_grad():
-        model(**inputs)
-    handle.remove()
-    rows = seen["x"][0, _visual_positions(model, inputs)]
+    rows = _language_model_kwargs(model, inputs)["inputs_embeds"][0, _visual_positions(model, inputs)]
     expected = divprune_reference(rows.tolist(), [True] * len(rows), 5)
     with torch.no_grad(), PruningEngine(model, get_method("divprune").schedule(R=1 - 5 / 16)) as engine:
         model(**inputs)
