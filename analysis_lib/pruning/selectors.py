@@ -310,8 +310,16 @@ def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class MaxMinDiversity:
     """DivPrune: the k candidates picked by greedy max–min cosine diversity (``max_min_diverse``) of the
-    LLM's hidden states where the stage prunes (at layer 0: the input embeddings, i.e. the projector's
-    outputs, as the official code reads them); every candidate counts, LLaVA-NeXT's newline tokens too."""
+    LLM's hidden states where the stage prunes; per sample, over the visual tokens only.
+
+    Readings, from the official code (``DivPrune`` in ``LLaVA/llava/model/llava_arch.py`` of vbdi/divprune):
+    the features are the LLM's input embeddings at the visual tokens (the projector's outputs; at layer 0
+    that is what ``states.visual`` holds), every visual token a candidate (its LLaVA-1.6 path takes the
+    whole packed image sequence, newline tokens included); the first pick uses the second-smallest entry
+    of each distance column, i.e. the distance to the nearest other token; ``torch.argmax`` there and
+    here gives ties to the earlier token; a picked token is excluded (the code relies on its zero
+    distance to itself). The code keeps round(ratio·n) tokens, the stage's budget floors.
+    """
 
     name: str = "max-min-diversity"
     needs_budget: bool = True
@@ -345,14 +353,21 @@ def pivot_duplicates(pivots: torch.Tensor, features: torch.Tensor, k: int) -> to
 
 @dataclass(frozen=True)
 class PivotDuplicates:
-    """DART: after layer K, keep k candidates by duplication with pivot tokens.
+    """DART: after layer K, keep k candidates by duplication with pivot tokens; per sample.
 
-    Pivots (official code, ``get_retained_image_token`` in ZichenWen1/DART): the ``image_pivots``
-    candidates and the ``text_pivots`` text tokens after the image whose layer-(K-1) keys (RoPE applied,
-    all heads) have the largest L1 norm. Similarity is cosine on the hidden states entering layer K
-    through the model's final norm, as the code compares them. Image pivots are kept and count in the
-    budget; the remaining k - image pivots are shared out over the pivots in sequence order (image pivots
-    first), each taking the tokens least similar to it among those not taken yet (``pivot_duplicates``).
+    Readings, from the official code (``DART.get_retained_image_token`` in
+    ``llava/model/language_model/modeling_llama_self.py`` of ZichenWen1/DART; its Qwen2.5-VL port is the
+    same): pivots are the ``image_pivots`` candidates and the ``text_pivots`` tokens after the image (the
+    instruction and the assistant prompt) whose keys at layer K-1 (RoPE applied, all heads; the code's
+    GQA head copies change no ranking) have the largest L1 norm; fewer text pivots when the text is
+    shorter. Similarity is cosine on the hidden states entering layer K through the language model's
+    final norm (``self.norm(layer_outputs[0])``). Only still-present visual tokens are candidates; image
+    pivots are kept. Two departures, to keep exactly k: the code gives every pivot floor(budget / pivots)
+    tokens and keeps the image pivots on top (132 for a budget of 128); here the image pivots count in k
+    and the other k - image pivots are shared out, the first (k - image pivots) mod pivots taking one
+    more. The code visits the pivots in Python set order (hash order of their positions); here in
+    sequence order (image pivots, then text). Ties go to the earlier token (the code's topk leaves them
+    unspecified).
     """
 
     image_pivots: int = 4
