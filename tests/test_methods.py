@@ -13,7 +13,8 @@ SHALLOW = {
     "fastv": {}, "fastv_norope": {}, "uniform": {}, "knn": {}, "fastv_norope_uniform": {},
     "feather": {"K1": 0.25, "K2": 0.5}, "feather_paper": {"K1": 0.25, "K2": 0.5},
     "pyramiddrop": {"K1": 0.25, "K2": 0.5, "K3": 0.75},
-    "fopru": {}, "fopru_fastv": {}, "vispruner": {"keep": 0.5}, "random": {}, "before_llm": {},
+    "fopru": {}, "fopru_fastv": {}, "vispruner": {"keep": 0.5}, "divprune": {"R": 0.5}, "dart": {"R": 0.5},
+    "random": {}, "before_llm": {},
     "text_only": {}, "quartile": {}, "region": {}, "rows": {},
 }
 VARIANTS = [(name, params) for name, params in SHALLOW.items()] + [
@@ -21,6 +22,8 @@ VARIANTS = [(name, params) for name, params in SHALLOW.items()] + [
     ("vispruner", {"keep": 5, "r": 0.4}), ("quartile", {"q": 3, "K": 0}), ("rows", {"part": "top"}),
     ("fastv", {"scope": "crop"}), ("vispruner", {"keep": 0.5, "scope": "crop"}),
     ("vispruner", {"keep": 0.5, "diverse_order": "image"}), ("knn", {"delta": "plain"}),
+    ("divprune", {"R": 0.5, "scope": "crop"}), ("dart", {"R": 0.25, "image_pivots": 1, "text_pivots": 2}),
+    ("dart", {"K": 0.5, "image_pivots": 0}),
 ]
 
 
@@ -191,6 +194,12 @@ def test_crop_scope_splits_the_budget_over_crops(models):
     (lambda: get_method("vispruner").schedule(diverse_order="raster"), "diverse_order='raster'.*'attention', 'image'"),
     (lambda: get_method("vispruner").schedule(diverse_order=1), "diverse_order=1: must be a string"),
     (lambda: get_method("knn").schedule(delta="cubed"), "delta='cubed'.*'squared', 'plain'"),
+    (lambda: get_method("divprune").schedule(R=1.0), r"R=1.0 is outside the allowed range \[0.0, 1.0\)"),
+    (lambda: get_method("dart").schedule(K=0), "K=0: dart reads layer K-1's keys"),
+    (lambda: get_method("dart").schedule(image_pivots=-1), "image_pivots=-1: must be an integer >= 0"),
+    (lambda: get_method("dart").schedule(text_pivots=1.5), "text_pivots=1.5: must be an integer >= 0"),
+    (lambda: get_method("dart").schedule(image_pivots=0, text_pivots=0), "at least one pivot"),
+    (lambda: get_method("dart").schedule(pivots=8), "dart parameter='pivots'"),
 ])
 def test_bad_method_parameters_name_the_parameter(make, message):
     with pytest.raises(ValueError, match=message):

@@ -65,6 +65,11 @@ class ModelAdapter(ABC):
     def rotary_embedding(self) -> nn.Module:
         return self.language_model.rotary_emb
 
+    def final_normed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` [B, S, D] through the language model's last norm (what the LM head reads), on its device."""
+        norm = self.language_model.norm
+        return norm(hidden.to(norm.weight.device))
+
     @abstractmethod
     def apply_rotary(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:

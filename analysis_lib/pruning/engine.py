@@ -26,6 +26,7 @@ from ..validation import check_choice
 from .schedule import Schedule, Stage
 from .scorers import ScoreInputs
 from .selectors import SampleSelection
+from .states import rotated_keys, sample_states
 from .views import MODES, POSITIONS, call_slots, pruned_view, slot_mask
 
 IMPLEMENTATIONS = ("sdpa", "eager")
@@ -116,6 +117,7 @@ class PruningEngine:
         adapter, hooks = self.adapter, self.hooks
         self.tracker.add_listener(self._on_new_prompt)
         self._text_rows: dict[int, torch.Tensor] = {}
+        self._keys: dict[int, torch.Tensor] = {}
         self._vision_rows = self._features = None
         self._probing = False
 
@@ -133,6 +135,10 @@ class PruningEngine:
                     n_max = max(self.tracker.prompt.layout.counts())
                     self._text_rows[s] = rows_to_visual(rows, view, n_max).mean(dim=1)
                 watch_qk(hooks, adapter, adapter.decoder_attention(k - 1), armed, on_text)
+            if stage.needs_states and layer > 0:
+                def on_keys(q, k_proj, call, s=s):
+                    self._keys[s] = rotated_keys(q, k_proj, *call.rope, adapter)
+                watch_qk(hooks, adapter, adapter.decoder_attention(layer - 1), armed, on_keys)
         # the tower runs once per new image set, inside forward or before it (generate pre-encodes images)
         feature_layer = adapter.vision_feature_encoder_layer
         if any(stage.scorer.needs_vision_attention for _, stage in self.stages):
@@ -172,7 +178,8 @@ class PruningEngine:
         self.records.append(PruneRecord(self.schedule.name, self.mode, self.positions, counts,
                                         layout=tracker.prompt.layout))
 
-    def _decide(self, s: int) -> None:
+    def _decide(self, s: int, hidden: torch.Tensor) -> None:
+        """Score and select stage ``s`` (``hidden``: the states entering its layer, for ``needs_states``)."""
         layer, stage = self.stages[s]
         prompt = self.tracker.prompt
         layout = prompt.layout
@@ -185,6 +192,10 @@ class PruningEngine:
         if stage.needs_features:
             features = [f.cpu() for f in patches_to_tokens(self._features, layout)]
         vision = self._vision_rows if stage.scorer.needs_vision_attention else None
+        states = None
+        if stage.needs_states:
+            states = sample_states(hidden, self.adapter.final_normed(hidden), self._keys.get(s),
+                                   self.tracker.views[self._view_index(layer - 1)], layout)
         scores = stage.scorer.score(ScoreInputs(counts, candidates, layout, self._text_rows.get(s), vision,
                                                 features)).cpu()
         kept, sequence = [], []
@@ -196,7 +207,8 @@ class PruningEngine:
             for group in groups:
                 cand = candidates[b, :n] & group
                 k = stage.budget(int(cand.sum()), int(group.sum()))
-                selection = SampleSelection(scores[b, :n], cand, grid, None if features is None else features[b])
+                selection = SampleSelection(scores[b, :n], cand, grid, None if features is None else features[b],
+                                            None if states is None else states[b])
                 parts.append(stage.selector.select(selection, k).cpu())
             kept.append(torch.sort(torch.cat(parts)).values)
             sequence.append(kept[-1][torch.argsort(scores[b, kept[-1]].nan_to_num(nan=float("-inf")),
@@ -213,11 +225,12 @@ class PruningEngine:
         """Index into the tracker's views of the view ``layer`` runs on (0 = unpruned)."""
         return 1 + max((i for i, (k, _) in enumerate(self.stages) if k <= layer), default=-1)
 
-    def _stage_for_layer(self, layer: int) -> int:
-        """Like ``_view_index``, deciding the stage first if this prompt has not decided it yet."""
+    def _stage_for_layer(self, layer: int, hidden: torch.Tensor) -> int:
+        """Like ``_view_index``, deciding the stage first if this prompt has not decided it yet (``hidden``:
+        the states entering ``layer``)."""
         v = self._view_index(layer)
         if v > len(self.records[-1].stages):
-            self._decide(v - 1)
+            self._decide(v - 1, hidden)
         return v
 
     # ---- hooks ---------------------------------------------------------------------------
@@ -234,9 +247,9 @@ class PruningEngine:
             self._probe(lm_call)
         if self.stages[0][0] != 0 or self.mode != "remove":
             return args, kwargs
-        v = self._stage_for_layer(0)
-        view, call = tracker.views[v], tracker.call
         embeddings = lm_call.embeddings
+        v = self._stage_for_layer(0, embeddings)
+        view, call = tracker.views[v], tracker.call
         kv_index, kv_valid, _, q_position = (t.to(embeddings.device)
                                              for t in call_slots(view, call, tracker.prompt.length))
         if call.is_prefill:  # the embeddings are unpruned: slot == original position
@@ -272,11 +285,11 @@ class PruningEngine:
             if self._probing:
                 return None
             tracker = self.tracker
-            v = self._stage_for_layer(layer)
-            prev = self._view_index(layer - 1) if layer > 0 else v
-            view, call = tracker.views[v], tracker.call
             layer_call = adapter.decoder_layer_call(args, kwargs)
             hidden = layer_call.hidden
+            v = self._stage_for_layer(layer, hidden)
+            prev = self._view_index(layer - 1) if layer > 0 else v
+            view, call = tracker.views[v], tracker.call
             # the masks and indices go where the hidden states are (each layer's device under a device_map)
             kv_index, kv_valid, q_index, q_position = (t.to(hidden.device) for t in
                                                        call_slots(view, call, tracker.prompt.length))

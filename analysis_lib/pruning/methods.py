@@ -18,7 +18,8 @@ from ..validation import check_choice, check_range
 from .schedule import SCOPES, Schedule, Stage
 from .scorers import (DensityPeakScorer, FoPruSignificance, RandomScorer, TextAttentionScorer,
                       VisionAttentionScorer)
-from .selectors import DIVERSE_ORDERS, Grid, ImportantDiverse, Quartile, Region, Rows, TopK, Union
+from .selectors import (DIVERSE_ORDERS, Grid, ImportantDiverse, MaxMinDiversity, PivotDuplicates, Quartile, Region,
+                        Rows, TopK, Union)
 
 # FastV's φ_original: the last token's attention as the model computes it (RoPE applied, full softmax).
 ORIGINAL = TextAttentionScorer(TextAttentionSpec())
@@ -134,6 +135,26 @@ def vispruner(keep: int | float = 64, r: float = 0.5, per_round: int = 8,
                     name="vispruner", positions="reindex")
 
 
+def divprune(R: float = 0.902) -> Schedule:
+    """DivPrune: before the LLM keep 1-R of the visual tokens by greedy max–min diversity (cosine distance)
+    of the projector's outputs, as the official code (vbdi/divprune) reads the input embeddings; every
+    visual token is a candidate (LLaVA-NeXT's newlines too). R=0.902 keeps 9.8%, the official
+    SUBSET_RATIO (56 of 576; the code rounds, here floor). Positions re-indexed, as the code concatenates."""
+    return Schedule((Stage(0, keep=_ratio(R), selector=MaxMinDiversity()),), name="divprune", positions="reindex")
+
+
+def dart(K: int | float = 2, R: float = 0.777, image_pivots: int = 4, text_pivots: int = 4) -> Schedule:
+    """DART: after layer K keep 1-R of the visual tokens: the image_pivots visual and text_pivots
+    instruction tokens with the largest L1 key norm at layer K-1 are pivots; the visual pivots are kept and
+    the rest of the budget goes, shared out over the pivots, to the tokens least cosine-similar to them
+    (hidden states through the final norm). Defaults of the official code: K=2, 4+4 pivots, 128 of 576
+    tokens (R=0.777 keeps 128; its reduction_ratio 0.778 would floor to 127), the visual pivots counted in
+    the budget (the code keeps them on top: 132). Original positions, as the code keeps them."""
+    if K == 0:
+        raise ValueError("K=0: dart reads layer K-1's keys; allowed: K >= 1 or a fraction of depth in (0, 1)")
+    return Schedule((Stage(K, keep=_ratio(R), selector=PivotDuplicates(image_pivots, text_pivots)),), name="dart")
+
+
 def random_prune(K: int | float = 0, R: float = 0.5, seed: int = 0) -> Schedule:
     """Drop the fraction R of visual tokens at random (seeded) after layer K (0 = before the LLM)."""
     return Schedule((Stage(K, RandomScorer(seed), _ratio(R)),), name="random")
@@ -227,6 +248,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("fopru", fopru),
     Method("fopru_fastv", fopru_fastv),
     Method("vispruner", vispruner),
+    Method("divprune", divprune),
+    Method("dart", dart),
     Method("random", random_prune),
     Method("before_llm", before_llm),
     Method("text_only", text_only),

@@ -11,6 +11,7 @@ import torch
 from ..layout import SampleGrid, Segment
 from .schedule import Schedule
 from .selectors import SampleSelection
+from .states import SampleStates
 
 
 def plain_grid(rows: int, cols: int) -> SampleGrid:
@@ -22,6 +23,12 @@ def plain_grid(rows: int, cols: int) -> SampleGrid:
                       segment=torch.zeros(n, dtype=torch.long), row=row, col=col,
                       y=(row.float() + 0.5) / rows, x=(col.float() + 0.5) / cols,
                       segments=[Segment("image", rows, cols)])
+
+
+def _random_states(n: int, generator: torch.Generator, text: int = 8, width: int = 8) -> SampleStates:
+    """Random LLM states for n visual tokens and ``text`` text tokens."""
+    visual, text_rows = torch.randn(n, width, generator=generator), torch.randn(text, width, generator=generator)
+    return SampleStates(visual, text_rows, visual, text_rows, visual, text_rows)
 
 
 def nominal_kept(schedule: Schedule, num_layers: int, grid: tuple[int, int], draws: int = 32,
@@ -38,8 +45,9 @@ def nominal_kept(schedule: Schedule, num_layers: int, grid: tuple[int, int], dra
         for s, (_, stage) in enumerate(resolved):
             scores = torch.rand(n, generator=generator)
             features = torch.randn(n, 8, generator=generator) if stage.needs_features else None
+            states = _random_states(n, generator) if stage.needs_states else None
             k = stage.budget(int(candidates.sum()), n)
-            kept = stage.selector.select(SampleSelection(scores, candidates, sample, features), k)
+            kept = stage.selector.select(SampleSelection(scores, candidates, sample, features, states), k)
             candidates = torch.zeros(n, dtype=torch.bool)
             candidates[kept] = True
             totals[s] += kept.numel()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..validation import check_choice
 from .scorers import ConstantScorer, Scorer
 from .selectors import Selector, TopK
+from .states import needs_states
 
 KEEP_OF = ("input", "original")
 ORDERS = ("image", "score")
@@ -66,6 +67,11 @@ class Stage:
     @property
     def needs_features(self) -> bool:
         return self.scorer.needs_features or self.selector.needs_features
+
+    @property
+    def needs_states(self) -> bool:
+        """Whether the selector reads the language model's states where the stage prunes (see ``states.py``)."""
+        return needs_states(self.selector)
 
     def budget(self, n_input: int, n_original: int) -> int | None:
         """Tokens this stage keeps for one sample (None: the selector decides); errors if above n_input."""

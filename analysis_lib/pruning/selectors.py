@@ -14,6 +14,7 @@ import torch
 
 from ..layout import SampleGrid
 from ..validation import check_choice, check_range
+from .states import SampleStates
 
 
 @dataclass
@@ -24,6 +25,7 @@ class SampleSelection:
     candidates: torch.Tensor  # [N] bool
     grid: SampleGrid
     features: torch.Tensor | None = None  # [N, C], NaN rows for tokens without a patch
+    states: SampleStates | None = None  # the LLM's states where the stage prunes (``needs_states``)
 
 
 class Selector(Protocol):
@@ -273,3 +275,126 @@ class ImportantDiverse:
         shortfall = k - n_important - diverse.numel()
         fill = (rest & ~with_features).nonzero().flatten()[:max(shortfall, 0)]
         return torch.sort(torch.cat([important, diverse, fill])).values
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity [len(a), len(b)] of the rows of ``a`` and ``b`` (in double precision)."""
+    a, b = torch.nn.functional.normalize(a.double(), dim=1), torch.nn.functional.normalize(b.double(), dim=1)
+    return a @ b.T
+
+
+def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
+    """DivPrune's greedy max–min diversity: positions (into ``features`` [M, C], in pick order) of k rows.
+
+    Distance = 1 - cosine similarity. The first pick is the row farthest from its nearest other row;
+    each next pick is the row whose distance to its nearest picked row is largest. Picked rows are never
+    picked again; ties go to the earlier row.
+    """
+    m = features.shape[0]
+    k = min(k, m)
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    distance = 1.0 - _cosine(features, features)
+    to_others = distance.clone().fill_diagonal_(float("inf"))
+    first = int(torch.argmax(to_others.min(dim=0).values)) if m > 1 else 0
+    picks, gap = [first], distance[first].clone()
+    gap[first] = float("-inf")
+    for _ in range(k - 1):
+        j = int(torch.argmax(gap))
+        picks.append(j)
+        gap = torch.minimum(gap, distance[j])
+        gap[j] = float("-inf")
+    return torch.tensor(picks, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class MaxMinDiversity:
+    """DivPrune: the k candidates picked by greedy max–min cosine diversity (``max_min_diverse``) of the
+    LLM's hidden states where the stage prunes; per sample, over the visual tokens only.
+
+    Readings, from the official code (``DivPrune`` in ``LLaVA/llava/model/llava_arch.py`` of vbdi/divprune):
+    the features are the LLM's input embeddings at the visual tokens (the projector's outputs; at layer 0
+    that is what ``states.visual`` holds), every visual token a candidate (its LLaVA-1.6 path takes the
+    whole packed image sequence, newline tokens included); the first pick uses the second-smallest entry
+    of each distance column, i.e. the distance to the nearest other token; ``torch.argmax`` there and
+    here gives ties to the earlier token; a picked token is excluded (the code relies on its zero
+    distance to itself). The code keeps round(ratio·n) tokens, the stage's budget floors.
+    """
+
+    name: str = "max-min-diversity"
+    needs_budget: bool = True
+    needs_features: bool = False
+    needs_states: bool = True
+
+    def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
+        pool = sample.candidates.nonzero().flatten()
+        return torch.sort(pool[max_min_diverse(sample.states.visual[pool], k)]).values
+
+
+def _top_l1(keys: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions of the ``count`` rows of ``keys`` with the largest L1 norm, ascending (ties: earlier row)."""
+    order = torch.argsort(keys.abs().sum(dim=1), descending=True, stable=True)[:count]
+    return torch.sort(order).values
+
+
+def pivot_duplicates(pivots: torch.Tensor, features: torch.Tensor, k: int) -> torch.Tensor:
+    """DART's duplicate removal: positions (into ``features`` [M, C]) of k rows, taken pivot by pivot
+    (``pivots`` [P, C] in order): each pivot takes, among the rows not taken yet, the ones least
+    cosine-similar to it; the k rows are shared out evenly, the first k mod P pivots taking one more.
+    Ties go to the earlier row."""
+    taken = torch.zeros(features.shape[0], dtype=torch.bool)
+    similarity = _cosine(pivots, features)
+    for i in range(pivots.shape[0]):
+        quota = k // pivots.shape[0] + (1 if i < k % pivots.shape[0] else 0)
+        key = similarity[i].masked_fill(taken, float("inf"))
+        taken[torch.argsort(key, stable=True)[:quota]] = True
+    return taken.nonzero().flatten()
+
+
+@dataclass(frozen=True)
+class PivotDuplicates:
+    """DART: after layer K, keep k candidates by duplication with pivot tokens; per sample.
+
+    Readings, from the official code (``DART.get_retained_image_token`` in
+    ``llava/model/language_model/modeling_llama_self.py`` of ZichenWen1/DART; its Qwen2.5-VL port is the
+    same): pivots are the ``image_pivots`` candidates and the ``text_pivots`` tokens after the image (the
+    instruction and the assistant prompt) whose keys at layer K-1 (RoPE applied, all heads; the code's
+    GQA head copies change no ranking) have the largest L1 norm; fewer text pivots when the text is
+    shorter. Similarity is cosine on the hidden states entering layer K through the language model's
+    final norm (``self.norm(layer_outputs[0])``). Only still-present visual tokens are candidates; image
+    pivots are kept. Two departures, to keep exactly k: the code gives every pivot floor(budget / pivots)
+    tokens and keeps the image pivots on top (132 for a budget of 128); here the image pivots count in k
+    and the other k - image pivots are shared out, the first (k - image pivots) mod pivots taking one
+    more. The code visits the pivots in Python set order (hash order of their positions); here in
+    sequence order (image pivots, then text). Ties go to the earlier token (the code's topk leaves them
+    unspecified).
+    """
+
+    image_pivots: int = 4
+    text_pivots: int = 4
+    name: str = "pivot-duplicates"
+    needs_budget: bool = True
+    needs_features: bool = False
+    needs_states: bool = True
+
+    def __post_init__(self):
+        for name in ("image_pivots", "text_pivots"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r}: must be an integer >= 0")
+        if self.image_pivots + self.text_pivots == 0:
+            raise ValueError("image_pivots=0, text_pivots=0: at least one pivot is needed")
+
+    def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
+        states, pool = sample.states, sample.candidates.nonzero().flatten()
+        image = _top_l1(states.visual_keys[pool], min(self.image_pivots, k))
+        text = _top_l1(states.text_keys, min(self.text_pivots, states.text_keys.shape[0]))
+        pivots = torch.cat([states.visual_normed[pool][image], states.text_normed[text]])
+        rest = torch.ones(pool.numel(), dtype=torch.bool)
+        rest[image] = False
+        others, k_rest = pool[rest], k - image.numel()
+        if k_rest > 0 and pivots.shape[0] == 0:
+            raise ValueError("text_pivots: this prompt has no text after the image and image_pivots=0; "
+                             "give image_pivots >= 1")
+        chosen = others[pivot_duplicates(pivots, states.visual_normed[others], k_rest)] if k_rest > 0 else others[:0]
+        return torch.sort(torch.cat([pool[image], chosen])).values
