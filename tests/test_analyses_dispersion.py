@@ -1,6 +1,5 @@
 """Attention dispersion (analyses.dispersion): concentration numbers, their aggregation, the captured
-distributions against the model's own attention weights, and the pruning grid's custom settings."""
-import json
+distributions against the model's own attention weights, and the pruning arms' custom settings."""
 import math
 
 import numpy as np
@@ -8,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis_lib.analyses import dispersion
+from analysis_lib.analyses import dispersion, study
 from analysis_lib.evaluation.datasets import load_dataset
-from analysis_lib.evaluation.runner import load_eval_model, prompt_inputs, run_grid
+from analysis_lib.evaluation.runner import load_eval_model, prompt_inputs
 from analysis_lib.pruning import Schedule, TextAttentionScorer, VisionAttentionScorer
 
 
@@ -60,17 +59,16 @@ def test_dispersion_stats_and_cumulative_average_over_samples():
 
 
 def test_pruning_accuracy_groups_by_criterion_ratio_and_family():
-    rows = pd.DataFrame({
-        "method": ["none", "none", "cls", "cls", "cls", "last"],
-        "params": ["{}", "{}"] + [json.dumps({"K": 0.1, "R": 0.5})] * 3 + [json.dumps({"K": 0.1, "R": 0.9})],
+    rows = study.tidy(pd.DataFrame({  # as study.run labels them
+        "criterion": [study.UNPRUNED] * 2 + ["[CLS]"] * 3 + ["last"], "R": [0.0, 0.0, 0.5, 0.5, 0.5, 0.9],
         "task": ["localization", "exact_match", "localization", "exact_match", "exact_match", "localization"],
         "score": [1.0, 0.0, 0.0, 1.0, 0.0, 1.0],
         "relevant_kept": [1.0, 1.0, 0.5, 0.25, 0.75, 0.1],
         "flops_reduction": [0.0, 0.0, 0.4, 0.4, 0.4, 0.7],
         "dataset": "synthetic", "group": ["localization", "colour", "localization", "colour", "colour", "localization"],
-        "sample_id": ["a", "b", "a", "b", "c", "a"], "kept_counts": ["[]"] * 2 + ["[72]"] * 4,
-        "kept": ["[]"] * 6, "n_visual": 144})
-    acc = dispersion.pruning_accuracy(dispersion.pruning_rows(rows)).set_index(["criterion", "R", "family"])
+        "sample_id": ["a", "b", "a", "b", "c", "a"], "kept_counts": [[]] * 2 + [[72]] * 4,
+        "kept": [[]] * 6, "n_visual": 144}))
+    acc = dispersion.pruning_accuracy(rows).set_index(["criterion", "R", "family"])
     assert acc.accuracy[("unpruned", 0.0, "localization")] == 1.0
     assert acc.accuracy[("[CLS]", 0.5, "other tasks")] == pytest.approx(0.5)
     assert acc.accuracy[("[CLS]", 0.5, "all tasks")] == pytest.approx(0.25)  # mean of the tasks' 0 and 0.5
@@ -80,17 +78,22 @@ def test_pruning_accuracy_groups_by_criterion_ratio_and_family():
     assert acc.flops_reduction[("last", 0.9, "localization")] == pytest.approx(0.7)
 
 
-def test_pruning_settings_differ_only_in_the_scores():
-    settings = dispersion.pruning_settings(3, 32, [0.5, 0.75])
+def test_pruning_arms_differ_only_in_the_scores():
+    arms = dispersion.pruning_arms(3, 32, [0.5, 0.75])
+    settings = [a.setting for a in arms]
     assert [s.method for s in settings] == ["none"] + ["cls", "last", "equi_last", "random"] * 2
-    for s in settings[1:]:
-        (layer, stage), = s.schedule().resolve(6)
-        assert layer == 1 and stage.keep == pytest.approx(1 - s.params["R"]) and s.schedule().positions == "keep"
+    assert arms[0].name == study.UNPRUNED and arms[0].coords == {"criterion": study.UNPRUNED, "R": 0.0}
+    for a in arms[1:]:
+        assert a.coords == {"criterion": dispersion.CRITERIA[a.setting.method], "R": a.setting.params["R"]}
+        (layer, stage), = a.setting.schedule().resolve(6)
+        assert layer == 1 and stage.keep == pytest.approx(1 - a.coords["R"])
+        assert a.setting.schedule().positions == "keep"
     scorers = {s.method: s.schedule().stages[0].scorer for s in settings[1:5]}
     assert scorers["cls"] == VisionAttentionScorer("cls")
     assert isinstance(scorers["equi_last"], TextAttentionScorer) and scorers["equi_last"].spec.rope == "equi"
     assert scorers["last"].spec.rope == "applied"
-    assert len({s.key for s in settings}) == len(settings)  # each its own run_grid folder
+    assert len({s.key for s in settings}) == len({s.label for s in settings}) == len(arms)  # each run on its own
+    assert len({a.name for a in arms}) == len(arms)
 
 
 def test_distributions_match_the_models_own_attention_weights(embedded, samples):
@@ -129,24 +132,27 @@ def test_encoder_concentration_covers_every_tower_layer_and_agrees_at_the_featur
 
 
 def test_the_grid_keeps_the_top_tokens_of_each_attention(embedded, samples, tmp_path):
-    """run_grid runs the custom settings; [CLS] and last keep the top 36 of 144 tokens of the captured
-    distributions (the engine and the capture agree); a re-run resumes from the saved parts."""
-    settings = dispersion.pruning_settings(3, 32, [0.75])
-    rows = run_grid([embedded], settings, [("synthetic", samples)], out=tmp_path, batch_size=3, progress=False)
+    """study.run runs the custom settings, each row labelled with its criterion and R; [CLS] and last keep
+    the top 36 of 144 tokens of the captured distributions (the engine and the capture agree); a re-run
+    resumes from the saved parts."""
+    arms = dispersion.pruning_arms(3, 32, [0.75])
+    rows = study.run(embedded, [("synthetic", samples)], arms, tmp_path, batch_size=3)
+    labels = rows.groupby("arm", sort=False)[["criterion", "R"]].first()
+    assert labels.to_dict("index") == {a.name: a.coords for a in arms}
     dist = dispersion.attention_distributions(embedded, samples, 3, 32, batch_size=3)
-    for method, kind in (("cls", "[CLS]"), ("last", "last"), ("equi_last", "equi last")):
+    for kind in ("[CLS]", "last", "equi last"):
         for b, sample in enumerate(samples):
-            kept = json.loads(rows[(rows.method == method) & (rows.sample_id == sample.sample_id)].kept.iloc[0])[-1]
+            kept = rows[(rows.criterion == kind) & (rows.sample_id == sample.sample_id)].kept.iloc[0][-1]
             attention = dist[(dist.kind == kind) & (dist["sample"] == b)].attention.to_numpy()
             assert len(kept) == 36
             assert attention[kept].min() >= np.sort(attention)[::-1][35] - 1e-7
     before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "parts").rglob("*.parquet"))
-    run_grid([embedded], settings, [("synthetic", samples)], out=tmp_path, batch_size=3, progress=False)
+    study.run(embedded, [("synthetic", samples)], arms, tmp_path, batch_size=3)
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "parts").rglob("*.parquet")) == before
 
 
 def test_schedule_setting_is_what_run_grid_reads():
-    schedule = dispersion.pruning_settings(3, 32, [0.5])[3].schedule()
+    schedule = dispersion.pruning_arms(3, 32, [0.5])[3].setting.schedule()
     assert isinstance(schedule, Schedule) and schedule.name == "equi_last"
 
 
@@ -155,12 +161,12 @@ def test_summary_reports_the_numbers():
                           "top_mass": [0.8, 0.3], "peak": [9.0, 2.0], "top_mass_uniform": 0.2})
     layers = pd.DataFrame({"layer": [0, 1], "kind": "received", "top_mass": [0.3, 0.6], "entropy": [0.95, 0.7]})
     rows = pd.DataFrame([{"dataset": "synthetic", "sample_id": f"{task}{i}", "task": task, "group": task,
-                          "method": method, "params": json.dumps({"K": 0.1, "R": 0.5}) if method != "none" else "{}",
-                          "score": float(score), "relevant_kept": 0.3 if method != "none" else 1.0,
-                          "flops_reduction": 0.4, "kept_counts": "[]", "kept": "[]", "n_visual": 144}
-                         for method, scores in (("none", (1, 0)), ("cls", (0, 0)), ("last", (1, 1)))
+                          "criterion": criterion, "R": 0.0 if criterion == study.UNPRUNED else 0.5,
+                          "score": float(score), "relevant_kept": 1.0 if criterion == study.UNPRUNED else 0.3,
+                          "flops_reduction": 0.4, "kept_counts": [], "kept": [], "n_visual": 144}
+                         for criterion, scores in ((study.UNPRUNED, (1, 0)), ("[CLS]", (0, 0)), ("last", (1, 1)))
                          for task in ("localization", "colour") for i, score in enumerate(scores * 5)])
-    rows = dispersion.pruning_rows(rows)
+    rows = study.tidy(rows)  # as study.run labels them
     text = dispersion.summary(stats, layers, dispersion.pruning_accuracy(rows), rows)
     assert "[CLS]: entropy 0.500, top 20% of the tokens hold 80%" in text
     assert "most concentrated is [CLS]" in text and "30%, 60%" in text

@@ -1,8 +1,8 @@
 """FEATHER's pruning criteria after an early layer K (Tables 1-2, Fig. 6-7).
 
-- ``criterion_settings``: per K, φ_original (FastV), φ-R (RoPE removed from the scores), φ_uniform
+- ``criterion_arms``: per K, φ_original (FastV), φ-R (RoPE removed from the scores), φ_uniform
   (stride 2), φ_KNN (as many tokens as φ_uniform keeps), the ensemble φ-R + φ_uniform, and φ-R's kept
-  set applied before the LLM (Table 2); all with ``run_grid`` method names, so runs resume.
+  set applied before the LLM (Table 2); each an arm of ``study`` with its ``criterion`` and ``paper_K``.
 - ``criteria_table``: accuracy per task family (localization vs the rest), ground-truth relevant
   tokens kept and the measured theoretical FLOPs reduction, with the FLOPs the same schedules have on
   a 32-layer preset (``preset_flops``, from ``nominal_kept``) for reference.
@@ -11,7 +11,6 @@ Layers are given for a ``paper_depth``-layer model and scaled to the model by de
 """
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from collections.abc import Sequence
@@ -33,7 +32,6 @@ from . import study
 # run_grid method names -> FEATHER's names, in Table 1's order; before_llm is Table 2.
 CRITERIA = {"fastv": "φ_original", "fastv_norope": "φ-R", "uniform": "φ_uniform", "knn": "φ_KNN",
             "fastv_norope_uniform": "φ-R + φ_uniform", "before_llm": "φ-R before the LLM"}
-UNPRUNED = "unpruned"
 PRESET = "feather-siglip-llama2-7b"
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
@@ -45,27 +43,20 @@ def matched_knn_ratio(grid: tuple[int, int], stride: int = 2) -> float:
     return 1.0 - kept / (grid[0] * grid[1])
 
 
-def criterion_settings(paper_layers: Sequence[int], paper_depth: int, R: float,
-                       grid: tuple[int, int]) -> list[MethodSetting]:
+def criterion_arms(paper_layers: Sequence[int], paper_depth: int, R: float, grid: tuple[int, int]) -> list[study.Arm]:
     """Unpruned, then for every K each criterion of ``CRITERIA`` after layer K of ``paper_depth``
-    (R = 0.75 for the attention criteria as in Table 1; φ_KNN matched to φ_uniform on ``grid``)."""
-    settings = [MethodSetting("none")]
+    (R = 0.75 for the attention criteria as in Table 1; φ_KNN matched to φ_uniform on ``grid``), with the
+    coordinates ``criterion`` (FEATHER's name) and ``paper_K`` (0 unpruned)."""
+    arms = [study.unpruned_arm(criterion=study.UNPRUNED, paper_K=0)]
     knn_R = matched_knn_ratio(grid)
     for paper_k in paper_layers:
         K = paper_k / paper_depth
         params = {"fastv": {"K": K, "R": R}, "fastv_norope": {"K": K, "R": R}, "uniform": {"K": K, "stride": 2},
                   "knn": {"K": K, "R": knn_R}, "fastv_norope_uniform": {"K": K, "R": R},
                   "before_llm": {"criterion": "fastv_norope", "K": K, "R": R}}
-        settings += [MethodSetting(name, params[name]) for name in CRITERIA]
-    return settings
-
-
-def label_rows(rows: pd.DataFrame, paper_depth: int) -> pd.DataFrame:
-    """The study's tidy rows with ``criterion`` (FEATHER's name; ``unpruned``) and ``paper_K`` (0 unpruned)."""
-    rows = study.tidy(rows)
-    fractions = [json.loads(p).get("K", 0.0) for p in rows.params]
-    return rows.assign(criterion=rows.method.map({"none": UNPRUNED, **CRITERIA}),
-                       paper_K=[round(k * paper_depth) for k in fractions])
+        arms += [study.Arm(f"{name} K={paper_k}", MethodSetting(method, params[method]),
+                           {"criterion": name, "paper_K": paper_k}) for method, name in CRITERIA.items()]
+    return arms
 
 
 def preset_flops(paper_layers: Sequence[int], paper_depth: int, R: float, preset: str = PRESET) -> pd.DataFrame:
@@ -76,11 +67,10 @@ def preset_flops(paper_layers: Sequence[int], paper_depth: int, R: float, preset
     at K=3 and 56% / 55% / 50% at K=8 are these values truncated to whole percent."""
     spec = PRESETS[preset]
     rows = []
-    for setting in criterion_settings(paper_layers, paper_depth, R, spec.grid)[1:]:
-        stages = nominal_kept(setting.schedule(), spec.dims.layers, spec.grid)
+    for arm in criterion_arms(paper_layers, paper_depth, R, spec.grid)[1:]:
+        stages = nominal_kept(arm.setting.schedule(), spec.dims.layers, spec.grid)
         report = schedule_flops(spec.dims, spec.n_visual, 0, stages)
-        rows.append({"criterion": CRITERIA[setting.method], "paper_K": round(setting.params["K"] * paper_depth),
-                     "preset_kept": stages[-1][1], "preset_flops_reduction": report.reduction})
+        rows.append({**arm.coords, "preset_kept": stages[-1][1], "preset_flops_reduction": report.reduction})
     return pd.DataFrame(rows)
 
 
@@ -88,10 +78,11 @@ FAMILY_COLUMNS = {study.LOCALIZATION: "localization", study.OTHER: "other", stud
 
 
 def criteria_table(rows: pd.DataFrame, preset: pd.DataFrame) -> pd.DataFrame:
-    """One row per criterion × K (unpruned first) of ``label_rows``: accuracy on localization, on the other
-    tasks and on all (``accuracy_<family>`` with ``_ci_low``/``_ci_high``, unweighted task means), the
-    fraction of relevant tokens kept on localization and on all, mean kept visual tokens, samples, the
-    measured FLOPs reduction and the preset's; refused without a localization dataset."""
+    """One row per criterion × K (unpruned first) of the rows of ``criterion_arms`` (``study.run``): accuracy
+    on localization, on the other tasks and on all (``accuracy_<family>`` with ``_ci_low``/``_ci_high``,
+    unweighted task means), the fraction of relevant tokens kept on localization and on all, mean kept
+    visual tokens, samples, the measured FLOPs reduction and the preset's; refused without a localization
+    dataset."""
     study.require_localization(rows, "the criteria table (FEATHER Table 1)")
     keys = ["criterion", "paper_K"]
     long = study.accuracy_table(rows, keys, "family")
@@ -111,10 +102,10 @@ def accuracy_flops_figure(table: pd.DataFrame) -> plt.Figure:
     and the other tasks; dashed: unpruned."""
     columns = [c for c in ("accuracy_localization", "accuracy_other") if c in table]
     fig, axes = plt.subplots(1, len(columns), figsize=(3.3 * len(columns) + 1.6, 2.6), squeeze=False)
-    pruned = table[table.criterion != UNPRUNED]
+    pruned = table[table.criterion != study.UNPRUNED]
     layers = sorted(pruned.paper_K.unique())
     colours = {c: f"C{i}" for i, c in enumerate(CRITERIA.values())}
-    base = table[table.criterion == UNPRUNED]
+    base = table[table.criterion == study.UNPRUNED]
     for ax, column in zip(axes[0], columns):
         for _, row in pruned.iterrows():
             ax.errorbar(row.flops_reduction, row[column], yerr=[[row[column] - row[f"{column}_ci_low"]],
@@ -131,7 +122,7 @@ def accuracy_flops_figure(table: pd.DataFrame) -> plt.Figure:
                if name in set(pruned.criterion)]
     handles += [plt.Line2D([], [], color="0.4", marker=MARKERS[i % len(MARKERS)], ls="", label=f"K={k}")
                 for i, k in enumerate(layers)]
-    handles.append(plt.Line2D([], [], color="0.3", ls="--", label=UNPRUNED))
+    handles.append(plt.Line2D([], [], color="0.3", ls="--", label=study.UNPRUNED))
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle(f"FEATHER's criteria: accuracy vs FLOPs reduction ({int(table.samples.max())} samples; 95% intervals)")
     fig.tight_layout()
@@ -202,14 +193,15 @@ def _with_interval(row: pd.Series, name: str) -> str:
 
 def summary(table: pd.DataFrame, rows: pd.DataFrame) -> str:
     """What the table and figures show, in numbers (markdown), with 95% intervals; per K, each criterion's
-    localization accuracy minus the unpruned model's on the same samples (``rows``: ``label_rows``)."""
-    base = table[table.criterion == UNPRUNED]
+    localization accuracy minus the unpruned model's on the same samples (``rows``: ``study.run``'s of
+    ``criterion_arms``)."""
+    base = table[table.criterion == study.UNPRUNED]
     lines = []
     if len(base):
         b = base.iloc[0]
         lines.append(f"- Unpruned: localization accuracy {_with_interval(b, 'localization')}, other tasks "
                      f"{_with_interval(b, 'other')} ({int(b.samples)} samples).")
-    pruned = table[table.criterion != UNPRUNED]
+    pruned = table[table.criterion != study.UNPRUNED]
     local = rows[rows.family == study.LOCALIZATION]
     for paper_k, part in pruned.groupby("paper_K", sort=True):
         part = part.set_index("criterion")
@@ -217,8 +209,8 @@ def summary(table: pd.DataFrame, rows: pd.DataFrame) -> str:
                           f"{r.relevant_kept_all:.0%} at {r.flops_reduction:.0%} FLOPs reduction "
                           f"({r.preset_flops_reduction:.0%} on {PRESET})" for c, r in part.iterrows())
         lines.append(f"- K={paper_k} (localization / other accuracy / relevant tokens kept): {cells}.")
-        at = local[(local.paper_K == paper_k) | (local.criterion == UNPRUNED)]
-        base = at.criterion == UNPRUNED
+        at = local[(local.paper_K == paper_k) | (local.criterion == study.UNPRUNED)]
+        base = at.criterion == study.UNPRUNED
         changes = "; ".join(f"{c} {describe(study.pair(at, (at.criterion == c) & (at.paper_K == paper_k), base))}"
                             for c in part.index)
         lines.append(f"  Localization minus unpruned on the same samples: {changes}.")

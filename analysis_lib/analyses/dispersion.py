@@ -7,12 +7,11 @@
 - ``concentration``: normalised entropy, top-fraction mass and peak of one distribution;
   ``dispersion_stats`` and ``cumulative`` summarise them per kind (Fig. 3a-b).
 - ``encoder_concentration``: the same numbers for every vision-tower layer (FoPru Fig. 1).
-- ``pruning_settings`` / ``pruning_accuracy``: accuracy when pruning by each attention (Fig. 3c).
+- ``pruning_arms`` / ``pruning_accuracy``: accuracy when pruning by each attention (Fig. 3c).
 Layers are given for a ``paper_depth``-layer model and scaled to the model by depth fraction.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -156,9 +155,10 @@ class ScheduleSetting(MethodSetting):
         return self.built
 
 
-def pruning_settings(paper_layer: int, paper_depth: int, ratios: Sequence[float]) -> list[MethodSetting]:
+def pruning_arms(paper_layer: int, paper_depth: int, ratios: Sequence[float]) -> list[study.Arm]:
     """Unpruned, then per ratio R: prune the fraction R of the visual tokens after layer K by each
-    attention (Fig. 3c), and at random as the paper's reference.
+    attention (Fig. 3c), and at random as the paper's reference; coordinates ``criterion`` (a ``CRITERIA``
+    label) and ``R`` (0 unpruned).
 
     Reading: every criterion prunes at the same layer K with the same budget and original positions, so
     only the scores differ; VisPruner prunes by [CLS] before the LLM, which would also change where the
@@ -166,28 +166,22 @@ def pruning_settings(paper_layer: int, paper_depth: int, ratios: Sequence[float]
     every visual key at the image start's position (both rank by the head-mean full-row attention).
     """
     K = paper_layer / paper_depth
-    settings: list[MethodSetting] = [MethodSetting("none")]
+    arms = [study.unpruned_arm(criterion=study.UNPRUNED, R=0.0)]
     for R in ratios:
         params = {"K": K, "R": R}
         schedules = {"cls": Schedule((Stage(K, VisionAttentionScorer("cls"), 1.0 - R),), name="cls"),
                      "last": get_method("fastv").schedule(**params),
                      "equi_last": Schedule((Stage(K, TextAttentionScorer(EQUI), 1.0 - R),), name="equi_last"),
                      "random": get_method("random").schedule(**params)}
-        settings += [ScheduleSetting(name, params, schedules[name]) for name in CRITERIA]
-    return settings
-
-
-def pruning_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """The study's tidy rows with ``criterion`` (``unpruned`` for the reference) and ``R`` (0 unpruned)."""
-    rows = study.tidy(rows)
-    return rows.assign(criterion=rows.method.map({"none": study.UNPRUNED, **CRITERIA}),
-                       R=[float(json.loads(p).get("R", 0.0)) for p in rows.params])
+        arms += [study.Arm(f"{label} R={R:g}", ScheduleSetting(name, params, schedules[name]),
+                           {"criterion": label, "R": float(R)}) for name, label in CRITERIA.items()]
+    return arms
 
 
 def pruning_accuracy(rows: pd.DataFrame) -> pd.DataFrame:
     """Per criterion × R × family (localization, other tasks, all tasks): accuracy with its 95% interval,
-    the fraction of ground-truth relevant tokens kept and the mean FLOPs reduction (``pruning_rows``); refused
-    without a localization dataset."""
+    the fraction of ground-truth relevant tokens kept and the mean FLOPs reduction (``study.run``'s rows of
+    ``pruning_arms``); refused without a localization dataset."""
     study.require_localization(rows, "the dispersion notebook's pruning accuracy")
     return study.accuracy_table(rows, ["criterion", "R"], "family")
 
@@ -265,7 +259,8 @@ def accuracy_figure(accuracy: pd.DataFrame) -> plt.Figure:
 
 
 def summary(stats: pd.DataFrame, layers: pd.DataFrame, accuracy: pd.DataFrame, rows: pd.DataFrame) -> str:
-    """What the figures show, in numbers (markdown); ``rows`` (``pruning_rows``) give the paired differences."""
+    """What the figures show, in numbers (markdown); ``rows`` (``study.run``'s of ``pruning_arms``) give the
+    paired differences."""
     s = stats.set_index("kind")
     top = f"top {s.top_fraction.iloc[0]:.0%}"
     lines = ["- Concentration (mean over samples; entropy / log N, 1 = uniform): " + "; ".join(

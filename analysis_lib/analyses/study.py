@@ -47,9 +47,9 @@ class Arm:
     coords: dict = field(default_factory=dict)
 
 
-def unpruned_arm() -> Arm:
-    """The reference every study compares with: no pruning."""
-    return Arm(UNPRUNED, MethodSetting(NO_PRUNING))
+def unpruned_arm(**coords) -> Arm:
+    """The reference every study compares with: no pruning (``coords``: its place on the study's axes)."""
+    return Arm(UNPRUNED, MethodSetting(NO_PRUNING), coords)
 
 
 def family(dataset: str | None, task: str) -> str:
@@ -86,12 +86,14 @@ def tidy(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(em: EvalModel, datasets: Sequence[tuple[str, list[EvalSample]]], arms: Sequence[Arm], out: str | Path,
-        batch_size: int = 8, store: str | Path | None = None) -> pd.DataFrame:
+        batch_size: int = 8, store: str | Path | None = None, seed: int = 0) -> pd.DataFrame:
     """The tidy rows of every arm on every (name, samples) dataset, each distinct setting run once
     (finished batches under ``out`` are reused), with ``arm``, its coordinates and ``layer`` (the model
-    layer its ``K`` resolves to). ``store``: ``run_grid``'s folder of finished batches (the notebooks share one)."""
+    layer its ``K`` resolves to). ``store``: ``run_grid``'s folder of finished batches (the notebooks share one);
+    ``seed``: ``run_grid``'s (random pruning)."""
     settings = list({arm.setting.label: arm.setting for arm in arms}.values())
-    rows = tidy(run_grid([em], settings, list(datasets), out=out, batch_size=batch_size, progress=False, store=store))
+    rows = tidy(run_grid([em], settings, list(datasets), out=out, batch_size=batch_size, seed=seed, progress=False,
+                         store=store))
     frames = []
     for arm in arms:
         coords = dict(arm.coords)
