@@ -63,15 +63,18 @@ class TextAttentionScorer:
 
 
 VISION_SCORES = ("cls", "received", "auto")
+VISION_LAYERS = ("feature", "last")
 
 
 @dataclass(frozen=True)
 class VisionAttentionScorer:
     """Vision-tower attention at the feature layer, mean over heads: the [CLS] row ("cls"), the mean
     attention a patch receives from the patches ("received"), or "auto" (the default): [CLS] when the tower
-    has one, else received (VisPruner's rule for towers without [CLS], §3.3; used on Qwen's tower)."""
+    has one, else received (VisPruner's rule for towers without [CLS], §3.3; used on Qwen's tower).
+    ``layer``: the tower layer read, "feature" (the one whose output the projector reads) or "last"."""
 
     kind: str = "auto"
+    layer: str = "feature"
     name: str = "vision_attention"
     needs_text_attention: bool = False
     needs_vision_attention: bool = True
@@ -79,6 +82,7 @@ class VisionAttentionScorer:
 
     def __post_init__(self):
         check_choice("kind", self.kind, VISION_SCORES)
+        check_choice("layer", self.layer, VISION_LAYERS)
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         kind = self.kind
