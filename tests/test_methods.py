@@ -15,12 +15,14 @@ SHALLOW = {
     "pyramiddrop": {"K1": 0.25, "K2": 0.5, "K3": 0.75},
     "fopru": {}, "fopru_fastv": {}, "vispruner": {"keep": 0.5}, "random": {}, "before_llm": {},
     "text_only": {}, "quartile": {}, "region": {}, "rows": {},
+    "visionzip": {"keep": 0.5}, "prumerge": {}, "prumerge_plus": {},
 }
 VARIANTS = [(name, params) for name, params in SHALLOW.items()] + [
     ("fopru", {"strategy": "row"}), ("fopru", {"reorder": False}), ("fopru", {"rule": "low-variance"}),
     ("vispruner", {"keep": 5, "r": 0.4}), ("quartile", {"q": 3, "K": 0}), ("rows", {"part": "top"}),
     ("fastv", {"scope": "crop"}), ("vispruner", {"keep": 0.5, "scope": "crop"}),
     ("vispruner", {"keep": 0.5, "diverse_order": "image"}), ("knn", {"delta": "plain"}),
+    ("visionzip", {"keep": 0.5, "scope": "crop"}), ("prumerge", {"keep": 4}), ("prumerge_plus", {"keep": 0.5}),
 ]
 
 
