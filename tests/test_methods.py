@@ -55,6 +55,8 @@ def test_method_runs_batched_and_matches_single_samples(models, family, variant)
     name, params = variant
     model = models[(family, "sdpa")]
     schedule = schedule_of(name, **params)
+    if any(stage.merges_on == "projector_input" for stage in schedule.stages) and family.startswith("qwen"):
+        pytest.skip("Qwen's merger is not per token: merges on the projector's input are refused (test_merging)")
     inputs = batch_inputs(model, family)
     logits, record = generate(model, inputs, schedule)
     assert len(record.stages) == len(schedule.stages)
