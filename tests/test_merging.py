@@ -15,7 +15,7 @@ from analysis_lib.pruning.selectors import SampleSelection
 from tiny_setup import batch_inputs, sample_inputs
 
 LLAVA_FAMILIES = ("llava", "llava_next")
-IN_LLM = Schedule((Stage(2, TextAttentionScorer(), 0.5, merger=NeighbourMerge(3, acts_on="states")),),
+IN_LLM = Schedule((Stage(2, TextAttentionScorer(), 0.5, merging=NeighbourMerge(3, acts_on="states")),),
                   name="in-llm-merge")
 SCHEDULES = {"visionzip": get_method("visionzip").schedule(keep=0.5), "prumerge": get_method("prumerge").schedule(),
              "prumerge_plus": get_method("prumerge_plus").schedule(), "in_llm": IN_LLM}
@@ -68,7 +68,7 @@ def test_merging_removal_equals_the_mask_reference(models, family, name, positio
         assert torch.equal(rec_r.stages[0].kept[b], rec_m.stages[0].kept[b])
         assert merge_r.triples() == merge_m.triples() and merge_r.target.numel() > 0
         assert torch.isin(merge_r.target, rec_r.stages[0].kept[b]).all()
-    plain_stage = replace(schedule.stages[0], merger=None)
+    plain_stage = replace(schedule.stages[0], merging=None)
     pruned, _ = run(model, inputs, replace(schedule, stages=(plain_stage,)), positions=positions)
     assert not torch.allclose(removed, pruned, atol=1e-4)
 
@@ -79,8 +79,8 @@ def test_merge_with_zero_weights_is_plain_pruning(models, family, name):
     model = models[(family, "sdpa")]
     inputs = batch_inputs(model, family)
     stage = SCHEDULES[name].stages[0]
-    zero = Schedule((replace(stage, merger=ZeroWeights(stage.merger)),), positions="reindex")
-    plain = Schedule((replace(stage, merger=None),), positions="reindex")
+    zero = Schedule((replace(stage, merging=ZeroWeights(stage.merging)),), positions="reindex")
+    plain = Schedule((replace(stage, merging=None),), positions="reindex")
     zero_logits, zero_record = run(model, inputs, zero)
     plain_logits, plain_record = run(model, inputs, plain)
     torch.testing.assert_close(zero_logits, plain_logits, atol=1e-5, rtol=1e-5)
@@ -226,7 +226,7 @@ def test_prumerge_keeps_its_adaptive_count_and_nominal_flops_use_the_mean_share(
     (lambda: get_method("prumerge_plus").schedule(keep=1.5), r"keep=1.5 is outside the allowed range"),
     (lambda: NeighbourMerge(acts_on="pixels"), "acts_on='pixels'.*'projector_input', 'states'"),
     (lambda: ContextualMerge(keys_layer="first"), "keys_layer='first'.*'feature', 'last'"),
-    (lambda: Schedule((Stage(2, TextAttentionScorer(), 0.5, merger=NeighbourMerge()),)).resolve(6),
+    (lambda: Schedule((Stage(2, TextAttentionScorer(), 0.5, merging=NeighbourMerge()),)).resolve(6),
      "acts on the projector's input and needs a stage at layer 0"),
 ])
 def test_bad_merge_parameters_name_the_parameter(make, message):

@@ -151,8 +151,8 @@ class PruningEngine:
         feature_layer = adapter.vision_feature_encoder_layer
         rows_at = {self._vision_layer(_scorer_layer(stage.scorer)) for _, stage in self.stages
                    if stage.scorer.needs_vision_attention}
-        keys_at = {self._vision_layer(stage.merger.keys_layer) for _, stage in self.stages
-                   if stage.merger is not None and stage.merger.needs_keys}
+        keys_at = {self._vision_layer(stage.merging.keys_layer) for _, stage in self.stages
+                   if stage.merging is not None and stage.merging.needs_keys}
         for index in sorted(rows_at | keys_at):
             def on_vision(q, k, call, index=index):
                 geometry = self.tracker.image_geometry
@@ -171,7 +171,7 @@ class PruningEngine:
         first, first_stage = self.stages[0]
         self._probe_layer = Schedule.score_layer(first_stage, first, adapter.num_layers)
         self._injections: list[torch.Tensor] = []
-        merges_first = first == 0 and first_stage.merger is not None
+        merges_first = first == 0 and first_stage.merging is not None
         if (first == 0 and self.mode == "remove") or merges_first or self._probe_layer != first or adapter.injection_layers:
             hooks.pre(adapter.language_model, self._before_language_model)
         for layer in range(adapter.injection_layers):
@@ -216,10 +216,10 @@ class PruningEngine:
         scores = stage.scorer.score(ScoreInputs(counts, candidates, layout, self._text_rows.get(s), vision,
                                                 features)).cpu()
         keys = None
-        if stage.merger is not None and stage.merger.needs_keys:
+        if stage.merging is not None and stage.merging.needs_keys:
             head_dim = self.adapter.vision_geometry().head_dim
             keys = [k.cpu().unflatten(-1, (-1, head_dim))
-                    for k in patches_to_tokens(self._keys[self._vision_layer(stage.merger.keys_layer)], layout)]
+                    for k in patches_to_tokens(self._keys[self._vision_layer(stage.merging.keys_layer)], layout)]
         kept, sequence, merges = [], [], []
         for b, n in enumerate(counts):
             grid = layout.samples[b]
@@ -231,8 +231,8 @@ class PruningEngine:
                 k = stage.budget(int(cand.sum()), int(group.sum()))
                 selection = SampleSelection(scores[b, :n], cand, grid, None if features is None else features[b])
                 parts.append(torch.sort(stage.selector.select(selection, k).cpu()).values)
-                if stage.merger is not None:
-                    maps.append(stage.merger.merge(MergeInputs(parts[-1], cand, scores[b, :n],
+                if stage.merging is not None:
+                    maps.append(stage.merging.merge(MergeInputs(parts[-1], cand, scores[b, :n],
                                                                None if keys is None else keys[b])))
             kept.append(torch.sort(torch.cat(parts)).values)
             merges.append(MergeMap.concat(maps) if maps else None)
@@ -241,7 +241,7 @@ class PruningEngine:
         n_input = [int(c.sum()) for c in candidates]
         by_score = stage.order == "score"
         self.records[-1].stages.append(StageRecord(layer, n_input, kept, sequence if by_score else None,
-                                                   merges if stage.merger is not None else None))
+                                                   merges if stage.merging is not None else None))
         view = pruned_view(prompt, kept, self.mode, self.positions)
         if by_score:
             _feed_in_order(view, layout, sequence, self.positions)

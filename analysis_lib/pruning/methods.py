@@ -147,16 +147,16 @@ def visionzip(keep: int | float = 64, dominant: float = 54 / 64) -> Schedule:
     then contextual tokens; here kept tokens keep image order. Positions re-indexed."""
     selector = DominantContextual(check_range("dominant", dominant, 0.0, 1.0))
     return Schedule((Stage(0, VisionAttentionScorer("auto"), keep, selector=selector,
-                           merger=ContextualMerge(dominant)),), name="visionzip", positions="reindex")
+                           merging=ContextualMerge(dominant)),), name="visionzip", positions="reindex")
 
 
 def _prumerge(name: str, keep: int | float, neighbours: int, adaptive: Outliers, fixed) -> Schedule:
     if keep == 0:
         stage = Stage(0, VisionAttentionScorer("auto", layer="last"), selector=adaptive,
-                      merger=NeighbourMerge(neighbours))
+                      merging=NeighbourMerge(neighbours))
     else:
         stage = Stage(0, VisionAttentionScorer("auto", layer="last"), keep, selector=fixed,
-                      merger=NeighbourMerge(neighbours))
+                      merging=NeighbourMerge(neighbours))
     return Schedule((stage,), name=name, positions="reindex")
 
 

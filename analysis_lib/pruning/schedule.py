@@ -34,7 +34,7 @@ class Stage:
     best-first instead of in image order (FoPru without reordering; pre-LLM stages only).
     ``scope="crop"`` splits the budget over the encoder crops (LLaVA-NeXT's base image and each
     high-res tile keep the same fraction); "global" ranks all visual tokens of a sample together.
-    ``merger``: after selecting, kept tokens absorb others (``merging.py``); None = plain pruning.
+    ``merging``: after selecting, kept tokens absorb others (``merging.py``); None = plain pruning.
     """
 
     layer: int | float
@@ -45,7 +45,7 @@ class Stage:
     score_layer: int | float | None = None
     order: str = "image"
     scope: str = "global"
-    merger: Merger | None = None
+    merging: Merger | None = None
 
     def __post_init__(self):
         check_choice("keep_of", self.keep_of, KEEP_OF)
@@ -74,7 +74,7 @@ class Stage:
     @property
     def merges_on(self) -> str | None:
         """Where this stage's merge acts (see ``merging.py``), None without one."""
-        return None if self.merger is None else self.merger.acts_on
+        return None if self.merging is None else self.merging.acts_on
 
     def budget(self, n_input: int, n_original: int) -> int | None:
         """Tokens this stage keeps for one sample (None: the selector decides); errors if above n_input."""
@@ -136,7 +136,7 @@ class Schedule:
                 raise ValueError(f"score_layer={stage.score_layer!r}: scoring at a later layer than the pruning "
                                  "layer is only supported for a first stage at layer 0")
             if stage.merges_on == "projector_input" and layer != 0:
-                raise ValueError(f"merger {stage.merger.name!r} acts on the projector's input and needs a stage at "
+                raise ValueError(f"merging {stage.merging.name!r} acts on the projector's input and needs a stage at "
                                  f"layer 0 (before the language model), not layer {layer}")
             if stage.order == "score" and (layer != 0 or len(self.stages) > 1):
                 raise ValueError("order='score' (no reordering) is only supported for a single stage at layer 0")
