@@ -237,3 +237,16 @@ def test_bad_merge_parameters_name_the_parameter(make, message):
 def test_a_projector_input_merge_is_refused_where_the_projector_is_not_per_token(models):
     with pytest.raises(ValueError, match="merging before the projector supports the families 'llava', 'llava_next'"):
         PruningEngine(models[("qwen2_5_vl", "sdpa")], get_method("visionzip").schedule(keep=0.5))
+
+
+def test_runner_rows_carry_the_merges_and_real_counts(model, tmp_path):
+    import json
+
+    from analysis_lib.evaluation.runner import run_grid
+    rows = run_grid([model], ["none", "visionzip:keep=0.5", "prumerge"], ["synthetic"], tmp_path, batch_size=4,
+                    limit=4, progress=False)
+    assert (rows[rows.method == "none"].merged == "[]").all()
+    for _, row in rows[rows.method != "none"].iterrows():
+        (kept,), (merged,) = json.loads(row.kept), json.loads(row.merged)
+        assert merged and {t for t, _, _ in merged} <= set(kept)
+        assert json.loads(row.kept_counts) == [len(kept)] and 0 < row.flops_reduction < 1
