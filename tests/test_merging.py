@@ -223,6 +223,7 @@ def test_prumerge_keeps_its_adaptive_count_and_nominal_flops_use_the_mean_share(
     (lambda: get_method("visionzip").schedule(dominant=1.5), r"dominant=1.5 is outside the allowed range"),
     (lambda: get_method("visionzip").schedule(keep=-3), "keep=-3: a token count must be >= 0"),
     (lambda: get_method("prumerge").schedule(neighbours=0), "neighbours=0: must be an integer >= 1"),
+    (lambda: get_method("prumerge").schedule(attention="cls"), "attention='cls'.*'joint', 'heads'"),
     (lambda: get_method("prumerge_plus").schedule(keep=1.5), r"keep=1.5 is outside the allowed range"),
     (lambda: NeighbourMerge(acts_on="pixels"), "acts_on='pixels'.*'projector_input', 'states'"),
     (lambda: ContextualMerge(keys_layer="first"), "keys_layer='first'.*'feature', 'last'"),
@@ -250,3 +251,30 @@ def test_runner_rows_carry_the_merges_and_real_counts(model, tmp_path):
         (kept,), (merged,) = json.loads(row.kept), json.loads(row.merged)
         assert merged and {t for t, _, _ in merged} <= set(kept)
         assert json.loads(row.kept_counts) == [len(kept)] and 0 < row.flops_reduction < 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_prumerge_reads_cls_attention_of_the_last_layer_as_one_softmax(seed):
+    """The official code: softmax(q_cls·Kᵀ/sqrt(C)) over all heads together at the tower's last layer, [CLS]
+    column dropped, IQR outliers (at least the best token) kept."""
+    from analysis_lib.adapters import adapter_for
+    from analysis_lib.tiny import TinySpec, tiny_inputs, tiny_vlm
+    model = tiny_vlm("llava", spec=TinySpec(text_layers=2), seed=seed)
+    inputs = tiny_inputs(model, [3], [2], None, seed=seed)
+    attention = adapter_for(model).vision_layers[-1].self_attn
+    attention.q_proj.weight.data *= 30  # peaked attention, so that several tokens are outliers
+    seen = {}
+    hooks = [attention.q_proj.register_forward_hook(lambda m, a, o: seen.update(q=o)),
+             attention.k_proj.register_forward_hook(lambda m, a, o: seen.update(k=o))]
+    try:
+        _, record = run(model, inputs, get_method("prumerge").schedule())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    q, k = seen["q"][0].double(), seen["k"][0].double()
+    cls = torch.softmax(q[0] @ k.T / q.shape[-1] ** 0.5, dim=-1)[1:].numpy()
+    q1, q3 = np.percentile(cls, [25, 75])
+    outliers = np.where(cls > q3 + 1.5 * (q3 - q1))[0].tolist()
+    assert len(outliers) > 1 and record.stages[0].kept[0].tolist() == outliers
+    _, heads = run(model, inputs, get_method("prumerge").schedule(attention="heads"))
+    assert heads.stages[0].kept[0].tolist() != outliers  # the two readings differ here

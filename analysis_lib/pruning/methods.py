@@ -150,37 +150,40 @@ def visionzip(keep: int | float = 64, dominant: float = 54 / 64) -> Schedule:
                            merging=ContextualMerge(dominant)),), name="visionzip", positions="reindex")
 
 
-def _prumerge(name: str, keep: int | float, neighbours: int, adaptive: Outliers, fixed) -> Schedule:
-    if keep == 0:
-        stage = Stage(0, VisionAttentionScorer("auto", layer="last"), selector=adaptive,
-                      merging=NeighbourMerge(neighbours))
-    else:
-        stage = Stage(0, VisionAttentionScorer("auto", layer="last"), keep, selector=fixed,
-                      merging=NeighbourMerge(neighbours))
-    return Schedule((stage,), name=name, positions="reindex")
+PRUMERGE_ATTENTION = {"joint": "cls_joint", "heads": "cls"}
 
 
-def prumerge(keep: int | float = 0, neighbours: int = 32) -> Schedule:
+def _prumerge(name: str, keep: int | float, neighbours: int, attention: str, adaptive: Outliers,
+              fixed) -> Schedule:
+    check_choice("attention", attention, PRUMERGE_ATTENTION)
+    scorer = VisionAttentionScorer(PRUMERGE_ATTENTION[attention], layer="last")
+    budget = {"selector": adaptive} if keep == 0 else {"keep": keep, "selector": fixed}
+    return Schedule((Stage(0, scorer, merging=NeighbourMerge(neighbours), **budget),), name=name,
+                    positions="reindex")
+
+
+def prumerge(keep: int | float = 0, neighbours: int = 32, attention: str = "joint") -> Schedule:
     """PruMerge: before the LLM keep the tokens whose [CLS] attention at the tower's last layer is an IQR
     outlier (> Q3 + 1.5·IQR; adaptive, 5.5% = 32 of 576 on average in the paper), then each kept token
     absorbs its ``neighbours`` nearest tokens by key cosine, weighted by their [CLS] attention, on the
     projector's input (official ``clip_encoder.py``, ``token_prune_merge_advanced``). ``keep=0`` is the
     adaptive count; a count or fraction > 0 keeps that many by [CLS] attention instead (the official
-    non-adaptive branch). FLOPs: runs record the real counts; the CLI assumes the 5.5% mean. Readings:
-    [CLS] attention is the head mean (the official code takes one softmax over all heads' q·k); the extra
+    non-adaptive branch). FLOPs: runs record the real counts; the CLI assumes the 5.5% mean. [CLS]
+    attention as the official code computes it: one softmax over all heads' q·k together
+    (``attention="joint"``), or the head mean of per-head softmaxes (``"heads"``). Readings: the extra
     token the official code appends (the attention-weighted sum of the pruned tokens) has no grid place
     here and is left out; kept tokens keep image order (the official code feeds them by attention).
     Positions re-indexed."""
-    return _prumerge("prumerge", keep, neighbours, Outliers(spatial=False), TopK())
+    return _prumerge("prumerge", keep, neighbours, attention, Outliers(spatial=False), TopK())
 
 
-def prumerge_plus(keep: int | float = 0, neighbours: int = 32) -> Schedule:
+def prumerge_plus(keep: int | float = 0, neighbours: int = 32, attention: str = "joint") -> Schedule:
     """PruMerge+: PruMerge's outliers plus spatially uniform tokens, every max(1, int(int(1/ratio)/3))-th
     token in image order (ratio = outlier share; 25% of tokens on average in the paper), then PruMerge's
     merge (official ``token_prune_merge_advanced_plus``). ``keep`` > 0 fixes the budget: half by [CLS]
     attention, half spread evenly over the others (the official non-adaptive branch's halves). Readings
     as ``prumerge``. Positions re-indexed."""
-    return _prumerge("prumerge_plus", keep, neighbours, Outliers(spatial=True), TopAndSpread())
+    return _prumerge("prumerge_plus", keep, neighbours, attention, Outliers(spatial=True), TopAndSpread())
 
 
 def random_prune(K: int | float = 0, R: float = 0.5, seed: int = 0) -> Schedule:

@@ -62,7 +62,7 @@ class TextAttentionScorer:
         return inputs.text_attention
 
 
-VISION_SCORES = ("cls", "received", "auto")
+VISION_SCORES = ("cls", "received", "auto", "cls_joint")
 VISION_LAYERS = ("feature", "last")
 
 
@@ -70,7 +70,8 @@ VISION_LAYERS = ("feature", "last")
 class VisionAttentionScorer:
     """Vision-tower attention at the feature layer, mean over heads: the [CLS] row ("cls"), the mean
     attention a patch receives from the patches ("received"), or "auto" (the default): [CLS] when the tower
-    has one, else received (VisPruner's rule for towers without [CLS], §3.3; used on Qwen's tower).
+    has one, else received (VisPruner's rule for towers without [CLS], §3.3; used on Qwen's tower);
+    "cls_joint": the [CLS] row of one softmax over all heads together (PruMerge's code; towers with [CLS]).
     ``layer``: the tower layer read, "feature" (the one whose output the projector reads) or "last"."""
 
     kind: str = "auto"
