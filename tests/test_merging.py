@@ -18,7 +18,13 @@ LLAVA_FAMILIES = ("llava", "llava_next")
 IN_LLM = Schedule((Stage(2, TextAttentionScorer(), 0.5, merging=NeighbourMerge(3, acts_on="states")),),
                   name="in-llm-merge")
 SCHEDULES = {"visionzip": get_method("visionzip").schedule(keep=0.5), "prumerge": get_method("prumerge").schedule(),
-             "prumerge_plus": get_method("prumerge_plus").schedule(), "in_llm": IN_LLM}
+             "prumerge_plus": get_method("prumerge_plus").schedule(), "in_llm": IN_LLM,
+             "visionzip_output": get_method("visionzip").schedule(keep=0.5, merge_on="output"),
+             "prumerge_plus_output": get_method("prumerge_plus").schedule(keep=0.5, merge_on="output")}
+# Qwen's merger reads 2x2 patches together: only merges of its outputs (and inside the LLM) run there
+CASES = ([(family, name) for family in LLAVA_FAMILIES for name in SCHEDULES]
+         + [(family, name) for family in ("qwen2_5_vl", "qwen3_vl")
+            for name in ("in_llm", "visionzip_output", "prumerge_plus_output")])
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,7 @@ def run(model, inputs, schedule, **options):
     return logits, engine.records[-1]
 
 
-@pytest.mark.parametrize("family", LLAVA_FAMILIES)
-@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("family, name", CASES)
 @pytest.mark.parametrize("positions", ["keep", "reindex"])
 def test_merging_removal_equals_the_mask_reference(models, family, name, positions):
     """Mask mode keeps every slot, kept tokens carry the merged states, removed ones are masked: the same
@@ -73,8 +78,7 @@ def test_merging_removal_equals_the_mask_reference(models, family, name, positio
     assert not torch.allclose(removed, pruned, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", LLAVA_FAMILIES)
-@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("family, name", CASES)
 def test_merge_with_zero_weights_is_plain_pruning(models, family, name):
     model = models[(family, "sdpa")]
     inputs = batch_inputs(model, family)
@@ -87,8 +91,7 @@ def test_merge_with_zero_weights_is_plain_pruning(models, family, name):
     assert all(torch.equal(a, b) for a, b in zip(zero_record.stages[0].kept, plain_record.stages[0].kept))
 
 
-@pytest.mark.parametrize("family", LLAVA_FAMILIES)
-@pytest.mark.parametrize("name", ["visionzip", "in_llm"])
+@pytest.mark.parametrize("family, name", [(f, n) for f, n in CASES if n in ("visionzip", "in_llm", "visionzip_output")])
 def test_merging_generation_with_cache_equals_without_and_batch_equals_single(models, family, name):
     model = models[(family, "sdpa")]
     inputs = batch_inputs(model, family)
@@ -224,6 +227,7 @@ def test_prumerge_keeps_its_adaptive_count_and_nominal_flops_use_the_mean_share(
     (lambda: get_method("visionzip").schedule(keep=-3), "keep=-3: a token count must be >= 0"),
     (lambda: get_method("prumerge").schedule(neighbours=0), "neighbours=0: must be an integer >= 1"),
     (lambda: get_method("prumerge").schedule(attention="cls"), "attention='cls'.*'joint', 'heads'"),
+    (lambda: get_method("visionzip").schedule(merge_on="pixels"), "merge_on='pixels'.*'input', 'output'"),
     (lambda: get_method("prumerge_plus").schedule(keep=1.5), r"keep=1.5 is outside the allowed range"),
     (lambda: NeighbourMerge(acts_on="pixels"), "acts_on='pixels'.*'projector_input', 'states'"),
     (lambda: ContextualMerge(keys_layer="first"), "keys_layer='first'.*'feature', 'last'"),

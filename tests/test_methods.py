@@ -23,6 +23,7 @@ VARIANTS = [(name, params) for name, params in SHALLOW.items()] + [
     ("fastv", {"scope": "crop"}), ("vispruner", {"keep": 0.5, "scope": "crop"}),
     ("vispruner", {"keep": 0.5, "diverse_order": "image"}), ("knn", {"delta": "plain"}),
     ("visionzip", {"keep": 0.5, "scope": "crop"}), ("prumerge", {"keep": 4}), ("prumerge_plus", {"keep": 0.5}),
+    ("visionzip", {"keep": 0.5, "merge_on": "output"}), ("prumerge_plus", {"merge_on": "output", "attention": "heads"}),
 ]
 
 

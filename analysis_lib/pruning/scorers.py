@@ -62,7 +62,7 @@ class TextAttentionScorer:
         return inputs.text_attention
 
 
-VISION_SCORES = ("cls", "received", "auto", "cls_joint")
+VISION_SCORES = ("cls", "received", "auto")
 VISION_LAYERS = ("feature", "last")
 
 
@@ -70,12 +70,13 @@ VISION_LAYERS = ("feature", "last")
 class VisionAttentionScorer:
     """Vision-tower attention at the feature layer, mean over heads: the [CLS] row ("cls"), the mean
     attention a patch receives from the patches ("received"), or "auto" (the default): [CLS] when the tower
-    has one, else received (VisPruner's rule for towers without [CLS], §3.3; used on Qwen's tower);
-    "cls_joint": the [CLS] row of one softmax over all heads together (PruMerge's code; towers with [CLS]).
-    ``layer``: the tower layer read, "feature" (the one whose output the projector reads) or "last"."""
+    has one, else received (VisPruner's rule for towers without [CLS], §3.3; used on Qwen's tower).
+    ``layer``: the tower layer read, "feature" (the one whose output the projector reads) or "last";
+    ``joint``: the [CLS] row is one softmax over all heads' q·k together (PruMerge's code), not a head mean."""
 
     kind: str = "auto"
     layer: str = "feature"
+    joint: bool = False
     name: str = "vision_attention"
     needs_text_attention: bool = False
     needs_vision_attention: bool = True
@@ -89,7 +90,7 @@ class VisionAttentionScorer:
         kind = self.kind
         if kind == "auto":
             kind = "cls" if inputs.vision.cls is not None else "received"
-        rows = getattr(inputs.vision, kind)
+        rows = inputs.vision.cls_joint if kind == "cls" and self.joint else getattr(inputs.vision, kind)
         if rows is None:
             raise ValueError(f"kind={self.kind!r}: this vision tower has no [CLS] token; allowed: 'received', 'auto'")
         return pad_per_sample(patches_to_tokens(rows.mean(dim=1), inputs.layout), inputs.candidates.shape[1])
