@@ -282,3 +282,20 @@ def test_prumerge_reads_cls_attention_of_the_last_layer_as_one_softmax(seed):
     assert len(outliers) > 1 and record.stages[0].kept[0].tolist() == outliers
     _, heads = run(model, inputs, get_method("prumerge").schedule(attention="heads"))
     assert heads.stages[0].kept[0].tolist() != outliers  # the two readings differ here
+
+
+def test_hand_checkable_visionzip_and_prumerge_plus():
+    """VisionZip, 8 tokens, keep 4 at dominant 1/2: tokens 0 and 3 dominate; of the remaining 1 2 4 5 6 7 every
+    3rd (1, 5) is contextual; 2 and 6 point like 1, 4 and 7 like 5, so each target takes two at 1/2.
+    PruMerge+, 12 tokens all 0.1 but token 4: one outlier, ratio 1/12, stride int(12/3) = 4: places 0, 4, 8."""
+    grid = plain_grid(2, 4)
+    scores = torch.tensor([0.9, 0.1, 0.2, 0.8, 0.3, 0.05, 0.15, 0.25])
+    kept = DominantContextual(0.5).select(_selection(scores, grid), 4)
+    assert kept.tolist() == [0, 1, 3, 5]
+    keys = torch.tensor([[0, 0], [1, 0], [1, 0.1], [0, 0], [0.2, 1], [0, 1], [1, -0.5], [0.1, 1]])[:, None]
+    merge = ContextualMerge(0.5).merge(MergeInputs(kept, torch.ones(8, dtype=torch.bool), scores, keys))
+    assert sorted(merge.triples()) == [[1, 2, 0.5], [1, 6, 0.5], [5, 4, 0.5], [5, 7, 0.5]]
+    scores = torch.full((12,), 0.1)
+    scores[4] = 5.0
+    assert Outliers(spatial=True).select(_selection(scores, plain_grid(3, 4))).tolist() == [0, 4, 8]
+    assert Outliers(spatial=False).select(_selection(scores, plain_grid(3, 4))).tolist() == [4]
