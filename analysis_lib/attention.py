@@ -114,12 +114,14 @@ class VisionRows:
     attention each patch receives from the patch queries (column means of the patch×patch block);
     ``given``: mean attention each patch gives to the patch keys (row means; FoPru's s1, ``received`` is its
     s2); optional head-mean map. A visual token made of several patches (Qwen's 2×2 merged cells) gets the
-    mean over its patches."""
+    mean over its patches. ``cls_joint``: the [CLS] row of one softmax over all heads' q·k together, scaled
+    by 1/sqrt(width) (how PruMerge's official code computes [CLS] attention), as a single "head"."""
 
     cls: torch.Tensor | None  # [crops, H, P]
     received: torch.Tensor  # [crops, H, P]
     given: torch.Tensor  # [crops, H, P]
     map: torch.Tensor | None  # [crops, T, T] head-mean
+    cls_joint: torch.Tensor | None = None  # [crops, 1, P]
 
 
 def patches_to_tokens(values: torch.Tensor, layout) -> list[torch.Tensor]:
@@ -154,7 +156,15 @@ def vision_rows(q: torch.Tensor, k: torch.Tensor, call: AttentionCall, adapter: 
     return VisionRows(cls=cls,
                       received=stack_padded([pooled(b.mean(dim=1)) for b in blocks], 1),
                       given=stack_padded([pooled(b.mean(dim=2)) for b in blocks], 1),
-                      map=torch.stack([m.mean(dim=0) for m in maps]) if with_map else None)
+                      map=torch.stack([m.mean(dim=0) for m in maps]) if with_map else None,
+                      cls_joint=_joint_cls_row(q, k)[:, None] if adapter.has_cls else None)
+
+
+def _joint_cls_row(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[crops, P]: softmax over all tokens of the [CLS] query against every key, all heads as one, without [CLS]."""
+    q, k = q.float(), k.float()
+    logits = (q[:, :1] @ k.transpose(-1, -2))[:, 0] * q.shape[-1] ** -0.5
+    return torch.softmax(logits, dim=-1)[:, 1:]
 
 
 def vision_features(hidden: torch.Tensor, adapter: ModelAdapter, geometry) -> torch.Tensor:

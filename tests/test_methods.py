@@ -16,6 +16,7 @@ SHALLOW = {
     "fopru": {}, "fopru_fastv": {}, "vispruner": {"keep": 0.5}, "divprune": {"R": 0.5}, "dart": {"R": 0.5},
     "random": {}, "before_llm": {},
     "text_only": {}, "quartile": {}, "region": {}, "rows": {},
+    "visionzip": {"keep": 0.5}, "prumerge": {}, "prumerge_plus": {},
 }
 VARIANTS = [(name, params) for name, params in SHALLOW.items()] + [
     ("fopru", {"strategy": "row"}), ("fopru", {"reorder": False}), ("fopru", {"rule": "low-variance"}),
@@ -24,6 +25,8 @@ VARIANTS = [(name, params) for name, params in SHALLOW.items()] + [
     ("vispruner", {"keep": 0.5, "diverse_order": "image"}), ("knn", {"delta": "plain"}),
     ("divprune", {"R": 0.5, "scope": "crop"}), ("dart", {"R": 0.25, "image_pivots": 1, "text_pivots": 2}),
     ("dart", {"K": 0.5, "image_pivots": 0}),
+    ("visionzip", {"keep": 0.5, "scope": "crop"}), ("prumerge", {"keep": 4}), ("prumerge_plus", {"keep": 0.5}),
+    ("visionzip", {"keep": 0.5, "merge_on": "output"}), ("prumerge_plus", {"merge_on": "output", "attention": "heads"}),
 ]
 
 
@@ -56,6 +59,8 @@ def test_method_runs_batched_and_matches_single_samples(models, family, variant)
     name, params = variant
     model = models[(family, "sdpa")]
     schedule = schedule_of(name, **params)
+    if any(stage.merges_on == "projector_input" for stage in schedule.stages) and family.startswith("qwen"):
+        pytest.skip("Qwen's merger is not per token: merges on the projector's input are refused (test_merging)")
     inputs = batch_inputs(model, family)
     logits, record = generate(model, inputs, schedule)
     assert len(record.stages) == len(schedule.stages)

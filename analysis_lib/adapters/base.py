@@ -239,6 +239,18 @@ class ModelAdapter(ABC):
         """The feature layer's output -> [crops, tokens, C]: what the projector reads for each visual token."""
         return hidden[:, 1:] if self.has_cls else hidden
 
+    def vision_token_keys(self, k: torch.Tensor, geometry) -> torch.Tensor:
+        """A vision layer's raw key projection output -> [crops, tokens, C]: each visual token's keys (all heads)."""
+        return self.vision_token_features(k, geometry)
+
+    #: whether the projector maps each visual token's features on their own (``project_tokens`` works)
+    projects_per_token: bool = True
+
+    def project_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """Projector outputs [n, D] of per-token projector inputs [n, C] (a merge before the projector)."""
+        weight = next(self.projector.parameters())
+        return self.projector(features.to(weight.device, weight.dtype))
+
     def prompt_length(self, inputs) -> int:
         """Length of a processor batch's (padded) token sequence."""
         return int(inputs["input_ids"].shape[1])

@@ -99,6 +99,10 @@ class LanguageModelCall:
         """Run the language model on ``embeddings`` with this 2D mask and these (model-format) position ids."""
         self.kwargs.update(inputs_embeds=embeddings, attention_mask=mask, position_ids=position_ids)
 
+    def replace_embeddings(self, embeddings: torch.Tensor) -> None:
+        """Run the language model on ``embeddings`` (same length), mask and positions unchanged."""
+        self.kwargs["inputs_embeds"] = embeddings
+
     def take_visual_injections(self) -> list[torch.Tensor]:
         """Remove and return Qwen3-VL's DeepStack features (per early decoder layer, [visual tokens, D], added to
         that layer's output at the image tokens, in sequence order), so the caller adds them at its own slots."""

@@ -111,6 +111,13 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         """A merged cell's value is the mean over its 2×2 patches (consecutive in the patch order)."""
         return values.unflatten(-1, (-1, self.merge ** 2)).mean(dim=-1)
 
+    #: the merger normalises and concatenates 2x2 patches (``project_tokens`` is not offered)
+    projects_per_token = False
+
+    def vision_token_keys(self, k: torch.Tensor, geometry) -> torch.Tensor:
+        """The key part of the fused qkv output, per merged cell (its 2x2 patches' keys concatenated)."""
+        return self.vision_token_features(k.unflatten(-1, (3, -1))[..., 1, :], geometry)
+
     def vision_token_features(self, hidden: torch.Tensor, geometry) -> torch.Tensor:
         """[images, cells, 4C]: a cell's 2×2 patch features concatenated, as the merger reads them."""
         order = self._patch_order(geometry).to(hidden.device)

@@ -6,7 +6,8 @@
 Each (model, method setting, dataset) is cut into batches; every finished batch is written at once
 to its own Parquet part (a temporary file renamed into place), so a killed run loses at most the batch
 in flight and a re-run skips what exists. ``results.parquet`` (and ``.csv``) gathers the parts in a
-fixed order. A row holds the prediction and its score, the kept visual indices per stage, the
+fixed order. A row holds the prediction and its score, the kept visual indices per stage (and, for
+merging stages, the [target, source, weight] triples of the merge), the
 theoretical FLOPs reduction of that sample's real kept counts, batch timings, every setting (the
 scoring mode, box frame and rule among them), the library version and git commit. Greedy decoding and
 seeded methods make the rows reproducible (all but the timing columns).
@@ -184,6 +185,8 @@ def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str],
             "score": scoring.rule(family).score(prediction, score_fields(sample, box_format, em.style)),
             "n_visual": n_visual, "n_text": n_text, "kept": json.dumps(kept),
             "kept_counts": json.dumps([len(k) for k in kept]),
+            "merged": json.dumps([stage.merges[b].triples() if stage.merges else [] for stage in record.stages]
+                                 if record else []),
             "relevant_kept": relevant_kept(sample, grid, final, image_frame(
                 em.adapter.family, em.processor.image_processor, *sample.image.size)),
             "flops_reduction": schedule_flops(dims, n_visual, n_text, stages).reduction,

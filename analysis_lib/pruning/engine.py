@@ -23,6 +23,7 @@ from ..hooks import HookSet
 from ..layout import SampleGrid
 from ..tracking import Tracker, tracker_for
 from ..validation import check_choice
+from .merging import MergeInputs, MergeMap
 from .schedule import Schedule, Stage
 from .scorers import ScoreInputs
 from .selectors import SampleSelection
@@ -35,12 +36,14 @@ IMPLEMENTATIONS = ("sdpa", "eager")
 @dataclass
 class StageRecord:
     """What one stage did to one prompt: its layer and, per sample, the tokens in and the tokens kept
-    (in image order); ``sequence`` is the order they were fed in when it differs (``order="score"``)."""
+    (in image order); ``sequence`` is the order they were fed in when it differs (``order="score"``);
+    ``merges`` which kept tokens absorbed which tokens, with what weights (stages with a merger)."""
 
     layer: int
     n_input: list[int]
     kept: list[torch.Tensor]
     sequence: list[torch.Tensor] | None = None
+    merges: list[MergeMap] | None = None
 
 
 class _ProbeDone(Exception):
@@ -71,6 +74,11 @@ class PruneRecord:
         """Grid coordinates (segment, row, col, y, x) of the tokens kept by ``stage`` in ``sample``."""
         return self.layout.samples[sample].records(self.stages[stage].kept[sample])
 
+    def merged_into(self, stage: int, sample: int) -> dict[int, int]:
+        """For each token ``stage`` merged into another in ``sample``, the kept token taking most of it."""
+        merges = self.stages[stage].merges
+        return {} if merges is None else merges[sample].merged_into()
+
 
 class PruningEngine:
     """Context manager that prunes every forward of ``model`` made inside it according to ``schedule``."""
@@ -93,6 +101,10 @@ class PruningEngine:
                                                                           for k, _ in self.stages):
             raise ValueError(f"attn_implementation={self.adapter.attn_implementation!r}: in-LLM pruning supports "
                              f"{IMPLEMENTATIONS}; pruning before the LLM (layer 0, mode='remove') supports any")
+        if not self.adapter.projects_per_token and any(s.merges_on == "projector_input" for _, s in self.stages):
+            raise ValueError(f"model family {self.adapter.family!r}: its projector does not map each visual token on "
+                             "its own, so a merge on the projector's input cannot run; merging before the projector "
+                             "supports the families 'llava', 'llava_next'")
         self.records: list[PruneRecord] = []
         self.hooks = HookSet()
 
@@ -117,8 +129,10 @@ class PruningEngine:
         adapter, hooks = self.adapter, self.hooks
         self.tracker.add_listener(self._on_new_prompt)
         self._text_rows: dict[int, torch.Tensor] = {}
-        self._keys: dict[int, torch.Tensor] = {}
-        self._vision_rows = self._features = None
+        self._vision_rows: dict[int, object] = {}
+        self._vision_keys: dict[int, torch.Tensor] = {}
+        self._decoder_keys: dict[int, torch.Tensor] = {}
+        self._features = None
         self._probing = False
 
         def armed() -> bool:
@@ -137,14 +151,22 @@ class PruningEngine:
                 watch_qk(hooks, adapter, adapter.decoder_attention(k - 1), armed, on_text)
             if stage.needs_states and layer > 0:
                 def on_keys(q, k_proj, call, s=s):
-                    self._keys[s] = rotated_keys(q, k_proj, *call.rope, adapter)
+                    self._decoder_keys[s] = rotated_keys(q, k_proj, *call.rope, adapter)
                 watch_qk(hooks, adapter, adapter.decoder_attention(layer - 1), armed, on_keys)
         # the tower runs once per new image set, inside forward or before it (generate pre-encodes images)
         feature_layer = adapter.vision_feature_encoder_layer
-        if any(stage.scorer.needs_vision_attention for _, stage in self.stages):
-            def on_vision(q, k, call):
-                self._vision_rows = vision_rows(q, k, call, adapter, self.tracker.image_geometry, with_map=False)
-            watch_qk(hooks, adapter, adapter.vision_attention(feature_layer), lambda: True, on_vision)
+        rows_at = {self._vision_layer(_scorer_layer(stage.scorer)) for _, stage in self.stages
+                   if stage.scorer.needs_vision_attention}
+        keys_at = {self._vision_layer(stage.merging.keys_layer) for _, stage in self.stages
+                   if stage.merging is not None and stage.merging.needs_keys}
+        for index in sorted(rows_at | keys_at):
+            def on_vision(q, k, call, index=index):
+                geometry = self.tracker.image_geometry
+                if index in rows_at:
+                    self._vision_rows[index] = vision_rows(q, k, call, adapter, geometry, with_map=False)
+                if index in keys_at:
+                    self._vision_keys[index] = adapter.vision_token_keys(k, geometry).detach()
+            watch_qk(hooks, adapter, adapter.vision_attention(index), lambda: True, on_vision)
         if any(stage.needs_features for _, stage in self.stages):
             def on_features(hidden):
                 self._features = vision_features(hidden, adapter, self.tracker.image_geometry).detach()
@@ -155,7 +177,8 @@ class PruningEngine:
         first, first_stage = self.stages[0]
         self._probe_layer = Schedule.score_layer(first_stage, first, adapter.num_layers)
         self._injections: list[torch.Tensor] = []
-        if (first == 0 and self.mode == "remove") or self._probe_layer != first or adapter.injection_layers:
+        merges_first = first == 0 and first_stage.merging is not None
+        if (first == 0 and self.mode == "remove") or merges_first or self._probe_layer != first or adapter.injection_layers:
             hooks.pre(adapter.language_model, self._before_language_model)
         for layer in range(adapter.injection_layers):
             hooks.post(adapter.decoder_layers[layer], self._make_injection_hook(layer))
@@ -163,6 +186,10 @@ class PruningEngine:
         if in_llm:
             for layer in range(in_llm[0], adapter.num_layers):
                 hooks.pre(adapter.decoder_layers[layer], self._make_layer_hook(layer))
+
+    def _vision_layer(self, name: str) -> int:
+        """The tower layer index of "feature" (read by the projector) or "last"."""
+        return self.adapter.vision_feature_encoder_layer if name == "feature" else len(self.adapter.vision_layers) - 1
 
     # ---- decisions -----------------------------------------------------------------------
     def _on_new_prompt(self, tracker: Tracker) -> None:
@@ -191,31 +218,42 @@ class PruningEngine:
         features = None
         if stage.needs_features:
             features = [f.cpu() for f in patches_to_tokens(self._features, layout)]
-        vision = self._vision_rows if stage.scorer.needs_vision_attention else None
+        vision = (self._vision_rows[self._vision_layer(_scorer_layer(stage.scorer))]
+                  if stage.scorer.needs_vision_attention else None)
         states = None
         if stage.needs_states:
-            states = sample_states(hidden, self.adapter.final_normed(hidden), self._keys.get(s),
+            states = sample_states(hidden, self.adapter.final_normed(hidden), self._decoder_keys.get(s),
                                    self.tracker.views[self._view_index(layer - 1)], layout)
         scores = stage.scorer.score(ScoreInputs(counts, candidates, layout, self._text_rows.get(s), vision,
                                                 features)).cpu()
-        kept, sequence = [], []
+        keys = None
+        if stage.merging is not None and stage.merging.needs_keys:
+            head_dim = self.adapter.vision_geometry().head_dim
+            keys = [k.cpu().unflatten(-1, (-1, head_dim))
+                    for k in patches_to_tokens(self._vision_keys[self._vision_layer(stage.merging.keys_layer)], layout)]
+        kept, sequence, merges = [], [], []
         for b, n in enumerate(counts):
             grid = layout.samples[b]
             groups = (crop_groups(grid, layout.crop_size) if stage.scope == "crop"
                       else [torch.ones(n, dtype=torch.bool)])
-            parts = []
+            parts, maps = [], []
             for group in groups:
                 cand = candidates[b, :n] & group
                 k = stage.budget(int(cand.sum()), int(group.sum()))
                 selection = SampleSelection(scores[b, :n], cand, grid, None if features is None else features[b],
                                             None if states is None else states[b])
-                parts.append(stage.selector.select(selection, k).cpu())
+                parts.append(torch.sort(stage.selector.select(selection, k).cpu()).values)
+                if stage.merging is not None:
+                    maps.append(stage.merging.merge(MergeInputs(parts[-1], cand, scores[b, :n],
+                                                               None if keys is None else keys[b])))
             kept.append(torch.sort(torch.cat(parts)).values)
+            merges.append(MergeMap.concat(maps) if maps else None)
             sequence.append(kept[-1][torch.argsort(scores[b, kept[-1]].nan_to_num(nan=float("-inf")),
                                                    descending=True, stable=True)])
         n_input = [int(c.sum()) for c in candidates]
         by_score = stage.order == "score"
-        self.records[-1].stages.append(StageRecord(layer, n_input, kept, sequence if by_score else None))
+        self.records[-1].stages.append(StageRecord(layer, n_input, kept, sequence if by_score else None,
+                                                   merges if stage.merging is not None else None))
         view = pruned_view(prompt, kept, self.mode, self.positions)
         if by_score:
             _feed_in_order(view, layout, sequence, self.positions)
@@ -245,11 +283,17 @@ class PruningEngine:
         self._injections = lm_call.take_visual_injections()
         if self._probe_layer != self.stages[0][0] and tracker.call.is_prefill and not self.records[-1].stages:
             self._probe(lm_call)
-        if self.stages[0][0] != 0 or self.mode != "remove":
+        if self.stages[0][0] != 0:
             return args, kwargs
         embeddings = lm_call.embeddings
         v = self._stage_for_layer(0, embeddings)
         view, call = tracker.views[v], tracker.call
+        merges = self.records[-1].stages[0].merges
+        if merges is not None and call.is_prefill:
+            embeddings = self._merged_embeddings(embeddings, merges, self.stages[0][1].merges_on)
+            lm_call.replace_embeddings(embeddings)
+        if self.mode != "remove":
+            return args, kwargs
         kv_index, kv_valid, _, q_position = (t.to(embeddings.device)
                                              for t in call_slots(view, call, tracker.prompt.length))
         if call.is_prefill:  # the embeddings are unpruned: slot == original position
@@ -293,12 +337,32 @@ class PruningEngine:
             # the masks and indices go where the hidden states are (each layer's device under a device_map)
             kv_index, kv_valid, q_index, q_position = (t.to(hidden.device) for t in
                                                        call_slots(view, call, tracker.prompt.length))
-            if self.mode == "remove" and call.is_prefill and v != prev:
-                hidden = _gather_slots(hidden, self._source_slots(prev, kv_index).to(hidden.device))
+            if call.is_prefill and v != prev:
+                merges = self.records[-1].stages[v - 1].merges
+                if merges is not None:
+                    hidden = _merged_slots(hidden, tracker.views[prev], merges)
+                if self.mode == "remove":
+                    hidden = _gather_slots(hidden, self._source_slots(prev, kv_index).to(hidden.device))
             mask = slot_mask(kv_index, kv_valid, q_index, adapter.attn_implementation, hidden.dtype)
             return adapter.layer_inputs(layer_call, hidden, mask, q_position)
 
         return hook
+
+    def _merged_embeddings(self, embeddings: torch.Tensor, merges: list[MergeMap], on: str) -> torch.Tensor:
+        """The language model's input with each kept visual token's merged state: merged projector outputs
+        (``on="states"``), or the projector run on the merged projector inputs (``"projector_input"``)."""
+        layout = self.tracker.prompt.layout
+        features = patches_to_tokens(self._features, layout) if on == "projector_input" else None
+        out = embeddings.clone()
+        for b, merge in enumerate(merges):
+            positions = layout.samples[b].positions.to(out.device)
+            if features is None:
+                rows, values = merge.apply(embeddings[b, positions], torch.arange(positions.numel()))
+            else:
+                rows, merged = merge.apply(features[b], torch.arange(features[b].shape[0]))
+                values = self.adapter.project_tokens(merged)
+            out[b, positions[rows.to(out.device)]] = values.to(out.device, out.dtype)
+        return out
 
     def _make_injection_hook(self, layer: int):
         """Add this layer's injected visual features (DeepStack) to its output at the visual slots of the view
@@ -328,6 +392,24 @@ class PruningEngine:
         source = torch.gather(slot_of, 1, kv_index.clamp(0, prompt.length - 1))
         tail = old.length + (kv_index - prompt.length)
         return torch.where(in_prompt, source, torch.where(kv_index >= prompt.length, tail, 0))
+
+
+def _scorer_layer(scorer) -> str:
+    """The vision layer a vision-attention scorer reads ("feature" unless it says "last")."""
+    return getattr(scorer, "layer", "feature")
+
+
+def _merged_slots(hidden: torch.Tensor, view, merges: list[MergeMap]) -> torch.Tensor:
+    """hidden [B, S, D] laid out as ``view`` with each kept visual token's merged state."""
+    out = hidden.clone()
+    for b, merge in enumerate(merges):
+        visual = view.visual[b].to(hidden.device)
+        slots = (visual >= 0).nonzero().flatten()
+        rows = torch.full((int(visual.max()) + 1,), -1, dtype=torch.long, device=hidden.device)
+        rows[visual[slots]] = slots
+        target_rows, values = merge.apply(hidden[b], rows)
+        out[b, target_rows] = values
+    return out
 
 
 def _gather_slots(hidden: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from ..attention import TextAttentionSpec
 from ..validation import check_choice, check_range
 from .schedule import SCOPES, Schedule, Stage
+from .merging import ContextualMerge, DominantContextual, NeighbourMerge, Outliers, TopAndSpread
 from .scorers import (DensityPeakScorer, FoPruSignificance, RandomScorer, TextAttentionScorer,
                       VisionAttentionScorer)
 from .selectors import (DIVERSE_ORDERS, Grid, ImportantDiverse, MaxMinDiversity, PivotDuplicates, Quartile, Region,
@@ -155,6 +156,72 @@ def dart(K: int | float = 2, R: float = 0.777, image_pivots: int = 4, text_pivot
     return Schedule((Stage(K, keep=_ratio(R), selector=PivotDuplicates(image_pivots, text_pivots)),), name="dart")
 
 
+#: where a pre-LLM merge acts: the projector's input (as VisionZip's and PruMerge's code) or its output
+MERGE_ON = {"input": "projector_input", "output": "states"}
+
+
+def _merge_on(merge_on: str) -> str:
+    return MERGE_ON[check_choice("merge_on", merge_on, MERGE_ON)]
+
+
+def visionzip(keep: int | float = 64, dominant: float = 54 / 64, merge_on: str = "input") -> Schedule:
+    """VisionZip: before the LLM keep ``keep`` tokens (a count, or a fraction of the visual tokens):
+    int(keep·dominant) dominant ones by [CLS] attention at the feature layer (the official code reads
+    ``attentions[-2]``; mean received attention without [CLS]), the rest contextual targets spread evenly
+    over the remaining tokens, each removed token merged into its most similar target by the head-mean
+    keys of the feature layer, on the projector's input (official ``clip_encoder.py``; ``merge_on="output"``
+    merges the projector's outputs instead, which is how it runs on Qwen's 2×2 merger). Default split
+    54+10 of 64 (the official README); other budgets keep the ratio (108+20 of 128, 162+30 of 192).
+    Readings: the official code counts [CLS] as one of the dominant tokens and feeds it to the LLM (53
+    patches + [CLS]); LLaVA here has no [CLS] slot, so all dominant tokens are patches. It feeds dominant
+    then contextual tokens; here kept tokens keep image order. Positions re-indexed."""
+    selector = DominantContextual(check_range("dominant", dominant, 0.0, 1.0))
+    return Schedule((Stage(0, VisionAttentionScorer("auto"), keep, selector=selector,
+                           merging=ContextualMerge(dominant, acts_on=_merge_on(merge_on))),),
+                    name="visionzip", positions="reindex")
+
+
+PRUMERGE_ATTENTION = ("joint", "heads")
+
+
+def _prumerge(name: str, keep: int | float, neighbours: int, attention: str, merge_on: str, adaptive: Outliers,
+              fixed) -> Schedule:
+    check_choice("attention", attention, PRUMERGE_ATTENTION)
+    scorer = VisionAttentionScorer("auto", layer="last", joint=attention == "joint")
+    budget = {"selector": adaptive} if keep == 0 else {"keep": keep, "selector": fixed}
+    merging = NeighbourMerge(neighbours, acts_on=_merge_on(merge_on))
+    return Schedule((Stage(0, scorer, merging=merging, **budget),), name=name, positions="reindex")
+
+
+def prumerge(keep: int | float = 0, neighbours: int = 32, attention: str = "joint", merge_on: str = "input"
+             ) -> Schedule:
+    """PruMerge: before the LLM keep the tokens whose [CLS] attention at the tower's last layer is an IQR
+    outlier (> Q3 + 1.5·IQR; adaptive, 5.5% = 32 of 576 on average in the paper), then each kept token
+    absorbs its ``neighbours`` nearest tokens by key cosine, weighted by their [CLS] attention, on the
+    projector's input (official ``clip_encoder.py``, ``token_prune_merge_advanced``; ``merge_on="output"``:
+    on its outputs). ``keep=0`` is the
+    adaptive count; a count or fraction > 0 keeps that many by [CLS] attention instead (the official
+    non-adaptive branch). FLOPs: runs record the real counts; the CLI assumes the 5.5% mean. [CLS]
+    attention as the official code computes it: one softmax over all heads' q·k together
+    (``attention="joint"``), or the head mean of per-head softmaxes (``"heads"``); mean received attention
+    on towers without [CLS]. Readings: the extra
+    token the official code appends (the attention-weighted sum of the pruned tokens) has no grid place
+    here and is left out; kept tokens keep image order (the official code feeds them by attention).
+    Positions re-indexed."""
+    return _prumerge("prumerge", keep, neighbours, attention, merge_on, Outliers(spatial=False), TopK())
+
+
+def prumerge_plus(keep: int | float = 0, neighbours: int = 32, attention: str = "joint", merge_on: str = "input"
+                  ) -> Schedule:
+    """PruMerge+: PruMerge's outliers plus spatially uniform tokens, every max(1, int(int(1/ratio)/3))-th
+    token in image order (ratio = outlier share; 25% of tokens on average in the paper), then PruMerge's
+    merge (official ``token_prune_merge_advanced_plus``). ``keep`` > 0 fixes the budget: half by [CLS]
+    attention, half spread evenly over the others (the official non-adaptive branch's halves). Readings
+    as ``prumerge``. Positions re-indexed."""
+    return _prumerge("prumerge_plus", keep, neighbours, attention, merge_on, Outliers(spatial=True),
+                     TopAndSpread())
+
+
 def random_prune(K: int | float = 0, R: float = 0.5, seed: int = 0) -> Schedule:
     """Drop the fraction R of visual tokens at random (seeded) after layer K (0 = before the LLM)."""
     return Schedule((Stage(K, RandomScorer(seed), _ratio(R)),), name="random")
@@ -250,6 +317,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("vispruner", vispruner),
     Method("divprune", divprune),
     Method("dart", dart),
+    Method("visionzip", visionzip),
+    Method("prumerge", prumerge),
+    Method("prumerge_plus", prumerge_plus),
     Method("random", random_prune),
     Method("before_llm", before_llm),
     Method("text_only", text_only),

@@ -43,7 +43,8 @@ def nominal_kept(schedule: Schedule, num_layers: int, grid: tuple[int, int], dra
     for _ in range(draws):
         candidates = torch.ones(n, dtype=torch.bool)
         for s, (_, stage) in enumerate(resolved):
-            scores = torch.rand(n, generator=generator)
+            typical = getattr(stage.selector, "typical_scores", None)  # data-dependent counts (PruMerge)
+            scores = typical(n, generator) if typical else torch.rand(n, generator=generator)
             features = torch.randn(n, 8, generator=generator) if stage.needs_features else None
             states = _random_states(n, generator) if stage.needs_states else None
             k = stage.budget(int(candidates.sum()), n)

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..validation import check_choice
+from .merging import Merger
 from .scorers import ConstantScorer, Scorer
 from .selectors import Selector, TopK
 from .states import needs_states
@@ -34,6 +35,7 @@ class Stage:
     best-first instead of in image order (FoPru without reordering; pre-LLM stages only).
     ``scope="crop"`` splits the budget over the encoder crops (LLaVA-NeXT's base image and each
     high-res tile keep the same fraction); "global" ranks all visual tokens of a sample together.
+    ``merging``: after selecting, kept tokens absorb others (``merging.py``); None = plain pruning.
     """
 
     layer: int | float
@@ -44,6 +46,7 @@ class Stage:
     score_layer: int | float | None = None
     order: str = "image"
     scope: str = "global"
+    merging: Merger | None = None
 
     def __post_init__(self):
         check_choice("keep_of", self.keep_of, KEEP_OF)
@@ -66,7 +69,13 @@ class Stage:
 
     @property
     def needs_features(self) -> bool:
-        return self.scorer.needs_features or self.selector.needs_features
+        return (self.scorer.needs_features or self.selector.needs_features
+                or self.merges_on == "projector_input")
+
+    @property
+    def merges_on(self) -> str | None:
+        """Where this stage's merge acts (see ``merging.py``), None without one."""
+        return None if self.merging is None else self.merging.acts_on
 
     @property
     def needs_states(self) -> bool:
@@ -132,15 +141,19 @@ class Schedule:
             if probe != layer and (layer != 0 or i != 0):
                 raise ValueError(f"score_layer={stage.score_layer!r}: scoring at a later layer than the pruning "
                                  "layer is only supported for a first stage at layer 0")
+            if stage.merges_on == "projector_input" and layer != 0:
+                raise ValueError(f"merging {stage.merging.name!r} acts on the projector's input and needs a stage at "
+                                 f"layer 0 (before the language model), not layer {layer}")
             if stage.order == "score" and (layer != 0 or len(self.stages) > 1):
                 raise ValueError("order='score' (no reordering) is only supported for a single stage at layer 0")
         return list(zip(layers, self.stages))
 
     @property
     def reads_vision_tower(self) -> bool:
-        """Whether a stage reads the vision tower's attention or features: the tower must then run, hooked,
-        for every prompt, and its output cannot be reused from another setting's run."""
-        return any(stage.scorer.needs_vision_attention or stage.needs_features for stage in self.stages)
+        """Whether a stage reads the vision tower's attention, keys or features: the tower must then run,
+        hooked, for every prompt, and its output cannot be reused from another setting's run."""
+        return any(stage.scorer.needs_vision_attention or stage.needs_features
+                   or (stage.merging is not None and stage.merging.needs_keys) for stage in self.stages)
 
     @staticmethod
     def score_layer(stage: Stage, layer: int, num_layers: int) -> int:

@@ -63,15 +63,20 @@ class TextAttentionScorer:
 
 
 VISION_SCORES = ("cls", "received", "auto")
+VISION_LAYERS = ("feature", "last")
 
 
 @dataclass(frozen=True)
 class VisionAttentionScorer:
     """Vision-tower attention at the feature layer, mean over heads: the [CLS] row ("cls"), the mean
     attention a patch receives from the patches ("received"), or "auto" (the default): [CLS] when the tower
-    has one, else received (VisPruner's rule for towers without [CLS], §3.3; used on Qwen's tower)."""
+    has one, else received (VisPruner's rule for towers without [CLS], §3.3; used on Qwen's tower).
+    ``layer``: the tower layer read, "feature" (the one whose output the projector reads) or "last";
+    ``joint``: the [CLS] row is one softmax over all heads' q·k together (PruMerge's code), not a head mean."""
 
     kind: str = "auto"
+    layer: str = "feature"
+    joint: bool = False
     name: str = "vision_attention"
     needs_text_attention: bool = False
     needs_vision_attention: bool = True
@@ -79,12 +84,13 @@ class VisionAttentionScorer:
 
     def __post_init__(self):
         check_choice("kind", self.kind, VISION_SCORES)
+        check_choice("layer", self.layer, VISION_LAYERS)
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         kind = self.kind
         if kind == "auto":
             kind = "cls" if inputs.vision.cls is not None else "received"
-        rows = getattr(inputs.vision, kind)
+        rows = inputs.vision.cls_joint if kind == "cls" and self.joint else getattr(inputs.vision, kind)
         if rows is None:
             raise ValueError(f"kind={self.kind!r}: this vision tower has no [CLS] token; allowed: 'received', 'auto'")
         return pad_per_sample(patches_to_tokens(rows.mean(dim=1), inputs.layout), inputs.candidates.shape[1])
