@@ -42,7 +42,7 @@ from ..figures import draw_intervals, reference_band
 from ..stats import Interval, describe
 from ..validation import check_choice, check_range
 from . import study
-from .study import LOCALIZATION, OTHER, UNPRUNED
+from .study import ALL, LOCALIZATION, OTHER, UNPRUNED
 
 LAYER_PARAMETERS = ("K", "K1", "K2", "K3")
 MATCH_TOLERANCE = 0.01  # |nominal - target| FLOPs reduction counted as matched
@@ -460,6 +460,77 @@ def accuracy_figure(by_family: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def _point(ax: plt.Axes, x: float, row: pd.DataFrame, colour, label: str | None = None) -> None:
+    draw_intervals(ax, [x], row, ls="none", marker="o", ms=3, color=colour, label=label)
+
+
+def paper_figure(table: pd.DataFrame) -> plt.Figure:
+    """The published settings side by side (``paper_table``): accuracy on localization and on the other tasks
+    (95% intervals; the unpruned model dashed over its interval), and the FLOPs reduction each achieves, with
+    the visual tokens it keeps after its last stage over its bar."""
+    names = [n for n in dict.fromkeys(table.name) if n != UNPRUNED]
+    colours = palette(table.name)
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.9))
+    for ax, fam in zip(axes, (LOCALIZATION, OTHER)):
+        part = table[table.family == fam].set_index("name", drop=False)
+        if UNPRUNED in part.index:
+            reference_band(ax, part.loc[UNPRUNED], colours[UNPRUNED], "unpruned")
+        for x, name in enumerate(names):
+            if name in part.index:
+                _point(ax, x, part.loc[[name]], colours[name])
+        ax.set_title("localization (IoU ≥ 0.5)" if fam == LOCALIZATION else fam)
+        ax.set_ylim(-0.03, 1.03)
+    overall = table[table.family == ALL].set_index("name").reindex(names)
+    axes[2].bar(range(len(names)), overall.flops_reduction, color=[colours[n] for n in names])
+    for x, kept in enumerate(overall.kept_tokens):
+        axes[2].text(x, overall.flops_reduction.iloc[x] + 0.02, f"{kept:.0f}", ha="center", fontsize=5)
+    axes[2].set_title("FLOPs reduction (tokens kept at the end)")
+    axes[2].set_ylim(0, 1.1)
+    for ax in axes:
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=6)
+    axes[0].set_ylabel("accuracy (95% interval)")
+    axes[0].legend(loc="lower left", frameon=False, fontsize=6)
+    n = int(table[table.family == LOCALIZATION].samples.max()) if (table.family == LOCALIZATION).any() else 0
+    fig.text(0.01, -0.02, f"Each method at its paper's setting, layers scaled by depth; {n} localization samples "
+             "per point.", fontsize=6, ha="left", va="top")
+    fig.tight_layout()
+    return fig
+
+
+def count_figure(table: pd.DataFrame) -> plt.Figure:
+    """Accuracy on localization and on the other tasks (95% intervals) at each matched kept-token count
+    (``count_table``), one line per method (side by side), the unpruned model dashed over its interval
+    (VisPruner Table 1's shape). Counts a method did not keep on every sample are named under it."""
+    colours = palette(table.name)
+    pruned = table[table.name != UNPRUNED]
+    counts = sorted(set(pruned.kept_count), reverse=True)
+    names = list(dict.fromkeys(pruned.name))
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.7))
+    for ax, fam in zip(axes, (LOCALIZATION, OTHER)):
+        base = table[(table.name == UNPRUNED) & (table.family == fam)]
+        if len(base):
+            reference_band(ax, base.iloc[0], colours[UNPRUNED], "unpruned")
+        for i, name in enumerate(names):
+            line = pruned[(pruned.name == name) & (pruned.family == fam)]
+            x = [counts.index(c) + (i - (len(names) - 1) / 2) * 0.06 for c in line.kept_count]
+            draw_intervals(ax, x, line, marker="o", ms=3, lw=1, color=colours[name], label=name)
+        ax.set_xticks(range(len(counts)), [str(c) for c in counts])
+        ax.set_xlabel("visual tokens kept after the last stage")
+        ax.set_title("localization (IoU ≥ 0.5)" if fam == LOCALIZATION else fam)
+        ax.set_ylim(-0.03, 1.03)
+    axes[0].set_ylabel("accuracy (95% interval)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    varied = pruned[(pruned.family == ALL) & ~pruned.same_count]
+    note = "Every method keeps the same number of visual tokens after its last stage."
+    if len(varied):
+        note += (" Not the same count on every sample: " + ", ".join(
+            f"{r.name} at {r.kept_count} (mean {r.kept_tokens:.1f})" for r in varied.itertuples()) + ".")
+    fig.text(0.01, -0.04, textwrap.fill(note, 120), fontsize=6, ha="left", va="top")
+    fig.tight_layout()
+    return fig
+
+
 def _kept_mask(grid, kept: Sequence[int]) -> np.ndarray:
     """rows × cols booleans of the first segment's kept tokens."""
     segment = grid.segments[0]
@@ -514,16 +585,40 @@ def examples_figure(em: EvalModel, samples: Sequence[EvalSample], rows: pd.DataF
     return fig
 
 
-def _ranking(part: pd.DataFrame) -> str:
+def _ranking(part: pd.DataFrame, flag: str | None, note: str) -> str:
     ordered = part.sort_values("accuracy", ascending=False, kind="stable")
     return ", ".join(f"{r.name} {r.accuracy:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
-                     + ("" if r.matched else " (budget not matched)") for r in ordered.itertuples())
+                     + ("" if flag is None or getattr(r, flag) else f" ({note})") for r in ordered.itertuples())
+
+
+def _difference(r) -> str:
+    return f"{r.name} {describe(Interval(r.difference, r.ci_low, r.ci_high, r.samples, 'paired bootstrap'))}"
+
+
+def _family_lines(at: pd.DataFrame, base: pd.DataFrame, diffs: pd.DataFrame, reference: str, indent: str,
+                  flag: str | None = None, note: str = "") -> list[str]:
+    """Per family: the ranking with 95% intervals (and the unpruned model's accuracy from ``base``, indexed
+    by family), then each method minus ``reference`` on the same samples (``diffs``)."""
+    lines = []
+    for fam in (LOCALIZATION, OTHER):
+        ranked = at[at.family == fam]
+        if ranked.empty:
+            continue
+        ref = (f" (unpruned {base.accuracy[fam]:.2f} [{base.ci_low[fam]:.2f}, {base.ci_high[fam]:.2f}])"
+               if fam in base.index else "")
+        lines.append(f"{indent}- {fam}, accuracy over {int(ranked.samples.iloc[0])} samples{ref}: "
+                     f"{_ranking(ranked, flag, note)}.")
+        diff = diffs[diffs.family == fam] if len(diffs) else diffs
+        if len(diff):
+            lines.append(f"{indent}  minus {reference} on the same samples: "
+                         + "; ".join(_difference(r) for r in diff.itertuples()) + ".")
+    return lines
 
 
 def summary(budget: pd.DataFrame, by_family: pd.DataFrame, versus: pd.DataFrame) -> str:
     """What the figures show, in numbers (markdown): the budgets (saying which could not be matched), and
     per budget the ranking on localization and on the other tasks with 95% intervals, and each method's
-    difference from FastV on the same samples (``versus_fastv``)."""
+    difference from FastV on the same samples (``versus``)."""
     lines = []
     base = by_family[by_family.name == UNPRUNED].set_index("family")
     pruned = budget[budget.name != UNPRUNED]
@@ -541,21 +636,50 @@ def summary(budget: pd.DataFrame, by_family: pd.DataFrame, versus: pd.DataFrame)
                      + ", ".join(f"{r.name} {r.flops_reduction:.0%}" for r in part.itertuples())
                      + (". Solved: " + "; ".join(solved) if solved else "") + ".")
         at_f = by_family[np.isclose(by_family.keep_fraction, f)]
-        for fam in (LOCALIZATION, OTHER):
-            ranked = at_f[at_f.family == fam]
-            if ranked.empty:
-                continue
-            ref = (f" (unpruned {base.accuracy[fam]:.2f} [{base.ci_low[fam]:.2f}, {base.ci_high[fam]:.2f}])"
-                   if fam in base.index else "")
-            lines.append(f"  - {fam}, accuracy over {int(ranked.samples.iloc[0])} samples{ref}: {_ranking(ranked)}.")
-            if len(versus):
-                diff = versus[np.isclose(versus.keep_fraction, f) & (versus.family == fam)]
-                lines.append(f"    minus FastV on the same samples: " + "; ".join(
-                    f"{r.name} {describe(Interval(r.difference, r.ci_low, r.ci_high, r.samples, 'paired bootstrap'))}"
-                    for r in diff.itertuples()) + ".")
+        diffs = versus[np.isclose(versus.keep_fraction, f)] if len(versus) else versus
+        lines += _family_lines(at_f, base, diffs, "FastV", "  ", "matched", "budget not matched")
         loc = at_f[at_f.family == LOCALIZATION]
         if not loc.empty and loc.relevant_kept.notna().any():
             shares = loc.sort_values("relevant_kept", ascending=False, kind="stable")
             lines.append("  - share of the target's tokens kept (localization): "
                          + ", ".join(f"{r.name} {r.relevant_kept:.2f}" for r in shares.itertuples()) + ".")
+    return "\n".join(lines)
+
+
+def paper_summary(table: pd.DataFrame) -> str:
+    """The published settings in numbers (markdown): each one's FLOPs reduction and tokens kept, and the
+    ranking per family with 95% intervals (settings differ in budget, so no difference is claimed)."""
+    overall = table[(table.family == ALL) & (table.name != UNPRUNED)]
+    base = table[table.name == UNPRUNED].set_index("family")
+    lines = ["- **The papers' own settings** (layers as fractions of the papers' 32, token counts of "
+             f"{PAPER_TOKENS}; each keeps its own budget, so this ranks settings, not methods at one budget): "
+             + ", ".join(f"{r.name} {r.flops_reduction:.0%} FLOPs reduction, {r.kept_tokens:.0f} tokens kept"
+                         for r in overall.itertuples()) + "."]
+    return "\n".join(lines + _family_lines(table[table.name != UNPRUNED], base, pd.DataFrame(), "", "  "))
+
+
+def count_summary(table: pd.DataFrame, diffs: pd.DataFrame, reference: str) -> str:
+    """Matched kept-token counts in numbers (markdown): per count the FLOPs each method needs, the ranking per
+    family with 95% intervals and each method minus ``reference`` on the same samples; which differences
+    exclude zero (the only ones claimed), and which counts were not the same on every sample."""
+    pruned = table[table.name != UNPRUNED]
+    base = table[table.name == UNPRUNED].set_index("family")
+    lines = ["- **Matched kept-token counts** (every method keeps the same number of visual tokens after its last "
+             "stage, its layers the paper's scaled by depth):"]
+    for n, at in pruned.groupby("kept_count", sort=False):
+        overall = at[at.family == ALL]
+        lines.append(f"  - **{n} tokens** ({int(at.paper_count.iloc[0])} of {PAPER_TOKENS} scaled), measured FLOPs "
+                     "reduction " + ", ".join(f"{r.name} {r.flops_reduction:.0%}" for r in overall.itertuples()) + ":")
+        here = diffs[diffs.kept_count == n] if len(diffs) else diffs
+        lines += _family_lines(at, base, here, reference, "    ", "same_count", "count varies by sample")
+    shown = diffs[diffs.excludes_zero] if len(diffs) else diffs
+    lines.append(f"  - Differences from {reference} whose 95% interval excludes zero: "
+                 + ("; ".join(f"{_difference(r)} on {r.family} at {r.kept_count} tokens" for r in shown.itertuples())
+                    if len(shown) else f"none — every interval contains zero, so no method is shown to differ from "
+                                       f"{reference} at matched counts on these samples") + ".")
+    varied = pruned[(pruned.family == ALL) & ~pruned.same_count]
+    if len(varied):
+        lines.append("  - Not the same count on every sample (whole rows, or a union whose size depends on the "
+                     "image): " + ", ".join(f"{r.name} at {r.kept_count} (mean {r.kept_tokens:.1f} kept)"
+                                            for r in varied.itertuples()) + ".")
     return "\n".join(lines)
