@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from analysis_lib.notebooks.batch import NOTEBOOK_DIR, NotebookFailed, load_profile, profiles, run_batch
@@ -51,6 +52,10 @@ def test_collect_rejects_bad_parameters(change, message):
     ("04_benchmark_leakage", {"paper_layer": 32}, "paper_layer=32"),
     ("05_criteria", {"examples": 0}, "examples=0"),
     ("06_methods", {"methods": ["fastv", "fastvv"]}, "methods='fastvv'"),
+    ("06_methods", {"paper_settings": ["fastv", "fastvv"]}, "paper_settings='fastvv'"),
+    ("06_methods", {"kept_counts": [64, 576]}, r"kept_counts=\[64, 576\]: token counts of the paper's 576"),
+    ("06_methods", {"kept_counts": []}, "kept_counts=\\[\\]"),
+    ("06_methods", {"reference": "knn"}, "reference='knn'"),
     ("07_efficiency", {"keep_fractions": [0.0]}, "keep_fractions=0.0"),
 ])
 def test_each_notebook_checks_its_own_parameters(name, change, message):
@@ -88,6 +93,27 @@ def test_ci_batch_runs_every_notebook_and_writes_reproducible_figures(tmp_path):
     assert {p: p.read_bytes() for p in (tmp_path / "figures").rglob("*.p*")} == first
     skipped = run_batch("ci", run_dir=run, root=tmp_path, skip_up_to_date=True, progress=False)
     assert [Path(p).stem for p in skipped] == list(NOTEBOOKS)
+
+
+def test_06_methods_on_ci_writes_each_comparison_with_intervals(tmp_path):
+    """Notebook 6's three comparisons (matched FLOPs, the papers' settings, matched kept counts): every accuracy
+    table with its interval and samples, the differences with theirs, a figure each."""
+    run_batch("ci", only=["06_methods"], run_dir=tmp_path / "run", root=tmp_path, progress=False)
+    tables = tmp_path / "data" / "results" / "06_methods"
+    interval = {"ci_low", "ci_high", "samples"}
+    for name in ("accuracy_by_family", "paper_settings", "matched_counts"):
+        assert interval | {"accuracy", "flops_reduction"} <= set(pd.read_parquet(tables / f"{name}.parquet"))
+    for name in ("paper_settings", "matched_counts"):  # the tokens kept at the end, measured
+        assert "kept_tokens" in set(pd.read_parquet(tables / f"{name}.parquet"))
+    for name in ("difference_from_fastv", "difference_at_matched_counts"):
+        assert interval | {"difference", "excludes_zero"} <= set(pd.read_parquet(tables / f"{name}.parquet"))
+    counts = pd.read_parquet(tables / "matched_counts.parquet")
+    assert set(counts[counts.name != "unpruned"].kept_count) == {16}  # 64 of 576 on 12x12
+    assert counts[counts.name.isin(["fastv", "fopru", "vispruner"])].same_count.all()
+    figures = {p.name for p in (tmp_path / "figures" / "06_methods").glob("*.png")}
+    assert {"paper_settings.png", "accuracy_vs_kept_count.png", "accuracy_vs_flops.png"} <= figures
+    summary = nbformat.read(tmp_path / "run" / "06_methods.ipynb", as_version=4).cells[-1].outputs[0].data
+    assert "Matched kept-token counts" in summary["text/markdown"]
 
 
 def test_a_notebook_opened_in_jupyterlab_runs_from_the_repository_root(tmp_path):
