@@ -17,6 +17,15 @@ Matching: for each kept fraction f a method gets the parameters below (``matched
 So single-stage methods keep the same share of visual tokens, and the in-LLM multi-stage ones the same
 FLOPs as FastV; the measured per-sample ``flops_reduction`` of every setting goes in the budget table and
 is the x-axis of the accuracy figure. Accuracy is the mean per-sample score (localization: IoU ≥ 0.5).
+
+Two comparisons that a shallow model does not distort stand next to it (arms of ``study``):
+
+- **the papers' own settings** (``paper_arms``): each method as published, its layers as fractions of the
+  papers' 32 (so each keeps its relative depth) and its token counts as fractions of LLaVA-1.5's 576;
+- **matched kept-token counts** (``count_arms``): every method keeps the same number of visual tokens after
+  its last stage, its one budget parameter solved on the nominal counts (``COUNT_RULES``; VisPruner takes
+  the count itself). Whole rows (FoPru row) and FEATHER's union with a grid cannot always hit a count
+  exactly; ``count_table``'s ``same_count`` says, from the rows' real counts, whether every sample did.
 """
 from __future__ import annotations
 
@@ -378,8 +387,8 @@ def count_arms(methods: Sequence[str], counts: Sequence[int], geo: Geometry, pap
         check_choice("method", name, (*COUNT_RULES, *DIRECT_COUNTS))
     _unique("methods", methods)
     _unique("kept counts", counts)
-    arms = [study.Arm(UNPRUNED, MethodSetting(NO_PRUNING), {"kept_count": geo.n_visual,
-                                                             "paper_count": paper_tokens, "nominal_kept": geo.n_visual})]
+    everything = {"kept_count": geo.n_visual, "paper_count": paper_tokens, "nominal_kept": geo.n_visual}
+    arms = [study.Arm(UNPRUNED, MethodSetting(NO_PRUNING), everything)]
     for paper_count in counts:
         if isinstance(paper_count, bool) or not isinstance(paper_count, int) or not 1 <= paper_count < paper_tokens:
             raise ValueError(f"kept count {paper_count!r}: a token count of the paper's {paper_tokens}, in "
@@ -387,7 +396,8 @@ def count_arms(methods: Sequence[str], counts: Sequence[int], geo: Geometry, pap
         n = max(1, round(paper_count * geo.n_visual / paper_tokens))
         for name in methods:
             setting, nominal = _count_setting(name, n, geo, paper_depth)
-            arms.append(study.Arm(name, setting, {"kept_count": n, "paper_count": paper_count, "nominal_kept": nominal}))
+            coords = {"kept_count": n, "paper_count": paper_count, "nominal_kept": nominal}
+            arms.append(study.Arm(name, setting, coords))
     return arms
 
 

@@ -145,7 +145,8 @@ def _check_methods(p: dict) -> None:
         check_choice("paper_settings", name, paper_names())
     if p["paper_tokens"] < 2:
         raise ValueError(f"paper_tokens={p['paper_tokens']!r} must be >= 2")
-    bad = [c for c in p["kept_counts"] if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c < p["paper_tokens"]]
+    bad = [c for c in p["kept_counts"]
+           if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c < p["paper_tokens"]]
     if bad or not p["kept_counts"]:
         raise ValueError(f"kept_counts={p['kept_counts']!r}: token counts of the paper's {p['paper_tokens']}, each in "
                          f"1..{p['paper_tokens'] - 1}")
