@@ -118,7 +118,7 @@ def test_budget_table_means_the_measured_reduction_and_kept_counts():
 def test_summary_ranks_each_family_with_numbers():
     plan = compare.matched_settings(["fastv", "fopru"], [0.5], GEO)
     budget = compare.budget_table(plan, _rows())
-    text = compare.summary(budget, compare.accuracy_table(_rows()), compare.versus_fastv(_rows()))
+    text = compare.summary(budget, compare.accuracy_table(_rows()), compare.versus(_rows(), "fastv", "keep_fraction"))
     assert "localization, accuracy over 2 samples (unpruned 0.50 [0.09, 0.91]): fopru 1.00 [0.34, 1.00], fastv 0.00" in text
     assert "other tasks, accuracy over 4 samples (unpruned 0.75 [" in text
     assert "minus FastV on the same samples: fopru +1.00 [+1.00, +1.00]." in text
@@ -139,6 +139,125 @@ def embedded():
     return em, samples
 
 
+DEEP = compare.Geometry(LMDims(hidden=128, intermediate=384, layers=32), (24, 24), 40)
+
+
+@pytest.mark.parametrize("geo, fastv, feather, pyramiddrop", [(GEO, [1], [2, 3], [2, 3, 5]),
+                                                              (DEEP, [2], [8, 16], [8, 16, 24])])
+def test_paper_settings_keep_their_relative_depth(geo, fastv, feather, pyramiddrop):
+    depth = geo.dims.layers
+    frame = compare.arm_frame(compare.paper_arms(["fastv", "fastv_feather", "feather", "pyramiddrop"]), depth)
+    layers = dict(zip(frame.name, frame.layers))
+    assert layers == {"unpruned": [], "fastv": fastv, "fastv_feather": [max(1, round(3 / 32 * depth))],
+                      "feather": feather, "pyramiddrop": pyramiddrop}
+    assert compare.published("fastv_feather") == ("fastv", {"K": 3, "R": 0.75})
+    assert compare.published("feather")[1] == {"K1": 8, "K2": 16, "R": 0.7, "stride": 3}
+
+
+def test_paper_settings_scale_token_counts_and_keep_the_rest_as_published():
+    vispruner = compare.paper_setting("vispruner")
+    assert vispruner == MethodSetting("vispruner", {"keep": 64 / 576})
+    assert compare.final_kept(vispruner, GEO) == 16  # 1/9 of 12x12, as 64 of 24x24
+    assert compare.paper_setting("fopru_row") == MethodSetting("fopru", {"strategy": "row"})  # R=0.75 is the default
+    assert compare.paper_setting("pyramiddrop").params == {"K1": 0.25, "K2": 0.5, "K3": 0.75}
+    assert compare.paper_setting("vispruner", paper_tokens=288).params == {"keep": 64 / 288}
+
+
+def test_bad_paper_settings_are_rejected_by_name():
+    with pytest.raises(ValueError, match="paper setting='fastvv'"):
+        compare.paper_arms(["fastvv"])
+    with pytest.raises(ValueError, match="paper settings: fastv given more than once"):
+        compare.paper_arms(["fastv", "fastv"])
+    with pytest.raises(ValueError, match="keep"):
+        compare.paper_setting("vispruner", paper_tokens=32)  # 64 of 32 tokens: more than all
+
+
+@pytest.fixture(scope="module")
+def counted():
+    return compare.count_arms(list(compare.SUPPORTED), [128, 64, 32], GEO)
+
+
+def test_every_supported_method_has_a_count_rule():
+    assert set(compare.COUNT_RULES) | set(compare.DIRECT_COUNTS) == set(compare.SUPPORTED)
+
+
+def test_matched_counts_keep_the_same_nominal_count_after_the_last_stage(counted):
+    arms = counted[1:]
+    assert counted[0].name == "unpruned" and counted[0].coords["kept_count"] == 144
+    assert {a.coords["kept_count"] for a in arms} == {32, 16, 8}  # 128/64/32 of 576, scaled to 144
+    for arm in arms:
+        nominal = compare.final_kept(arm.setting, GEO)
+        assert nominal == arm.coords["nominal_kept"]
+        if arm.name != "fopru_row":
+            assert nominal == arm.coords["kept_count"], arm
+    rows = {(a.name, a.coords["kept_count"]): a for a in arms}
+    assert rows["vispruner", 16].setting.params == {"keep": 16}
+    assert rows["pyramiddrop", 16].setting.params["K1"] == 0.25  # the paper's layers, scaled
+    # whole rows of 12 tokens: 8 is out of reach, the closest is one row
+    assert [rows["fopru_row", n].coords["nominal_kept"] for n in (8, 16, 32)] == [12, 12, 36]
+
+
+def test_solve_count_lands_inside_the_plateau_and_takes_the_closest_when_none_gives_the_count():
+    value = compare.solve_count(lambda x: int(x * 10), 3, 0.0, 1.0)
+    assert int(value * 10) == 3 and 0.33 < value < 0.37
+    rows = compare.solve_count(lambda x: 12 * int(x * 3), 16, 0.0, 1.0)  # 0, 12, 24, 36: 16 is out of reach
+    assert 12 * int(rows * 3) == 12
+
+
+def test_bad_counts_are_rejected():
+    with pytest.raises(ValueError, match="method='fastvv'"):
+        compare.count_arms(["fastvv"], [64], GEO)
+    with pytest.raises(ValueError, match="kept count 576"):
+        compare.count_arms(["fastv"], [576], GEO)
+    with pytest.raises(ValueError, match="kept count 6.5"):
+        compare.count_arms(["fastv"], [6.5], GEO)
+    with pytest.raises(ValueError, match="kept counts: 64 given more than once"):
+        compare.count_arms(["fastv"], [64, 64], GEO)
+
+
+def _counted_rows() -> pd.DataFrame:
+    """fastv and feather at 16 tokens and the unpruned model; feather keeps 15 on one sample."""
+    rows = []
+    for name, n, loc, other, kept in (("unpruned", 144, [1, 1, 0], [1, 1, 1, 0], [144] * 7),
+                                      ("fastv", 16, [0, 0, 0], [1, 0, 1, 0], [16] * 7),
+                                      ("feather", 16, [1, 1, 1], [1, 1, 1, 1], [16, 15] + [16] * 5)):
+        scores = [("localization", "localization", s) for s in loc] + [
+            ("other tasks", g, s) for s, g in zip(other, ["colour", "colour", "shape", "shape"])]
+        rows += [{"dataset": "synthetic", "sample_id": f"s{i}", "name": name, "kept_count": n, "paper_count": 64,
+                  "nominal_kept": n, "family": fam, "task_name": task, "score": float(s), "kept_tokens": k,
+                  "flops_reduction": 0.5} for i, ((fam, task, s), k) in enumerate(zip(scores, kept))]
+    return pd.DataFrame(rows)
+
+
+def test_count_table_and_differences_from_the_rows():
+    rows = _counted_rows()
+    table = compare.count_table(rows).set_index(["name", "family"])
+    assert table.loc[("fastv", "localization"), "accuracy"] == 0.0
+    assert table.loc[("fastv", "localization"), "ci_high"] == pytest.approx(stats.wilson(0, 3)[1])
+    assert table.loc[("fastv", "all tasks"), "same_count"] and not table.loc[("feather", "all tasks"), "same_count"]
+    assert {"ci_low", "ci_high", "samples", "kept_tokens", "flops_reduction"} <= set(table.columns)
+    diffs = compare.versus(rows, "fastv", "kept_count").set_index(["name", "family"])
+    assert list(diffs.index.get_level_values(0).unique()) == ["feather"]
+    assert diffs.loc[("feather", "localization"), "difference"] == 1.0
+    assert diffs.loc[("feather", "localization"), "excludes_zero"]
+    text = compare.count_summary(compare.count_table(rows), compare.versus(rows, "fastv", "kept_count"), "fastv")
+    assert "**16 tokens** (64 of 576 scaled)" in text
+    assert "feather 1.00 [0.44, 1.00] (count varies by sample), fastv 0.00" in text
+    assert "whose 95% interval excludes zero: feather +1.00 [+1.00, +1.00] on localization at 16 tokens" in text
+    assert "feather at 16 (mean 15.9 kept)" in text
+    fig = compare.count_figure(compare.count_table(rows))
+    assert fig.axes[0].get_legend_handles_labels()[1] == ["unpruned", "fastv", "feather"]
+    plt.close(fig)
+
+
+def test_count_summary_says_when_every_interval_contains_zero():
+    rows = _counted_rows()
+    rows.loc[rows.name == "feather", "score"] = rows.loc[rows.name == "fastv", "score"].to_numpy()
+    text = compare.count_summary(compare.count_table(rows), compare.versus(rows, "fastv", "kept_count"), "fastv")
+    assert "none — every interval contains zero, so no method is shown to differ from fastv" in text
+    assert "(interval contains 0: no difference shown)" in text
+
+
 def test_evaluate_and_examples_on_the_embedded_model(embedded, tmp_path):
     em, samples = embedded
     geo = compare.geometry(em, samples, batch_size=4)
@@ -150,4 +269,30 @@ def test_evaluate_and_examples_on_the_embedded_model(embedded, tmp_path):
     assert all(k == [36] for k in kept)
     fig = compare.examples_figure(em, samples, rows, 0.25, count=1)
     assert len(fig.axes) == 2 and fig.axes[0].get_ylabel() == "fastv"
+    plt.close(fig)
+
+
+def test_paper_and_count_arms_on_the_embedded_model(embedded, tmp_path):
+    """Every method at one matched count really keeps that count on every sample (the rows' kept_counts);
+    FEATHER's first-stage union with the grid may move its last count by a token, and FoPru's whole rows of
+    12 keep the closest whole-row count, which the table says is not the same."""
+    em, samples = embedded
+    geo = compare.geometry(em, samples, batch_size=4)
+    arms = compare.count_arms(list(compare.SUPPORTED), [64], geo)
+    rows = compare.evaluate_arms(em, samples[:3], arms, tmp_path, batch_size=3)
+    last = rows[rows.name != "unpruned"].groupby("name").kept_tokens.agg(["min", "max"])
+    exact = last.drop(index=["feather", "fopru_row"])
+    assert len(exact) == len(compare.SUPPORTED) - 2
+    assert (exact["min"] == 16).all() and (exact["max"] == 16).all(), last
+    assert abs(last.loc["feather", "min"] - 16) <= 1 and abs(last.loc["feather", "max"] - 16) <= 1
+    assert last.loc["fopru_row"].tolist() == [12, 12]
+    table = compare.count_table(rows).set_index("name")
+    assert table.loc["vispruner"].same_count.all() and not table.loc["fopru_row"].same_count.any()
+    paper = compare.paper_arms(["fastv", "vispruner"])
+    table = compare.paper_table(compare.evaluate_arms(em, samples[:3], paper, tmp_path, batch_size=3), paper, 6)
+    assert table[table.family == "all tasks"].set_index("name").kept_tokens.to_dict() == {
+        "unpruned": 144, "fastv": 72, "vispruner": 16}
+    assert {"accuracy", "ci_low", "ci_high", "samples", "flops_reduction", "published", "layers"} <= set(table.columns)
+    fig = compare.paper_figure(table)
+    assert len(fig.axes) == 3
     plt.close(fig)

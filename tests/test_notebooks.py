@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from analysis_lib.notebooks.batch import NOTEBOOK_DIR, NotebookFailed, load_profile, profiles, run_batch
@@ -51,6 +52,10 @@ def test_collect_rejects_bad_parameters(change, message):
     ("04_benchmark_leakage", {"paper_layer": 32}, "paper_layer=32"),
     ("05_criteria", {"examples": 0}, "examples=0"),
     ("06_methods", {"methods": ["fastv", "fastvv"]}, "methods='fastvv'"),
+    ("06_methods", {"paper_settings": ["fastv", "fastvv"]}, "paper_settings='fastvv'"),
+    ("06_methods", {"kept_counts": [64, 576]}, r"kept_counts=\[64, 576\]: token counts of the paper's 576"),
+    ("06_methods", {"kept_counts": []}, "kept_counts=\\[\\]"),
+    ("06_methods", {"reference": "knn"}, "reference='knn'"),
     ("07_efficiency", {"keep_fractions": [0.0]}, "keep_fractions=0.0"),
 ])
 def test_each_notebook_checks_its_own_parameters(name, change, message):
@@ -73,21 +78,27 @@ def test_a_misspelled_parameter_stops_the_batch_with_the_notebook_and_error(tmp_
         run_batch(profile, only=["01_positional_bias"], run_dir=tmp_path / "run", root=tmp_path, progress=False)
 
 
-def test_ci_batch_runs_every_notebook_and_writes_reproducible_figures(tmp_path):
+@pytest.fixture(scope="module")
+def ci_batch(tmp_path_factory):
+    """The ci profile's batch, two notebooks at a time: (root, executed copies' folder, executed copies)."""
+    root = tmp_path_factory.mktemp("ci-batch")
+    return root, root / "run", run_batch("ci", run_dir=root / "run", root=root, progress=False, jobs=2)
+
+
+def test_ci_batch_runs_every_notebook_and_writes_reproducible_figures(ci_batch):
     """Two notebooks at a time first, then one by one: the same figures, byte for byte."""
-    run = tmp_path / "run"
-    executed = run_batch("ci", run_dir=run, root=tmp_path, progress=False, jobs=2)
+    root, run, executed = ci_batch
     assert [p.stem for p in executed] == list(NOTEBOOKS)
     for name in NOTEBOOKS:
-        figures = sorted((tmp_path / "figures" / name).glob("*"))
-        tables = sorted((tmp_path / "data" / "results" / name).glob("*"))
+        figures = sorted((root / "figures" / name).glob("*"))
+        tables = sorted((root / "data" / "results" / name).glob("*"))
         assert {p.suffix for p in figures} == {".pdf", ".png"} and {p.suffix for p in tables} == {".parquet", ".csv"}
         last = nbformat.read(run / f"{name}.ipynb", as_version=4).cells[-1]
         assert any("text/markdown" in o.get("data", {}) for o in last.outputs)  # the closing summary
-    first = {p: p.read_bytes() for p in (tmp_path / "figures").rglob("*.p*")}
-    run_batch("ci", run_dir=run, root=tmp_path, progress=False)
-    assert {p: p.read_bytes() for p in (tmp_path / "figures").rglob("*.p*")} == first
-    skipped = run_batch("ci", run_dir=run, root=tmp_path, skip_up_to_date=True, progress=False)
+    first = {p: p.read_bytes() for p in (root / "figures").rglob("*.p*")}
+    run_batch("ci", run_dir=run, root=root, progress=False)
+    assert {p: p.read_bytes() for p in (root / "figures").rglob("*.p*")} == first
+    skipped = run_batch("ci", run_dir=run, root=root, skip_up_to_date=True, progress=False)
     assert [Path(p).stem for p in skipped] == list(NOTEBOOKS)
 
 
@@ -99,6 +110,27 @@ def test_a_timing_notebook_runs_alone_and_the_others_side_by_side():
     assert all(len(phase) == 1 for phase in phases if set(phase) & ALONE) and len(phases) < len(NOTEBOOKS)
     with pytest.raises(ValueError, match="jobs=0: must be an integer >= 1"):
         run_batch("ci", jobs=0)
+
+
+def test_06_methods_on_ci_writes_each_comparison_with_intervals(ci_batch):
+    """Notebook 6's three comparisons (matched FLOPs, the papers' settings, matched kept counts): every accuracy
+    table with its interval and samples, the differences with theirs, a figure each."""
+    tmp_path, run, _ = ci_batch
+    tables = tmp_path / "data" / "results" / "06_methods"
+    interval = {"ci_low", "ci_high", "samples"}
+    for name in ("accuracy_by_family", "paper_settings", "matched_counts"):
+        assert interval | {"accuracy", "flops_reduction"} <= set(pd.read_parquet(tables / f"{name}.parquet"))
+    for name in ("paper_settings", "matched_counts"):  # the tokens kept at the end, measured
+        assert "kept_tokens" in set(pd.read_parquet(tables / f"{name}.parquet"))
+    for name in ("difference_from_fastv", "difference_at_matched_counts"):
+        assert interval | {"difference", "excludes_zero"} <= set(pd.read_parquet(tables / f"{name}.parquet"))
+    counts = pd.read_parquet(tables / "matched_counts.parquet")
+    assert set(counts[counts.name != "unpruned"].kept_count) == {16}  # 64 of 576 on 12x12
+    assert counts[counts.name.isin(["fastv", "fopru", "vispruner"])].same_count.all()
+    figures = {p.name for p in (tmp_path / "figures" / "06_methods").glob("*.png")}
+    assert {"paper_settings.png", "accuracy_vs_kept_count.png", "accuracy_vs_flops.png"} <= figures
+    summary = nbformat.read(run / "06_methods.ipynb", as_version=4).cells[-1].outputs[0].data
+    assert "Matched kept-token counts" in summary["text/markdown"]
 
 
 def test_a_notebook_opened_in_jupyterlab_runs_from_the_repository_root(tmp_path):

@@ -17,6 +17,15 @@ Matching: for each kept fraction f a method gets the parameters below (``matched
 So single-stage methods keep the same share of visual tokens, and the in-LLM multi-stage ones the same
 FLOPs as FastV; the measured per-sample ``flops_reduction`` of every setting goes in the budget table and
 is the x-axis of the accuracy figure. Accuracy is the mean per-sample score (localization: IoU ≥ 0.5).
+
+Two comparisons that a shallow model does not distort stand next to it (arms of ``study``):
+
+- **the papers' own settings** (``paper_arms``): each method as published, its layers as fractions of the
+  papers' 32 (so each keeps its relative depth) and its token counts as fractions of LLaVA-1.5's 576;
+- **matched kept-token counts** (``count_arms``): every method keeps the same number of visual tokens after
+  its last stage, its one budget parameter solved on the nominal counts (``COUNT_RULES``; VisPruner takes
+  the count itself). Whole rows (FoPru row) and FEATHER's union with a grid cannot always hit a count
+  exactly; ``count_table``'s ``same_count`` says, from the rows' real counts, whether every sample did.
 """
 from __future__ import annotations
 
@@ -37,12 +46,12 @@ from matplotlib.patches import Rectangle
 from ..evaluation.datasets import EvalSample
 from ..evaluation.runner import NO_PRUNING, EvalModel, MethodSetting, prompt_inputs, run_grid
 from ..flops import LMDims, schedule_flops
-from ..pruning import get_method, nominal_kept
+from ..pruning import METHODS, get_method, nominal_kept
 from ..figures import draw_intervals, reference_band
 from ..stats import Interval, describe
 from ..validation import check_choice, check_range
 from . import study
-from .study import LOCALIZATION, OTHER, UNPRUNED
+from .study import ALL, LOCALIZATION, OTHER, UNPRUNED
 
 LAYER_PARAMETERS = ("K", "K1", "K2", "K3")
 MATCH_TOLERANCE = 0.01  # |nominal - target| FLOPs reduction counted as matched
@@ -102,6 +111,19 @@ def geometry(em: EvalModel, samples: Sequence[EvalSample], batch_size: int = 8) 
     return Geometry(LMDims.from_config(em.model.config), grid, round(float(np.mean(n_text))))
 
 
+def final_kept(setting: MethodSetting, geo: Geometry) -> int:
+    """Nominal visual tokens ``setting`` keeps after its last stage on the model's grid (all when unpruned)."""
+    schedule = setting.schedule()
+    stages = nominal_kept(schedule, geo.dims.layers, geo.grid) if schedule else []
+    return stages[-1][1] if stages else geo.n_visual
+
+
+def _layers(setting: MethodSetting, depth: int) -> list[int]:
+    """The model layers the setting's stages prune at (none when unpruned)."""
+    schedule = setting.schedule()
+    return [layer for layer, _ in schedule.resolve(depth)] if schedule else []
+
+
 def nominal_reduction(setting: MethodSetting, geo: Geometry) -> float:
     """Theoretical prefill FLOPs reduction (eq. 1) of ``setting`` on the model's dims and grid."""
     schedule = setting.schedule()
@@ -111,18 +133,25 @@ def nominal_reduction(setting: MethodSetting, geo: Geometry) -> float:
     return schedule_flops(geo.dims, geo.n_visual, geo.n_text, stages).reduction
 
 
+def _bracket(value_of: Callable[[float], float], target: float, low: float, high: float,
+             steps: int) -> tuple[float, float]:
+    """(lo, hi): the last bisection interval in which a monotone ``value_of`` crosses ``target``."""
+    increasing = value_of(high) >= value_of(low)
+    lo, hi = low, high
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if (value_of(mid) < target) == increasing:
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi
+
+
 def solve(reduction_of: Callable[[float], float], target: float, low: float, high: float,
           steps: int = 16, digits: int = 3) -> float:
     """The parameter in [low, high] (rounded to ``digits``) whose reduction is closest to ``target``, by
     bisection on a monotone ``reduction_of``; an endpoint when the target is out of reach."""
-    increasing = reduction_of(high) >= reduction_of(low)
-    lo, hi = low, high
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        if (reduction_of(mid) < target) == increasing:
-            lo = mid
-        else:
-            hi = mid
+    lo, hi = _bracket(reduction_of, target, low, high, steps)
     candidates = {round(x, digits) for x in (low, high, lo, hi)}
     candidates = {min(max(x, low), high) for x in candidates}
     return min(sorted(candidates), key=lambda x: abs(reduction_of(x) - target))
@@ -185,10 +214,8 @@ def matched_settings(methods: Sequence[str], keep_fractions: Sequence[float], ge
             else:
                 rule, params = FIXED_RULES[name]
                 setting = _setting(name, paper_depth, **params(f))
-            layers = tuple(layer for layer, _ in setting.schedule().resolve(depth))
-            stages = nominal_kept(setting.schedule(), depth, geo.grid)
-            final = stages[-1][1] if stages else geo.n_visual
-            plan.append(Budgeted(name, f, setting, rule, target, nominal_reduction(setting, geo), layers, final))
+            plan.append(Budgeted(name, f, setting, rule, target, nominal_reduction(setting, geo),
+                                 tuple(_layers(setting, depth)), final_kept(setting, geo)))
     return plan
 
 
@@ -226,14 +253,15 @@ def accuracy_table(rows: pd.DataFrame, by: str = "family") -> pd.DataFrame:
     return table[columns]
 
 
-def versus_fastv(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per method other than FastV, kept fraction and family: its accuracy minus FastV's at the same kept
-    fraction on the same samples, with the 95% paired-bootstrap interval."""
+def versus(rows: pd.DataFrame, reference: str, at: str) -> pd.DataFrame:
+    """Per level of the budget column ``at``, method (``name``) other than ``reference`` and family: its
+    accuracy minus ``reference``'s at the same level on the same samples, with the 95% paired-bootstrap
+    interval and ``excludes_zero`` (levels without the reference are left out)."""
     out = []
-    for f, at in rows[rows.name != UNPRUNED].groupby("keep_fraction", sort=False):
-        fastv = at[at.name == "fastv"]
-        if len(fastv):
-            out.append(study.differences(at[at.name != "fastv"], fastv, ["name", "keep_fraction"], "family"))
+    for _, part in rows[rows.name != UNPRUNED].groupby(at, sort=False):
+        base = part[part.name == reference]
+        if len(base):
+            out.append(study.differences(part[part.name != reference], base, ["name", at], "family"))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
@@ -247,6 +275,156 @@ def budget_table(plan: Sequence[Budgeted], rows: pd.DataFrame) -> pd.DataFrame:
 def _mean_counts(counts: pd.Series) -> list[float]:
     """Mean kept tokens per stage over rows of one setting (lists of equal length)."""
     return [round(float(np.mean(stage)), 1) for stage in zip(*counts)]
+
+
+# The papers' own settings, scaled by depth (and by token count).
+PAPER_TOKENS = 576  # LLaVA-1.5's visual tokens: the papers' token counts are of this many
+COUNT_PARAMETERS = ("keep",)  # parameters that may be a token count (scaled to a fraction of PAPER_TOKENS)
+# Published settings that are not a registry method's defaults: name -> (registry method, parameters), layers of
+# the papers' 32-layer model. Any other name is the registry method (or a VARIANTS entry) at its defaults,
+# which are its paper's.
+PAPER_SETTINGS: dict[str, tuple[str, dict]] = {
+    "fastv_feather": ("fastv", {"K": 3, "R": 0.75}),  # FastV as FEATHER runs it (φ_original, Table 1, Fig. 5)
+}
+
+
+def paper_names() -> tuple[str, ...]:
+    """Every name ``paper_setting`` knows: the registry's methods, the variants and ``PAPER_SETTINGS``."""
+    return (*METHODS, *VARIANTS, *PAPER_SETTINGS)
+
+
+def published(name: str) -> tuple[str, dict]:
+    """The registry method of ``name`` and its published parameters (registry defaults, then the setting's
+    own), as the paper gives them: layers of a 32-layer model, counts of ``PAPER_TOKENS``."""
+    check_choice("paper setting", name, paper_names())
+    method, fixed = PAPER_SETTINGS.get(name) or VARIANTS.get(name, (name, {}))
+    defaults = {k: v for k, v in get_method(method).parameters.items() if k != "scope"}
+    return method, {**defaults, **fixed}
+
+
+def paper_setting(name: str, paper_depth: int = 32, paper_tokens: int = PAPER_TOKENS) -> MethodSetting:
+    """``name``'s published setting with its layers as fractions of ``paper_depth`` (PyramidDrop's 8/16/24 of 32
+    are layers 2/3/5 of 6) and its token counts as fractions of ``paper_tokens`` (VisPruner's 64 of 576 keeps
+    1/9 of any grid); the other parameters as published."""
+    method, params = published(name)
+    defaults = get_method(method).parameters
+    scaled = {}
+    for key, value in params.items():
+        if key in LAYER_PARAMETERS and isinstance(value, int) and value > 0:
+            scaled[key] = value / paper_depth
+        elif key in COUNT_PARAMETERS and isinstance(value, int) and not isinstance(value, bool):
+            scaled[key] = value / paper_tokens
+        elif value != defaults[key]:
+            scaled[key] = value
+    get_method(method).schedule(**scaled)  # a count above paper_tokens fails here
+    return MethodSetting(method, scaled)
+
+
+def _unique(kind: str, names: Sequence) -> None:
+    repeated = sorted({str(n) for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise ValueError(f"{kind}: {', '.join(repeated)} given more than once")
+
+
+def paper_arms(names: Sequence[str], paper_depth: int = 32, paper_tokens: int = PAPER_TOKENS) -> list[study.Arm]:
+    """The unpruned model, then each named setting as published (``paper_setting``)."""
+    _unique("paper settings", names)
+    return [study.unpruned_arm()] + [study.Arm(n, paper_setting(n, paper_depth, paper_tokens)) for n in names]
+
+
+def arm_frame(arms: Sequence[study.Arm], depth: int) -> pd.DataFrame:
+    """Per arm: its name, coordinates, registry setting, parameters (JSON) and the model layers it prunes at."""
+    return pd.DataFrame([{"name": a.name, **a.coords, "setting": a.setting.label,
+                          "params": json.dumps(a.setting.params, sort_keys=True),
+                          "layers": _layers(a.setting, depth)} for a in arms])
+
+
+def evaluate_arms(em: EvalModel, samples: list[EvalSample], arms: Sequence[study.Arm], out: str | Path,
+                  batch_size: int = 8, dataset: str = "synthetic", store: str | Path | None = None) -> pd.DataFrame:
+    """The study's tidy rows of every arm (``study.run``, resumable under ``out`` or ``store``), the arm's name
+    as ``name``."""
+    return study.run(em, [(dataset, samples)], arms, out, batch_size, store).rename(columns={"arm": "name"})
+
+
+MEASURED = ["accuracy", "ci_low", "ci_high", "samples", "flops_reduction", "kept_tokens"]
+
+
+def paper_table(rows: pd.DataFrame, arms: Sequence[study.Arm], depth: int) -> pd.DataFrame:
+    """Per published setting and family: accuracy with its 95% interval and samples, the mean measured FLOPs
+    reduction and visual tokens kept after the last stage, the published parameters (``published``, JSON), the
+    scaled setting and the model layers it prunes at."""
+    table = study.accuracy_table(rows, ["name"], "family")[["name", "family", *MEASURED]]
+    settings = arm_frame(arms, depth)
+    settings.insert(1, "published", [json.dumps(published(n)[1]) if n != UNPRUNED else "{}" for n in settings.name])
+    return table.merge(settings, on="name", how="left")
+
+
+# Matched kept-token counts: name -> (parameter, low, high) solved so that the last stage keeps the count; the
+# other parameters are those of the kept fraction count / tokens (FIXED_RULES), the layers the paper's.
+COUNT_RULES: dict[str, tuple[str, float, float]] = {
+    "fastv": ("R", 0.0, 0.999), "fopru": ("R", 0.0, 0.999), "fopru_row": ("R", 0.0, 0.999),
+    "random": ("R", 0.0, 0.999), "fopru_fastv": ("R_llm", 0.0, 0.999), "pyramiddrop": ("lam", 0.01, 1.0),
+    "feather": ("R", 0.0, 0.99)}
+# name -> its parameter that takes the token count itself (exact on any grid, nothing to solve).
+DIRECT_COUNTS: dict[str, str] = {"vispruner": "keep"}
+
+
+def solve_count(count_of: Callable[[float], float], n: int, low: float, high: float, steps: int = 24,
+                digits: int = 6) -> float:
+    """The parameter in [low, high] in the middle of the range where a monotone ``count_of`` gives ``n``
+    (rounded to ``digits``, which keeps it inside), or the one whose count is closest to ``n`` when none
+    gives it (whole rows, say: the ends of the jump over ``n``, unrounded)."""
+    first = _bracket(count_of, n - 0.5, low, high, steps)
+    last = _bracket(count_of, n + 0.5, low, high, steps)
+    candidates = [round((sum(first) + sum(last)) / 4, digits), *first, *last, low, high]
+    return min(candidates, key=lambda x: abs(count_of(x) - n))
+
+
+def count_arms(methods: Sequence[str], counts: Sequence[int], geo: Geometry, paper_depth: int = 32,
+               paper_tokens: int = PAPER_TOKENS) -> list[study.Arm]:
+    """The unpruned model, then every method keeping each of ``counts`` (of ``paper_tokens``, scaled to the
+    model's visual tokens) after its last stage: its ``COUNT_RULES`` parameter solved on the nominal counts.
+    Coordinates: ``kept_count`` (of the model's tokens), ``paper_count`` and ``nominal_kept``."""
+    for name in methods:
+        check_choice("method", name, (*COUNT_RULES, *DIRECT_COUNTS))
+    _unique("methods", methods)
+    _unique("kept counts", counts)
+    everything = {"kept_count": geo.n_visual, "paper_count": paper_tokens, "nominal_kept": geo.n_visual}
+    arms = [study.Arm(UNPRUNED, MethodSetting(NO_PRUNING), everything)]
+    for paper_count in counts:
+        if isinstance(paper_count, bool) or not isinstance(paper_count, int) or not 1 <= paper_count < paper_tokens:
+            raise ValueError(f"kept count {paper_count!r}: a token count of the paper's {paper_tokens}, in "
+                             f"1..{paper_tokens - 1}")
+        n = max(1, round(paper_count * geo.n_visual / paper_tokens))
+        for name in methods:
+            setting, nominal = _count_setting(name, n, geo, paper_depth)
+            coords = {"kept_count": n, "paper_count": paper_count, "nominal_kept": nominal}
+            arms.append(study.Arm(name, setting, coords))
+    return arms
+
+
+def _count_setting(name: str, n: int, geo: Geometry, paper_depth: int) -> tuple[MethodSetting, int]:
+    """``name`` keeping ``n`` visual tokens after its last stage, and what it keeps in theory."""
+    if name in DIRECT_COUNTS:
+        return _setting(name, paper_depth, **{DIRECT_COUNTS[name]: n}), n
+    parameter, low, high = COUNT_RULES[name]
+    base = FIXED_RULES[name][1](n / geo.n_visual) if name in FIXED_RULES else {}
+
+    def count_of(value: float) -> int:
+        return final_kept(_setting(name, paper_depth, **{**base, parameter: value}), geo)
+    value = solve_count(count_of, n, low, high)
+    return _setting(name, paper_depth, **{**base, parameter: value}), count_of(value)
+
+
+def count_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per method, kept count and family: accuracy with its 95% interval and samples, the mean measured FLOPs
+    reduction and tokens kept after the last stage, and ``same_count``: every sample kept exactly
+    ``kept_count`` (the rows' real kept counts)."""
+    keys = ["name", "kept_count"]
+    table = study.accuracy_table(rows, keys, "family")[[*keys, "family", *MEASURED]]
+    same = rows.assign(same_count=rows.kept_tokens == rows.kept_count).groupby(keys, sort=False).same_count.all()
+    coords = rows.drop_duplicates(keys)[[*keys, "paper_count", "nominal_kept"]]
+    return table.merge(same.reset_index(), on=keys).merge(coords, on=keys)
 
 
 def palette(names: Sequence[str]) -> dict[str, tuple]:
@@ -290,6 +468,77 @@ def accuracy_figure(by_family: pd.DataFrame) -> plt.Figure:
                  f"{MIN_FINAL_KEPT} tokens: "
                  + ", ".join(f"{r.name} at kept fraction {r.keep_fraction:g}" for r in unmatched.itertuples()) + ".")
     fig.text(0.01, -0.04, textwrap.fill(note, 150), fontsize=6, ha="left", va="top")
+    fig.tight_layout()
+    return fig
+
+
+def _point(ax: plt.Axes, x: float, row: pd.DataFrame, colour, label: str | None = None) -> None:
+    draw_intervals(ax, [x], row, ls="none", marker="o", ms=3, color=colour, label=label)
+
+
+def paper_figure(table: pd.DataFrame) -> plt.Figure:
+    """The published settings side by side (``paper_table``): accuracy on localization and on the other tasks
+    (95% intervals; the unpruned model dashed over its interval), and the FLOPs reduction each achieves, with
+    the visual tokens it keeps after its last stage over its bar."""
+    names = [n for n in dict.fromkeys(table.name) if n != UNPRUNED]
+    colours = palette(table.name)
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.9))
+    for ax, fam in zip(axes, (LOCALIZATION, OTHER)):
+        part = table[table.family == fam].set_index("name", drop=False)
+        if UNPRUNED in part.index:
+            reference_band(ax, part.loc[UNPRUNED], colours[UNPRUNED], "unpruned")
+        for x, name in enumerate(names):
+            if name in part.index:
+                _point(ax, x, part.loc[[name]], colours[name])
+        ax.set_title("localization (IoU ≥ 0.5)" if fam == LOCALIZATION else fam)
+        ax.set_ylim(-0.03, 1.03)
+    overall = table[table.family == ALL].set_index("name").reindex(names)
+    axes[2].bar(range(len(names)), overall.flops_reduction, color=[colours[n] for n in names])
+    for x, kept in enumerate(overall.kept_tokens):
+        axes[2].text(x, overall.flops_reduction.iloc[x] + 0.02, f"{kept:.0f}", ha="center", fontsize=5)
+    axes[2].set_title("FLOPs reduction (tokens kept at the end)")
+    axes[2].set_ylim(0, 1.1)
+    for ax in axes:
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=6)
+    axes[0].set_ylabel("accuracy (95% interval)")
+    axes[0].legend(loc="lower left", frameon=False, fontsize=6)
+    n = int(table[table.family == LOCALIZATION].samples.max()) if (table.family == LOCALIZATION).any() else 0
+    fig.text(0.01, -0.02, f"Each method at its paper's setting, layers scaled by depth; {n} localization samples "
+             "per point.", fontsize=6, ha="left", va="top")
+    fig.tight_layout()
+    return fig
+
+
+def count_figure(table: pd.DataFrame) -> plt.Figure:
+    """Accuracy on localization and on the other tasks (95% intervals) at each matched kept-token count
+    (``count_table``), one line per method (side by side), the unpruned model dashed over its interval
+    (VisPruner Table 1's shape). Counts a method did not keep on every sample are named under it."""
+    colours = palette(table.name)
+    pruned = table[table.name != UNPRUNED]
+    counts = sorted(set(pruned.kept_count), reverse=True)
+    names = list(dict.fromkeys(pruned.name))
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.7))
+    for ax, fam in zip(axes, (LOCALIZATION, OTHER)):
+        base = table[(table.name == UNPRUNED) & (table.family == fam)]
+        if len(base):
+            reference_band(ax, base.iloc[0], colours[UNPRUNED], "unpruned")
+        for i, name in enumerate(names):
+            line = pruned[(pruned.name == name) & (pruned.family == fam)]
+            x = [counts.index(c) + (i - (len(names) - 1) / 2) * 0.06 for c in line.kept_count]
+            draw_intervals(ax, x, line, marker="o", ms=3, lw=1, color=colours[name], label=name)
+        ax.set_xticks(range(len(counts)), [str(c) for c in counts])
+        ax.set_xlabel("visual tokens kept after the last stage")
+        ax.set_title("localization (IoU ≥ 0.5)" if fam == LOCALIZATION else fam)
+        ax.set_ylim(-0.03, 1.03)
+    axes[0].set_ylabel("accuracy (95% interval)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    varied = pruned[(pruned.family == ALL) & ~pruned.same_count]
+    note = "Every method keeps the same number of visual tokens after its last stage."
+    if len(varied):
+        note += (" Not the same count on every sample: " + ", ".join(
+            f"{r.name} at {r.kept_count} (mean {r.kept_tokens:.1f})" for r in varied.itertuples()) + ".")
+    fig.text(0.01, -0.04, textwrap.fill(note, 120), fontsize=6, ha="left", va="top")
     fig.tight_layout()
     return fig
 
@@ -348,16 +597,40 @@ def examples_figure(em: EvalModel, samples: Sequence[EvalSample], rows: pd.DataF
     return fig
 
 
-def _ranking(part: pd.DataFrame) -> str:
+def _ranking(part: pd.DataFrame, flag: str | None, note: str) -> str:
     ordered = part.sort_values("accuracy", ascending=False, kind="stable")
     return ", ".join(f"{r.name} {r.accuracy:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
-                     + ("" if r.matched else " (budget not matched)") for r in ordered.itertuples())
+                     + ("" if flag is None or getattr(r, flag) else f" ({note})") for r in ordered.itertuples())
+
+
+def _difference(r) -> str:
+    return f"{r.name} {describe(Interval(r.difference, r.ci_low, r.ci_high, r.samples, 'paired bootstrap'))}"
+
+
+def _family_lines(at: pd.DataFrame, base: pd.DataFrame, diffs: pd.DataFrame, reference: str, indent: str,
+                  flag: str | None = None, note: str = "") -> list[str]:
+    """Per family: the ranking with 95% intervals (and the unpruned model's accuracy from ``base``, indexed
+    by family), then each method minus ``reference`` on the same samples (``diffs``)."""
+    lines = []
+    for fam in (LOCALIZATION, OTHER):
+        ranked = at[at.family == fam]
+        if ranked.empty:
+            continue
+        ref = (f" (unpruned {base.accuracy[fam]:.2f} [{base.ci_low[fam]:.2f}, {base.ci_high[fam]:.2f}])"
+               if fam in base.index else "")
+        lines.append(f"{indent}- {fam}, accuracy over {int(ranked.samples.iloc[0])} samples{ref}: "
+                     f"{_ranking(ranked, flag, note)}.")
+        diff = diffs[diffs.family == fam] if len(diffs) else diffs
+        if len(diff):
+            lines.append(f"{indent}  minus {reference} on the same samples: "
+                         + "; ".join(_difference(r) for r in diff.itertuples()) + ".")
+    return lines
 
 
 def summary(budget: pd.DataFrame, by_family: pd.DataFrame, versus: pd.DataFrame) -> str:
     """What the figures show, in numbers (markdown): the budgets (saying which could not be matched), and
     per budget the ranking on localization and on the other tasks with 95% intervals, and each method's
-    difference from FastV on the same samples (``versus_fastv``)."""
+    difference from FastV on the same samples (``versus``)."""
     lines = []
     base = by_family[by_family.name == UNPRUNED].set_index("family")
     pruned = budget[budget.name != UNPRUNED]
@@ -375,21 +648,50 @@ def summary(budget: pd.DataFrame, by_family: pd.DataFrame, versus: pd.DataFrame)
                      + ", ".join(f"{r.name} {r.flops_reduction:.0%}" for r in part.itertuples())
                      + (". Solved: " + "; ".join(solved) if solved else "") + ".")
         at_f = by_family[np.isclose(by_family.keep_fraction, f)]
-        for fam in (LOCALIZATION, OTHER):
-            ranked = at_f[at_f.family == fam]
-            if ranked.empty:
-                continue
-            ref = (f" (unpruned {base.accuracy[fam]:.2f} [{base.ci_low[fam]:.2f}, {base.ci_high[fam]:.2f}])"
-                   if fam in base.index else "")
-            lines.append(f"  - {fam}, accuracy over {int(ranked.samples.iloc[0])} samples{ref}: {_ranking(ranked)}.")
-            if len(versus):
-                diff = versus[np.isclose(versus.keep_fraction, f) & (versus.family == fam)]
-                lines.append(f"    minus FastV on the same samples: " + "; ".join(
-                    f"{r.name} {describe(Interval(r.difference, r.ci_low, r.ci_high, r.samples, 'paired bootstrap'))}"
-                    for r in diff.itertuples()) + ".")
+        diffs = versus[np.isclose(versus.keep_fraction, f)] if len(versus) else versus
+        lines += _family_lines(at_f, base, diffs, "FastV", "  ", "matched", "budget not matched")
         loc = at_f[at_f.family == LOCALIZATION]
         if not loc.empty and loc.relevant_kept.notna().any():
             shares = loc.sort_values("relevant_kept", ascending=False, kind="stable")
             lines.append("  - share of the target's tokens kept (localization): "
                          + ", ".join(f"{r.name} {r.relevant_kept:.2f}" for r in shares.itertuples()) + ".")
+    return "\n".join(lines)
+
+
+def paper_summary(table: pd.DataFrame) -> str:
+    """The published settings in numbers (markdown): each one's FLOPs reduction and tokens kept, and the
+    ranking per family with 95% intervals (settings differ in budget, so no difference is claimed)."""
+    overall = table[(table.family == ALL) & (table.name != UNPRUNED)]
+    base = table[table.name == UNPRUNED].set_index("family")
+    lines = ["- **The papers' own settings** (layers as fractions of the papers' 32, token counts of "
+             f"{PAPER_TOKENS}; each keeps its own budget, so this ranks settings, not methods at one budget): "
+             + ", ".join(f"{r.name} {r.flops_reduction:.0%} FLOPs reduction, {r.kept_tokens:.0f} tokens kept"
+                         for r in overall.itertuples()) + "."]
+    return "\n".join(lines + _family_lines(table[table.name != UNPRUNED], base, pd.DataFrame(), "", "  "))
+
+
+def count_summary(table: pd.DataFrame, diffs: pd.DataFrame, reference: str) -> str:
+    """Matched kept-token counts in numbers (markdown): per count the FLOPs each method needs, the ranking per
+    family with 95% intervals and each method minus ``reference`` on the same samples; which differences
+    exclude zero (the only ones claimed), and which counts were not the same on every sample."""
+    pruned = table[table.name != UNPRUNED]
+    base = table[table.name == UNPRUNED].set_index("family")
+    lines = ["- **Matched kept-token counts** (every method keeps the same number of visual tokens after its last "
+             "stage, its layers the paper's scaled by depth):"]
+    for n, at in pruned.groupby("kept_count", sort=False):
+        overall = at[at.family == ALL]
+        lines.append(f"  - **{n} tokens** ({int(at.paper_count.iloc[0])} of {PAPER_TOKENS} scaled), measured FLOPs "
+                     "reduction " + ", ".join(f"{r.name} {r.flops_reduction:.0%}" for r in overall.itertuples()) + ":")
+        here = diffs[diffs.kept_count == n] if len(diffs) else diffs
+        lines += _family_lines(at, base, here, reference, "    ", "same_count", "count varies by sample")
+    shown = diffs[diffs.excludes_zero] if len(diffs) else diffs
+    lines.append(f"  - Differences from {reference} whose 95% interval excludes zero: "
+                 + ("; ".join(f"{_difference(r)} on {r.family} at {r.kept_count} tokens" for r in shown.itertuples())
+                    if len(shown) else f"none — every interval contains zero, so no method is shown to differ from "
+                                       f"{reference} at matched counts on these samples") + ".")
+    varied = pruned[(pruned.family == ALL) & ~pruned.same_count]
+    if len(varied):
+        lines.append("  - Not the same count on every sample (whole rows, or a union whose size depends on the "
+                     "image): " + ", ".join(f"{r.name} at {r.kept_count} (mean {r.kept_tokens:.1f} kept)"
+                                            for r in varied.itertuples()) + ".")
     return "\n".join(lines)

@@ -52,9 +52,15 @@ OWN: dict[str, dict[str, object]] = {
     "05_criteria": {"paper_layers": [3, 8], "paper_depth": 32, "R": 0.75, "examples": 4},
     # keep fractions 0.5 and 0.25: on a 6-layer model FEATHER and PyramidDrop (first stage at 8/32 -> layer 2)
     # cannot match FastV's FLOPs (layer 1) below ~0.25 without keeping a single token.
+    # paper_settings: each method at its paper's setting (layers of 32, counts of paper_tokens, scaled);
+    # kept_counts: VisPruner Table 1's 128/64/32 of 576, scaled to the model's tokens, for every method.
     "06_methods": {"keep_fractions": [0.5, 0.25], "paper_depth": 32,
                    "methods": ["fastv", "pyramiddrop", "feather", "fopru", "fopru_row", "fopru_fastv", "vispruner",
-                               "random"], "examples": 4},
+                               "random"], "examples": 4,
+                   "paper_settings": ["fastv", "fastv_feather", "fastv_norope", "uniform", "knn",
+                                      "fastv_norope_uniform", "feather", "pyramiddrop", "fopru", "fopru_fastv",
+                                      "vispruner"],
+                   "paper_tokens": 576, "kept_counts": [128, 64, 32], "reference": "fastv"},
     "07_efficiency": {"keep_fractions": [0.5, 0.25, 0.1], "paper_depth": 32,
                       "methods": ["fastv", "feather", "fopru", "vispruner"], "repeats": 3, "new_tokens": 16,
                       "batch_size": 8},  # the timed batch: 8 prompts, as before
@@ -133,10 +139,25 @@ def _check_budgets(p: dict) -> None:
             raise ValueError(f"{name}={p[name]!r} must be >= 1")
 
 
+def _check_methods(p: dict) -> None:
+    _check_budgets(p)
+    from ..analyses.methods import paper_names
+    for name in p["paper_settings"]:
+        check_choice("paper_settings", name, paper_names())
+    if p["paper_tokens"] < 2:
+        raise ValueError(f"paper_tokens={p['paper_tokens']!r} must be >= 2")
+    bad = [c for c in p["kept_counts"]
+           if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c < p["paper_tokens"]]
+    if bad or not p["kept_counts"]:
+        raise ValueError(f"kept_counts={p['kept_counts']!r}: token counts of the paper's {p['paper_tokens']}, each in "
+                         f"1..{p['paper_tokens'] - 1}")
+    check_choice("reference", p["reference"], p["methods"])
+
+
 # Checks of each notebook's own parameters, run after the common ones.
 CHECKS = {"01_positional_bias": _check_positional, "02_where_pruning_hurts": _check_where,
           "03_attention_dispersion": _check_dispersion, "04_benchmark_leakage": _check_leakage,
-          "05_criteria": _check_criteria, "06_methods": _check_budgets, "07_efficiency": _check_budgets}
+          "05_criteria": _check_criteria, "06_methods": _check_methods, "07_efficiency": _check_budgets}
 
 CHOICES = {"device_prefix": ("cpu", "cuda", "mps"), "dtype": ("float32", "float16", "bfloat16"),
            "attn_implementation": ("sdpa", "eager", "flash_attention_2")}
