@@ -8,6 +8,8 @@ runs, the datasets a profile names are checked against the local copies; its ``m
 ``runs/notebooks/<profile>/``; figures and tables go where the notebooks write them. A failing
 notebook stops the batch with its name and the cell's error. ``skip_up_to_date`` skips a notebook
 whose executed copy exists and whose inputs (notebook, parameters, library source) are unchanged.
+Under torchrun every rank runs the batch and the notebooks' evaluation grids are split over the ranks
+(``launched``).
 """
 from __future__ import annotations
 
@@ -18,17 +20,14 @@ from pathlib import Path
 
 import yaml
 
-from ..validation import check_choice
+from ..validation import check_choice, check_number
 from .availability import POLICIES, without_missing
+from .launched import NotebookFailed, placed
 from .parameters import NOTEBOOKS, REPO
 
 NOTEBOOK_DIR = REPO / "notebooks"
 PROFILE_DIR = NOTEBOOK_DIR / "profiles"
 DEFAULT_PROFILE = "default"
-
-
-class NotebookFailed(RuntimeError):
-    """A notebook of the batch raised; the message names it and the failing cell's error."""
 
 
 def profiles() -> list[str]:
@@ -116,19 +115,26 @@ def outputs_exist(root: Path, name: str) -> bool:
                for folder in (root / "figures" / name, root / "data" / "results" / name))
 
 
+def _up_to_date(run_dir: Path, root: Path, name: str, stamp: str) -> bool:
+    target, stamp_file = run_dir / f"{name}.ipynb", run_dir / f"{name}.stamp"
+    return (target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp
+            and outputs_exist(root, name))
+
+
 def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = None, run_dir: str | Path | None = None,
               root: str | Path | None = None, skip_up_to_date: bool = False, progress: bool = True,
-              threads: int = 1, update_committed: bool = False) -> list[Path]:
+              threads: int = 1, update_committed: bool = False, dist_timeout: float = 600.0) -> list[Path]:
     """Execute the notebooks in order; returns the executed copies. ``root`` is where figures/ and
     data/results/ are written (the notebooks' own ``root`` parameter; see ``output_root``). ``threads``:
     CPU threads of each notebook's kernel (OMP_NUM_THREADS; 0 keeps torch's default). One thread is the
-    default: several threads on a small shared machine were measured 20x slower than one."""
+    default: several threads on a small shared machine were measured 20x slower than one. Under torchrun
+    (``launched``), ``dist_timeout``: seconds to wait for the rendezvous and for every rank to see ``root``."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ValueError(f"threads={threads!r}: must be an integer >= 0 (0 = torch's default)")
+    if check_number("dist_timeout", dist_timeout) <= 0:
+        raise ValueError(f"dist_timeout={dist_timeout!r}: must be a number of seconds > 0")
     root = output_root(profile, root, update_committed)
     settings, lines = resolve_profile(profile, only)
-    for line in lines:
-        print(line)
     names = list(settings)
     run_dir = Path(run_dir or REPO / "runs" / "notebooks" / Path(str(profile)).stem)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -137,23 +143,35 @@ def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = No
         os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the kernels papermill starts
     executed = []
     try:
-        for i, name in enumerate(names, 1):
-            source, target = NOTEBOOK_DIR / f"{name}.ipynb", run_dir / f"{name}.ipynb"
-            parameters = {**settings[name], "root": str(root), "threads": threads}
-            stamp_file, stamp = run_dir / f"{name}.stamp", _stamp(source, parameters)
-            executed.append(target)
-            if (skip_up_to_date and target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp
-                    and outputs_exist(root, name)):
-                print(f"[{i}/{len(names)}] {name}: up to date, skipped")
-                continue
-            print(f"[{i}/{len(names)}] {name}")
-            stamp_file.unlink(missing_ok=True)
-            _execute(name, source, target, parameters, progress)
-            stamp_file.write_text(stamp)
+        with placed(root, run_dir, dist_timeout) as place:
+            for line in lines:
+                place.say(line)
+            stamps = {name: _stamp(NOTEBOOK_DIR / f"{name}.ipynb", {**settings[name], "root": str(root),
+                                                                      "threads": threads}) for name in names}
+            fresh = place.agree([skip_up_to_date and _up_to_date(run_dir, root, n, stamps[n]) for n in names])
+            place.run_dir.mkdir(parents=True, exist_ok=True)
+            for i, (name, skip) in enumerate(zip(names, fresh), 1):
+                place.check()
+                source, target = NOTEBOOK_DIR / f"{name}.ipynb", place.run_dir / f"{name}.ipynb"
+                parameters = {**settings[name], "root": str(place.root), "threads": threads}
+                stamp_file = run_dir / f"{name}.stamp"
+                executed.append(target)
+                place.say(f"[{i}/{len(names)}] {name}" + (": up to date, skipped" if skip else ""))
+                if skip:
+                    continue
+                if place.lead:
+                    stamp_file.unlink(missing_ok=True)
+                try:
+                    _execute(name, source, target, parameters, progress and place.lead)
+                except NotebookFailed as err:
+                    raise place.failed(err) from None
+                if place.lead:
+                    stamp_file.write_text(stamps[name])
+            place.say(f"executed notebooks: {run_dir}\nfigures: {root / 'figures'}\n"
+                      f"tables: {root / 'data' / 'results'}")
     finally:
         if previous is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = previous
-    print(f"executed notebooks: {run_dir}\nfigures: {root / 'figures'}\ntables: {root / 'data' / 'results'}")
     return executed
