@@ -147,9 +147,10 @@ def test_a_second_run_into_one_folder_is_told_it_shares_the_batches(model, tmp_p
 
 
 def _batch_profile(tmp_path: Path) -> Path:
-    """The ci profile's notebook 2 under a name of this test's own (its executed copies: runs/notebooks/<name>)."""
+    """A smaller ci profile under a name of this test's own (its executed copies: runs/notebooks/<name>)."""
     profile = tmp_path / f"launch-{tmp_path.name}.yaml"
-    profile.write_text((ROOT / "notebooks" / "profiles" / "ci.yaml").read_text())
+    profile.write_text("common: {model: data/embedded-model, device: cpu, dataset: synthetic, per_task: 2, "
+                       "batch_size: 7}\nnotebooks:\n  02_where_pruning_hurts: {paper_layers: [3], ratios: [0.5]}\n")
     return profile
 
 
@@ -178,8 +179,9 @@ def test_reproduce_under_torchrun_splits_the_arms_and_writes_the_tables_of_one_p
     for table in tables:
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "two" / table.relative_to(tmp_path / "one")),
                                       pd.read_parquet(table))
-    assert {f.relative_to(tmp_path / "one") for f in (tmp_path / "one" / "figures").rglob("*")} == \
-        {f.relative_to(tmp_path / "two") for f in (tmp_path / "two" / "figures").rglob("*")}
+    figures = {side: {f.relative_to(tmp_path / side): f.read_bytes()
+                      for f in (tmp_path / side / "figures").rglob("*.p*")} for side in ("one", "two")}
+    assert figures["one"] == figures["two"] and len(figures["one"]) == 6
     rows = pd.read_parquet(tmp_path / "two" / "runs" / "02_where_pruning_hurts" / "results.parquet")
     assert set(rows["rank"]) == {0, 1} and set(rows.world_size) == {2}, "both ranks computed batches"
     _same_rows(rows, pd.read_parquet(tmp_path / "one" / "runs" / "02_where_pruning_hurts" / "results.parquet"))
@@ -190,14 +192,15 @@ def test_reproduce_under_torchrun_splits_the_arms_and_writes_the_tables_of_one_p
 
 
 def test_a_rank_whose_notebook_fails_stops_every_rank_with_its_message(profile, tmp_path):
-    broken = tmp_path / "broken.yaml"  # rank 1 alone gets a model that does not exist
-    broken.write_text(profile.read_text().replace("model: data/embedded-model", "model: data/no-such-model"))
+    broken = tmp_path / "broken" / profile.name  # rank 1 alone gets a bad ratio: its parameters cell fails
+    broken.parent.mkdir()
+    broken.write_text(profile.read_text().replace("ratios: [0.5]", "ratios: [1.5]"))
     port, root = _free_port(), tmp_path / "out"
     start = time.monotonic()
     runs = [_rank(rank, port, _reproduce_args(p, root), ROOT) for rank, p in enumerate([profile, broken])]
     results = [run.communicate(timeout=240) for run in runs]
     assert [run.returncode for run in runs] == [2, 2], [err[-2000:] for _, err in results]
     failed = f"rank 1 on {socket.gethostname()}: notebook 02_where_pruning_hurts failed in cell"
-    assert failed in results[1][1] and "data/no-such-model" in results[1][1], results[1][1][-2000:]
+    assert failed in results[1][1] and "ratios" in results[1][1], results[1][1][-2000:]
     assert f"error: rank 0 stopped: {failed}" in results[0][1], results[0][1][-2000:]
     assert time.monotonic() - start < 200

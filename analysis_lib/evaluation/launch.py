@@ -132,8 +132,8 @@ def check_shared(launch: Launch, out: Path, timeout: float, name: str = "out") -
     blind = [f"{rank} ({host})" for rank, (ok, host) in enumerate(seen) if not ok]
     if blind:
         raise ValueError(f"{name}={str(out)!r} is not shared by all nodes: rank(s) {', '.join(blind)} did not see "
-                         f"the file rank 0 wrote there within {wait:g} s (half dist_timeout); give --{name} a folder every "
-                         "node mounts (e.g. NFS) at the same path")
+                         f"the file rank 0 wrote there within {wait:g} s (half dist_timeout); give --{name} a folder "
+                         "every node mounts (e.g. NFS) at the same path")
 
 
 def failure(control: Path) -> str | None:
