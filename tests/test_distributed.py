@@ -203,4 +203,5 @@ def test_a_rank_whose_notebook_fails_stops_every_rank_with_its_message(profile, 
     failed = f"rank 1 on {socket.gethostname()}: notebook 02_where_pruning_hurts failed in cell"
     assert failed in results[1][1] and "ratios" in results[1][1], results[1][1][-2000:]
     assert f"error: rank 0 stopped: {failed}" in results[0][1], results[0][1][-2000:]
+    assert len(list(root.glob("data/results/*/*.parquet"))) < 6, "rank 0 stopped mid-notebook, at its next batch"
     assert time.monotonic() - start < 200

@@ -137,7 +137,7 @@ def check_shared(launch: Launch, out: Path, timeout: float, name: str = "out") -
 
 
 def failure(control: Path) -> str | None:
-    """The message of the first rank that failed in a launched notebook batch (its file under ``control``)."""
+    """The message of a rank that failed in a launched notebook batch (the lowest; its file under ``control``)."""
     found = sorted(control.glob("failed-rank-*.txt"))
     return found[0].read_text(encoding="utf-8") if found else None
 
