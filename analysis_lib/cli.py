@@ -107,13 +107,10 @@ def eval_command(args: argparse.Namespace) -> None:
 
 def reproduce_command(args: argparse.Namespace) -> None:
     from .notebooks.batch import NotebookFailed, run_batch
-    if os.environ.get("WORLD_SIZE", "1") != "1":
-        raise ValueError(f"reproduce runs in one process (WORLD_SIZE={os.environ['WORLD_SIZE']}): its notebooks would "
-                         "run once per rank; run it without torchrun (torchrun scales out `eval` grids: README, "
-                         "'Scaling out')")
     try:
         run_batch(args.profile, only=args.only, root=args.root, skip_up_to_date=args.skip_up_to_date,
-                  threads=args.threads, update_committed=args.update_committed, jobs=args.jobs)
+                  threads=args.threads, update_committed=args.update_committed, jobs=args.jobs,
+                  dist_timeout=args.dist_timeout)
     except NotebookFailed as err:
         raise ValueError(str(err)) from None
 
@@ -172,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                    "repository for the default profile, runs/reproduce/<profile>/ for the others)")
     p.add_argument("--update-committed", action="store_true",
                    help="let a non-default profile write the repository's committed figures/ and data/results/")
+    p.add_argument("--dist-timeout", type=float, default=600.0, help="under torchrun: seconds to wait for the "
+                   "rendezvous and for every node to see --root (default 600)")
     p.set_defaults(fn=reproduce_command)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """The eval CLI under torchrun (gloo, CPU processes): the same rows as one process, split over the ranks,
 resumable, and one clear error for each bad launch."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -146,8 +147,62 @@ def test_a_second_run_into_one_folder_is_told_it_shares_the_batches(model, tmp_p
     assert not list((tmp_path / "running").iterdir())
 
 
-def test_reproduce_under_torchrun_is_refused_before_any_notebook_runs(monkeypatch, capsys):
-    from analysis_lib.cli import main
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["reproduce", "--profile", "ci"]) == 2
-    assert "reproduce runs in one process (WORLD_SIZE=2)" in capsys.readouterr().err
+def _batch_profile(tmp_path: Path) -> Path:
+    """A smaller ci profile under a name of this test's own (its executed copies: runs/notebooks/<name>)."""
+    profile = tmp_path / f"launch-{tmp_path.name}.yaml"
+    profile.write_text("common: {model: data/embedded-model, device: cpu, dataset: synthetic, per_task: 2, "
+                       "batch_size: 7}\nnotebooks:\n  02_where_pruning_hurts: {paper_layers: [3], ratios: [0.5]}\n")
+    return profile
+
+
+def _reproduce_args(profile: Path, root: Path) -> list[str]:
+    return ["-m", "analysis_lib", "reproduce", "--profile", str(profile), "--only", "02_where_pruning_hurts",
+            "--root", str(root), "--dist-timeout", "60"]
+
+
+@pytest.fixture
+def profile(tmp_path):
+    profile = _batch_profile(tmp_path)
+    yield profile
+    shutil.rmtree(ROOT / "runs" / "notebooks" / profile.stem, ignore_errors=True)
+
+
+def test_reproduce_under_torchrun_splits_the_arms_and_writes_the_tables_of_one_process(profile, tmp_path):
+    from analysis_lib.notebooks.batch import run_batch
+    run = _torchrun(2, _reproduce_args(profile, tmp_path / "two"))
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr[-3000:]
+    assert stdout.count("[1/1] 02_where_pruning_hurts") == 1, "rank 0 alone prints the progress"
+    run_batch(profile, only=["02_where_pruning_hurts"], run_dir=tmp_path / "run", root=tmp_path / "one",
+              progress=False)
+    tables = sorted((tmp_path / "one" / "data" / "results" / "02_where_pruning_hurts").glob("*.parquet"))
+    assert len(tables) == 6
+    for table in tables:
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "two" / table.relative_to(tmp_path / "one")),
+                                      pd.read_parquet(table))
+    figures = {side: {f.relative_to(tmp_path / side): f.read_bytes()
+                      for f in (tmp_path / side / "figures").rglob("*.p*")} for side in ("one", "two")}
+    assert figures["one"] == figures["two"] and len(figures["one"]) == 6
+    rows = pd.read_parquet(tmp_path / "two" / "runs" / "02_where_pruning_hurts" / "results.parquet")
+    assert set(rows["rank"]) == {0, 1} and set(rows.world_size) == {2}, "both ranks computed batches"
+    _same_rows(rows, pd.read_parquet(tmp_path / "one" / "runs" / "02_where_pruning_hurts" / "results.parquet"))
+    executed = ROOT / "runs" / "notebooks" / profile.stem
+    assert (executed / "02_where_pruning_hurts.ipynb").exists() and (executed / "rank-1").is_dir()
+    assert [p.name for p in (tmp_path / "two" / "runs").iterdir()] == ["02_where_pruning_hurts"], \
+        "the batch's control folder is removed"
+
+
+def test_a_rank_whose_notebook_fails_stops_every_rank_with_its_message(profile, tmp_path):
+    broken = tmp_path / "broken" / profile.name  # rank 1 alone gets a bad ratio: its parameters cell fails
+    broken.parent.mkdir()
+    broken.write_text(profile.read_text().replace("ratios: [0.5]", "ratios: [1.5]"))
+    port, root = _free_port(), tmp_path / "out"
+    start = time.monotonic()
+    runs = [_rank(rank, port, _reproduce_args(p, root), ROOT) for rank, p in enumerate([profile, broken])]
+    results = [run.communicate(timeout=240) for run in runs]
+    assert [run.returncode for run in runs] == [2, 2], [err[-2000:] for _, err in results]
+    failed = f"rank 1 on {socket.gethostname()}: notebook 02_where_pruning_hurts failed in cell"
+    assert failed in results[1][1] and "ratios" in results[1][1], results[1][1][-2000:]
+    assert f"error: rank 0 stopped: {failed}" in results[0][1], results[0][1][-2000:]
+    assert len(list(root.glob("data/results/*/*.parquet"))) < 6, "rank 0 stopped mid-notebook, at its next batch"
+    assert time.monotonic() - start < 200

@@ -4,6 +4,10 @@
 The ranks share the grid's batches through the claims of ``parts.py``; torch.distributed (gloo on CPU,
 NCCL on GPUs) is used only to start together, to check that every node sees the same ``--out`` and to
 wait for the results table, so a rank that finishes early helps the others instead of idling.
+
+Inside a launched notebook batch (``python -m analysis_lib reproduce`` under torchrun) the batch process
+of each rank holds the process group and names its control folder in ``BATCH_ENV`` for the notebooks'
+kernels: their runs share batches through the claims alone, and stop waiting once a rank has failed.
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ import torch.distributed as dist
 
 from .parts import HOST
 
+#: set by a launched notebook batch for its kernels: the batch's control folder (``failure`` files)
+BATCH_ENV = "ANALYSIS_LIB_BATCH"
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -30,6 +37,7 @@ class Launch:
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
+    batch: Path | None = None  # a launched notebook batch holds the process group (``BATCH_ENV``)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Launch:
@@ -43,7 +51,8 @@ class Launch:
         if values["WORLD_SIZE"] < 1 or values["RANK"] >= values["WORLD_SIZE"]:
             raise ValueError(f"environment variables RANK={values['RANK']} and WORLD_SIZE={values['WORLD_SIZE']}: "
                              "need 0 <= RANK < WORLD_SIZE")
-        return cls(*values.values())
+        batch = env.get(BATCH_ENV)
+        return cls(*values.values(), Path(batch) if batch and values["WORLD_SIZE"] > 1 else None)
 
     @property
     def distributed(self) -> bool:
@@ -63,7 +72,9 @@ class Launch:
         return [part for group in mine + theirs for part in group]
 
     def check_batches(self, batches: int) -> None:
-        if batches < self.world_size:
+        """More ranks than batches would leave ranks idle: refused, except in a notebook batch, whose
+        small grids are one step of a longer run."""
+        if batches < self.world_size and self.batch is None:
             raise ValueError(f"WORLD_SIZE={self.world_size} processes but the grid has only {batches} batch(es): "
                              f"launch at most {batches} (torchrun --nproc_per_node × --nnodes) or lower --batch-size")
 
@@ -71,8 +82,9 @@ class Launch:
 @contextmanager
 def joined(launch: Launch, device: str, timeout: float) -> Iterator[None]:
     """The process group around a distributed run: joined on entry, left on exit (after a barrier, so
-    no rank returns before rank 0 has written the results table, when the run succeeded)."""
-    if not launch.distributed:
+    no rank returns before rank 0 has written the results table, when the run succeeded). Inside a
+    launched notebook batch the batch process holds the group: nothing to join."""
+    if not launch.distributed or launch.batch is not None:
         yield
         return
     _start(launch, device, timeout)
@@ -100,10 +112,11 @@ def _start(launch: Launch, device: str, timeout: float) -> None:
                          "and --rdzv-endpoint, and check that the port is open") from None
 
 
-def check_shared(launch: Launch, out: Path, timeout: float) -> None:
-    """Every rank must see a file rank 0 writes under ``out``: a folder local to each node would lose the
-    other nodes' batches. One error on every rank names the ranks that did not see it."""
-    if not launch.distributed:
+def check_shared(launch: Launch, out: Path, timeout: float, name: str = "out") -> None:
+    """Every rank must see a file rank 0 writes under ``out`` (the parameter ``name``): a folder local to
+    each node would lose the other nodes' batches. One error on every rank names the ranks that did not
+    see it. Inside a launched notebook batch the batch process checked its root already."""
+    if not launch.distributed or launch.batch is not None:
         return
     token = [secrets.token_hex(8) if launch.rank == 0 else None]
     dist.broadcast_object_list(token, src=0)
@@ -120,6 +133,19 @@ def check_shared(launch: Launch, out: Path, timeout: float) -> None:
         marker.unlink()
     blind = [f"{rank} ({host})" for rank, (ok, host) in enumerate(seen) if not ok]
     if blind:
-        raise ValueError(f"out={str(out)!r} is not shared by all nodes: rank(s) {', '.join(blind)} did not see the "
-                         f"file rank 0 wrote there within {wait:g} s (half dist_timeout); give --out a folder every node mounts "
-                         "(e.g. NFS) at the same path")
+        raise ValueError(f"{name}={str(out)!r} is not shared by all nodes: rank(s) {', '.join(blind)} did not see "
+                         f"the file rank 0 wrote there within {wait:g} s (half dist_timeout); give --{name} a folder "
+                         "every node mounts (e.g. NFS) at the same path")
+
+
+def failure(control: Path) -> str | None:
+    """The message of a rank that failed in a launched notebook batch (the lowest; its file under ``control``)."""
+    found = sorted(control.glob("failed-rank-*.txt"))
+    return found[0].read_text(encoding="utf-8") if found else None
+
+
+def stop_if_failed(launch: Launch) -> None:
+    """Raise once another rank of this launched notebook batch has failed: its batches will never come."""
+    message = failure(launch.batch) if launch.batch is not None else None
+    if message is not None:
+        raise RuntimeError(f"rank {launch.rank} stopped: {message}")

@@ -214,9 +214,11 @@ def read_part(part: Path) -> pd.DataFrame | None:
         return None
 
 
-def gather(parts: Iterable[Path], compute: Callable[[Path], pd.DataFrame], poll: float = 0.5) -> list[pd.DataFrame]:
+def gather(parts: Iterable[Path], compute: Callable[[Path], pd.DataFrame], poll: float = 0.5,
+           stop: Callable[[], None] = lambda: None) -> list[pd.DataFrame]:
     """The rows of every part in order: read when finished, computed when claimed by this process, and
-    waited for while another live process computes them (taken over if it dies)."""
+    waited for while another live process computes them (taken over if it dies). ``stop`` is called
+    before computing a part and while waiting; it raises when the run must end (another rank failed)."""
     parts = list(parts)
     frames: dict[Path, pd.DataFrame] = {}
     pending = parts
@@ -228,6 +230,7 @@ def gather(parts: Iterable[Path], compute: Callable[[Path], pd.DataFrame], poll:
                 try:
                     frame = read_part(part)  # finished between the read and the claim
                     if frame is None:
+                        stop()
                         frame = compute(part)
                         write_atomic(frame, part)
                 finally:
@@ -237,6 +240,7 @@ def gather(parts: Iterable[Path], compute: Callable[[Path], pd.DataFrame], poll:
             else:
                 frames[part] = frame
         if waiting:
+            stop()
             time.sleep(poll)
         pending = waiting
     return [frames[p] for p in parts]

@@ -42,7 +42,7 @@ from ..pruning import PruneRecord, PruningEngine, get_method
 from ..pruning.schedule import Schedule
 from ..validation import check_choice, check_device, check_int, check_number, check_output_folder
 from .datasets import EvalSample, load_dataset
-from .launch import Launch, check_shared, joined
+from .launch import Launch, check_shared, joined, stop_if_failed
 from .parts import code_digest, digest, gather, registered, sample_digest, stable_form, write_atomic
 from .prompts import PromptStyle, check_templates, style_for
 from .relevance import image_frame, relevant_kept
@@ -414,7 +414,7 @@ def _run(launch: Launch, models: list[EvalModel], settings: list[MethodSetting],
         for em in models:
             reuse[id(em)] = em.adapter.reuse_image_features()
             stack.callback(reuse[id(em)].close)
-        finished = dict(zip(order, gather(order, compute)))
+        finished = dict(zip(order, gather(order, compute, stop=partial(stop_if_failed, launch))))
     bar.close()
     results = pd.concat([finished[part] for part in jobs], ignore_index=True)
     if launch.rank == 0:

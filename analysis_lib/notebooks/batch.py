@@ -8,6 +8,8 @@ runs, the datasets a profile names are checked against the local copies; its ``m
 ``runs/notebooks/<profile>/``; figures and tables go where the notebooks write them. A failing
 notebook stops the batch with its name and the cell's error. ``skip_up_to_date`` skips a notebook
 whose executed copy exists and whose inputs (notebook, parameters, library source) are unchanged.
+Under torchrun every rank runs the batch and the notebooks' evaluation grids are split over the ranks
+(``launched``).
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from ..validation import check_choice, check_int
+from ..validation import check_choice, check_int, check_number
 from .availability import POLICIES, without_missing
+from .launched import NotebookFailed, placed
 from .parameters import NOTEBOOKS, REPO
 
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -30,10 +33,6 @@ PROFILE_DIR = NOTEBOOK_DIR / "profiles"
 DEFAULT_PROFILE = "default"
 #: notebooks that measure wall-clock time: the batch runs them with no other notebook beside them
 ALONE = frozenset({"07_efficiency"})
-
-
-class NotebookFailed(RuntimeError):
-    """A notebook of the batch raised; the message names it and the failing cell's error."""
 
 
 def profiles() -> list[str]:
@@ -121,47 +120,71 @@ def outputs_exist(root: Path, name: str) -> bool:
                for folder in (root / "figures" / name, root / "data" / "results" / name))
 
 
+def _up_to_date(run_dir: Path, root: Path, name: str, stamp: str) -> bool:
+    target, stamp_file = run_dir / f"{name}.ipynb", run_dir / f"{name}.stamp"
+    return (target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp
+            and outputs_exist(root, name))
+
+
 def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = None, run_dir: str | Path | None = None,
               root: str | Path | None = None, skip_up_to_date: bool = False, progress: bool = True,
-              threads: int = 1, update_committed: bool = False, jobs: int = 1) -> list[Path]:
+              threads: int = 1, update_committed: bool = False, jobs: int = 1,
+              dist_timeout: float = 600.0) -> list[Path]:
     """Execute the notebooks; returns the executed copies. ``root`` is where figures/ and data/results/ are
     written (the notebooks' own ``root`` parameter; see ``output_root``). ``threads``: CPU threads of each
     notebook's kernel (OMP_NUM_THREADS; 0 keeps torch's default). One thread is the default: several
     threads on a small shared machine were measured 20x slower than one. ``jobs``: notebooks run at once,
     each in its own kernel (on a CPU, one per core with one thread each); a notebook that measures time
-    (``ALONE``) runs with no other beside it. The first failure stops the batch once the running ones end."""
+    (``ALONE``) runs with no other beside it. The first failure stops the batch once the running ones end.
+    Under torchrun (``launched``) the ranks share each notebook's grid, one notebook at a time;
+    ``dist_timeout``: seconds to wait for the rendezvous and for every rank to see ``root``."""
     check_int("threads", threads, minimum=0)
     check_int("jobs", jobs, minimum=1)
+    if check_number("dist_timeout", dist_timeout) <= 0:
+        raise ValueError(f"dist_timeout={dist_timeout!r}: must be a number of seconds > 0")
     root = output_root(profile, root, update_committed)
     settings, lines = resolve_profile(profile, only)
-    for line in lines:
-        print(line)
+    names = list(settings)
     run_dir = Path(run_dir or REPO / "runs" / "notebooks" / Path(str(profile)).stem)
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = os.environ.get("OMP_NUM_THREADS")
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the kernels papermill starts
-    todo = []
-    for name in settings:
-        source, target = NOTEBOOK_DIR / f"{name}.ipynb", run_dir / f"{name}.ipynb"
-        parameters = {**settings[name], "root": str(root), "threads": threads}
-        stamp_file, stamp = run_dir / f"{name}.stamp", _stamp(source, parameters)
-        if (skip_up_to_date and target.exists() and stamp_file.exists() and stamp_file.read_text() == stamp
-                and outputs_exist(root, name)):
-            print(f"{name}: up to date, skipped")
-            continue
-        stamp_file.unlink(missing_ok=True)
-        todo.append((name, source, target, parameters, stamp_file, stamp))
     try:
-        for phase in _phases(todo):
-            _run_phase(phase, jobs, progress and jobs == 1)
+        with placed(root, run_dir, dist_timeout) as place:
+            for line in lines:
+                place.say(line)
+            if jobs > 1 and place.launch.distributed:
+                place.say(f"jobs={jobs}: under a launch the ranks share each notebook's grid; one notebook at a time")
+                jobs = 1
+            stamps = {name: _stamp(NOTEBOOK_DIR / f"{name}.ipynb", {**settings[name], "root": str(root),
+                                                                      "threads": threads}) for name in names}
+            fresh = place.agree([skip_up_to_date and _up_to_date(run_dir, root, n, stamps[n]) for n in names])
+            place.run_dir.mkdir(parents=True, exist_ok=True)
+            todo = []
+            for name, skip in zip(names, fresh):
+                if skip:
+                    place.say(f"{name}: up to date, skipped")
+                    continue
+                stamp_file = run_dir / f"{name}.stamp" if place.lead else None  # rank 0 keeps the stamps
+                if stamp_file is not None:
+                    stamp_file.unlink(missing_ok=True)
+                todo.append((name, NOTEBOOK_DIR / f"{name}.ipynb", place.run_dir / f"{name}.ipynb",
+                             {**settings[name], "root": str(place.root), "threads": threads}, stamp_file, stamps[name]))
+            for phase in _phases(todo) if jobs > 1 else [[job] for job in todo]:
+                place.check()
+                try:
+                    _run_phase(phase, jobs, progress and place.lead and jobs == 1, place.say)
+                except NotebookFailed as err:
+                    raise place.failed(err) from None
+            place.say(f"executed notebooks: {run_dir}\nfigures: {root / 'figures'}\n"
+                      f"tables: {root / 'data' / 'results'}")
+            return [place.run_dir / f"{name}.ipynb" for name in names]
     finally:
         if previous is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = previous
-    print(f"executed notebooks: {run_dir}\nfigures: {root / 'figures'}\ntables: {root / 'data' / 'results'}")
-    return [run_dir / f"{name}.ipynb" for name in settings]
 
 
 def _phases(todo: list[tuple]) -> list[list[tuple]]:
@@ -176,30 +199,31 @@ def _phases(todo: list[tuple]) -> list[list[tuple]]:
 
 
 def _run_one(job: tuple, progress: bool) -> float:
-    """Execute one notebook; its stamp is written only when it succeeded. Returns its seconds."""
+    """Execute one notebook; its stamp (if it keeps one) is written only when it succeeded. Returns its seconds."""
     name, source, target, parameters, stamp_file, stamp = job
     start = time.monotonic()
     _execute(name, source, target, parameters, progress)
-    stamp_file.write_text(stamp)
+    if stamp_file is not None:
+        stamp_file.write_text(stamp)
     return time.monotonic() - start
 
 
-def _run_phase(phase: list[tuple], jobs: int, progress: bool) -> None:
+def _run_phase(phase: list[tuple], jobs: int, progress: bool, say=print) -> None:
     """The phase's notebooks, ``jobs`` at a time, each in a separate process (papermill's kernel clients
     are not thread-safe); the first failure is raised once the notebooks already running have ended."""
     if jobs == 1 or len(phase) == 1:
         for job in phase:
-            print(f"{job[0]} ...", flush=True)
-            print(f"{job[0]}: done in {_run_one(job, progress):.0f} s", flush=True)
+            say(f"{job[0]} ...")
+            say(f"{job[0]}: done in {_run_one(job, progress):.0f} s")
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {pool.submit(_run_one, job, False): job[0] for job in phase}
-        print(f"running {', '.join(futures.values())}, {jobs} at a time", flush=True)
+        say(f"running {', '.join(futures.values())}, {jobs} at a time")
         failure = None
         for future in as_completed(futures):
             try:
-                print(f"{futures[future]}: done in {future.result():.0f} s", flush=True)
+                say(f"{futures[future]}: done in {future.result():.0f} s")
             except NotebookFailed as err:
                 failure = failure or err
                 for other in futures:

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from ..evaluation.datasets import EvalSample, load_dataset
+from ..evaluation.launch import Launch
 from ..evaluation.runner import EvalModel, load_eval_model
 from ..figures import paper_style, save_figure, save_table
 
@@ -65,6 +66,7 @@ def open_session(params: SimpleNamespace) -> Session:
     options = {"per_task": params.per_task} if params.dataset.split(":")[0] == "synthetic" else {}
     samples = load_dataset(params.dataset, split=params.split if params.dataset == "synthetic" else None,
                            limit=params.limit or None, seed=params.seed, **options)
-    model = load_eval_model(params.model, params.device, params.dtype, params.attn_implementation)
+    device = Launch.from_env().device(params.device)  # a launched batch's rank: its own GPU
+    model = load_eval_model(params.model, device, params.dtype, params.attn_implementation)
     paper_style()
     return Session(params, model, samples)
