@@ -103,11 +103,14 @@ def test_ci_batch_runs_every_notebook_and_writes_reproducible_figures(ci_batch):
 
 
 def test_a_timing_notebook_runs_alone_and_the_others_side_by_side():
-    from analysis_lib.notebooks.batch import ALONE, _phases
+    from analysis_lib.notebooks.batch import ALONE, LONGEST_FIRST, _phases
     jobs = [(name,) for name in NOTEBOOKS]
-    phases = [[job[0] for job in phase] for phase in _phases(jobs)]
-    assert [name for phase in phases for name in phase] == list(NOTEBOOKS)
+    phases = [[job[0] for job in phase] for phase in _phases(jobs, {})]
+    assert sorted(name for phase in phases for name in phase) == sorted(NOTEBOOKS)
     assert all(len(phase) == 1 for phase in phases if set(phase) & ALONE) and len(phases) < len(NOTEBOOKS)
+    assert phases[0][:2] == list(LONGEST_FIRST[:2])  # the longest start first
+    last = {"01_positional_bias": 300.0, "06_methods": 10.0}
+    assert _phases(jobs, last)[0][0] == ("01_positional_bias",)  # a batch's own durations decide
     with pytest.raises(ValueError, match="jobs=0: must be an integer >= 1"):
         run_batch("ci", jobs=0)
 

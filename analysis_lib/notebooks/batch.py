@@ -33,6 +33,10 @@ PROFILE_DIR = NOTEBOOK_DIR / "profiles"
 DEFAULT_PROFILE = "default"
 #: notebooks that measure wall-clock time: the batch runs them with no other notebook beside them
 ALONE = frozenset({"07_efficiency"})
+#: side by side, the longest start first; measured on the default profile (a batch that has run once
+#: orders by its own last durations instead)
+LONGEST_FIRST = ("06_methods", "02_where_pruning_hurts", "03_attention_dispersion", "01_positional_bias",
+                 "05_criteria", "04_benchmark_leakage")
 
 
 def profiles() -> list[str]:
@@ -171,12 +175,15 @@ def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = No
                     stamp_file.unlink(missing_ok=True)
                 todo.append((name, NOTEBOOK_DIR / f"{name}.ipynb", place.run_dir / f"{name}.ipynb",
                              {**settings[name], "root": str(place.root), "threads": threads}, stamp_file, stamps[name]))
-            for phase in _phases(todo) if jobs > 1 else [[job] for job in todo]:
+            durations = _Durations(run_dir / "durations.json")
+            for phase in _phases(todo, durations.seconds()) if jobs > 1 else [[job] for job in todo]:
                 place.check()
                 try:
-                    _run_phase(phase, jobs, progress and place.lead and jobs == 1, place.say)
+                    taken = _run_phase(phase, jobs, progress and place.lead and jobs == 1, place.say)
                 except NotebookFailed as err:
                     raise place.failed(err) from None
+                if place.lead:
+                    durations.update(taken)
             place.say(f"executed notebooks: {run_dir}\nfigures: {root / 'figures'}\n"
                       f"tables: {root / 'data' / 'results'}")
             return [place.run_dir / f"{name}.ipynb" for name in names]
@@ -187,15 +194,34 @@ def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = No
             os.environ["OMP_NUM_THREADS"] = previous
 
 
-def _phases(todo: list[tuple]) -> list[list[tuple]]:
-    """Consecutive notebooks that may run side by side; each ``ALONE`` notebook is a phase of its own."""
+def _phases(todo: list[tuple], seconds: dict[str, float]) -> list[list[tuple]]:
+    """Consecutive notebooks that may run side by side, the longest first (``seconds``: their last durations,
+    else ``LONGEST_FIRST``), so that the last to start are short; each ``ALONE`` notebook is a phase of its own."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     phases: list[list[tuple]] = []
     for job in todo:
         if job[0] in ALONE or not phases or phases[-1][0][0] in ALONE:
             phases.append([job])
         else:
             phases[-1].append(job)
-    return phases
+    return [sorted(phase, key=lambda job: (-seconds.get(job[0], 0.0), rank.get(job[0], len(rank))))
+            for phase in phases]
+
+
+class _Durations:
+    """Each notebook's last duration in seconds (``run_dir/durations.json``), for ordering the next batch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def seconds(self) -> dict[str, float]:
+        try:
+            return {str(k): float(v) for k, v in json.loads(self.path.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def update(self, taken: dict[str, float]) -> None:
+        self.path.write_text(json.dumps({**self.seconds(), **taken}, indent=1, sort_keys=True))
 
 
 def _run_one(job: tuple, progress: bool) -> float:
@@ -208,14 +234,17 @@ def _run_one(job: tuple, progress: bool) -> float:
     return time.monotonic() - start
 
 
-def _run_phase(phase: list[tuple], jobs: int, progress: bool, say=print) -> None:
+def _run_phase(phase: list[tuple], jobs: int, progress: bool, say=print) -> dict[str, float]:
     """The phase's notebooks, ``jobs`` at a time, each in a separate process (papermill's kernel clients
-    are not thread-safe); the first failure is raised once the notebooks already running have ended."""
+    are not thread-safe); the first failure is raised once the notebooks already running have ended.
+    Returns the seconds each took."""
+    taken: dict[str, float] = {}
     if jobs == 1 or len(phase) == 1:
         for job in phase:
             say(f"{job[0]} ...")
-            say(f"{job[0]}: done in {_run_one(job, progress):.0f} s")
-        return
+            taken[job[0]] = _run_one(job, progress)
+            say(f"{job[0]}: done in {taken[job[0]]:.0f} s")
+        return taken
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {pool.submit(_run_one, job, False): job[0] for job in phase}
@@ -223,10 +252,12 @@ def _run_phase(phase: list[tuple], jobs: int, progress: bool, say=print) -> None
         failure = None
         for future in as_completed(futures):
             try:
-                say(f"{futures[future]}: done in {future.result():.0f} s")
+                taken[futures[future]] = future.result()
+                say(f"{futures[future]}: done in {taken[futures[future]]:.0f} s")
             except NotebookFailed as err:
                 failure = failure or err
                 for other in futures:
                     other.cancel()
         if failure is not None:
             raise failure
+    return taken
