@@ -32,7 +32,7 @@ def _profile(tmp_path, policy: str, notebooks: str):
 
 @pytest.mark.parametrize("name", profiles())
 def test_every_shipped_profile_loads_and_names_only_known_benchmarks(name):
-    settings, policy = read_profile(name)
+    settings, policy, _ = read_profile(name)
     assert policy == "fail"
     for notebook, parameters in settings.items():
         for spec in dataset_specs(notebook, parameters):
@@ -41,7 +41,7 @@ def test_every_shipped_profile_loads_and_names_only_known_benchmarks(name):
 
 @pytest.mark.parametrize("name", GPU_PROFILES)
 def test_the_gpu_profiles_evaluate_the_papers_benchmarks(name):
-    settings, _ = read_profile(name)
+    settings = read_profile(name).settings
     named = {s for notebook, p in settings.items() for s in dataset_specs(notebook, p)}
     assert named == set(BENCHMARKS)
     assert {"refcoco", "refcoco+", "refcocog"} <= set(dataset_specs("02_where_pruning_hurts", settings[
