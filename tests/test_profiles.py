@@ -120,6 +120,9 @@ def test_a_profile_on_a_base_overrides_it_everywhere_and_names_its_hub_cache(tmp
     base.write_text("base: child.yaml\n")
     with pytest.raises(ValueError, match=r"'base' profiles form a cycle \(child.yaml -> base.yaml -> child.yaml\)"):
         read_profile(tmp_path / "child.yaml")
+    base.write_text("base: [child.yaml]\n")
+    with pytest.raises(ValueError, match=r"base=\['child.yaml'\] must be a profile name or YAML path"):
+        read_profile(tmp_path / "base.yaml")
     base.write_text("bases: child.yaml\n")
     with pytest.raises(ValueError, match=r"unknown sections \['bases'\]; allowed: 'base'"):
         read_profile(tmp_path / "child.yaml")

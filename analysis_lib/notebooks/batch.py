@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -95,6 +95,10 @@ def read_profile(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> Prof
         chain = " -> ".join(p.name for p in (*_seen, path.resolve()))
         raise ValueError(f"profile {path}: 'base' profiles form a cycle ({chain})")
     data = _read_yaml(path)
+    for key in ("base", "hub_cache"):
+        if key in data and not (isinstance(data[key], str) and data[key]):
+            raise ValueError(f"profile {path}: {key}={data[key]!r} must be a "
+                             f"{'profile name or YAML path' if key == 'base' else 'folder path'}")
     base = (read_profile(_profile_path(data["base"], path.parent), (*_seen, path.resolve())) if "base" in data
             else Profile({name: {} for name in NOTEBOOKS}, "fail", None))
     per_notebook = data.get("notebooks") or {}
@@ -102,7 +106,7 @@ def read_profile(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> Prof
         check_choice(f"profile {path.name}: notebook", name, NOTEBOOKS)
     policy = check_choice(f"profile {path.name}: missing_datasets", data.get("missing_datasets",
                                                                               base.missing_datasets), POLICIES)
-    hub_cache = REPO / data["hub_cache"] if data.get("hub_cache") else base.hub_cache
+    hub_cache = REPO / Path(data["hub_cache"]).expanduser() if "hub_cache" in data else base.hub_cache
     settings = {name: {**base.settings[name], **(data.get("common") or {}), **(per_notebook.get(name) or {})}
                 for name in NOTEBOOKS}
     return Profile(settings, policy, hub_cache)
@@ -123,7 +127,7 @@ def _environment(**variables: str | None) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _hub_environment(profile: Profile):
+def _hub_environment(profile: Profile) -> AbstractContextManager[None]:
     return _environment(HF_HUB_CACHE=str(profile.hub_cache) if profile.hub_cache else None)
 
 
