@@ -10,7 +10,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOC
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test reproduce benchmark clean lock test-compat check-lmms
+.PHONY: setup test reproduce rehearsal benchmark clean lock test-compat check-lmms
 
 setup: $(STAMP)
 
@@ -31,6 +31,14 @@ test: setup
 JOBS ?= 2
 reproduce: setup
 	$(BIN)/python -m analysis_lib reproduce --jobs $(JOBS)
+
+# The rehearsal (README): a random-weight stand-in with LLaVA-1.5-7B's geometry and tiny copies of every benchmark
+# in its lmms-lab layout, built offline into runs/rehearsal, then every notebook on the rehearsal profile (the
+# llava-1.5-7b profile on CPU): figures and tables under runs/rehearsal/out, executed notebooks in
+# runs/notebooks/rehearsal.
+rehearsal: setup
+	$(BIN)/python -m analysis_lib rehearsal build --out runs/rehearsal
+	$(BIN)/python -m analysis_lib reproduce --profile rehearsal --root runs/rehearsal/out --jobs $(JOBS)
 
 benchmark: setup
 	$(BIN)/python -m analysis_lib.benchmarks.prefill

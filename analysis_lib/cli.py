@@ -1,4 +1,4 @@
-"""Command line: ``python -m analysis_lib {flops,methods,eval,reproduce}``."""
+"""Command line: ``python -m analysis_lib {flops,methods,eval,reproduce,rehearsal}``."""
 from __future__ import annotations
 
 import argparse
@@ -115,6 +115,12 @@ def reproduce_command(args: argparse.Namespace) -> None:
         raise ValueError(str(err)) from None
 
 
+def rehearsal_command(args: argparse.Namespace) -> None:
+    from .rehearsal import build
+    written = build(args.out)
+    print(f"stand-in model: {written['model']}\nbenchmark copies (hub cache): {written['hub']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dist-timeout", type=float, default=600.0, help="under torchrun: seconds to wait for the "
                    "rendezvous and for every node to see --root (default 600)")
     p.set_defaults(fn=reproduce_command)
+    p = sub.add_parser("rehearsal", help="build the rehearsal's stand-in model and benchmark copies (README, "
+                       "'The rehearsal'); then: reproduce --profile rehearsal")
+    p.add_argument("action", choices=("build",))
+    p.add_argument("--out", default="runs/rehearsal", help="folder for model/ and hub/ (default runs/rehearsal, "
+                   "where the rehearsal profile reads them)")
+    p.set_defaults(fn=rehearsal_command)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:

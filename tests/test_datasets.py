@@ -1,5 +1,4 @@
 """Evaluation dataset loaders: every file is written under tmp_path (no network, no downloads)."""
-import io
 import json
 
 import numpy as np
@@ -10,26 +9,14 @@ from PIL import Image
 
 from analysis_lib.evaluation.datasets import (BENCHMARKS, TASKS, EvalSample, load_benchmark, load_dataset, load_jsonl,
                                               load_synthetic)
+from analysis_lib.evaluation.layouts import hub_snapshot, image_column
 from analysis_lib.scenes import generate_split, write_samples
-
-IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
 def pixels(width, height, value):
     """An RGB image array whose pixels encode (value, x, y), so any crop, flip or resize is caught."""
     ys, xs = np.mgrid[0:height, 0:width]
     return np.stack([np.full_like(xs, value), xs * 3, ys * 5], axis=-1).astype(np.uint8)
-
-
-def png(array, mode=None):
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def image_column(arrays):
-    """Image structs as the datasets library stores them; 2-D arrays become greyscale ("L") PNGs."""
-    return pa.array([{"bytes": png(a), "path": None} for a in arrays], type=IMAGE_TYPE)
 
 
 def as_rgb(array):
@@ -68,18 +55,6 @@ def save_to_disk(folder, table, split, dataset_name=None):
         info["dataset_name"] = dataset_name
     (folder / "dataset_info.json").write_text(json.dumps(info))
     return folder
-
-
-def hub_snapshot(cache, repo, files):
-    """A hub-cache repo folder: refs/main -> snapshots/abc, with {relative path: table} parquet files."""
-    root = cache / f"datasets--{repo.replace('/', '--')}"
-    snapshot = root / "snapshots" / "abc"
-    for relative, table in files.items():
-        (snapshot / relative).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, snapshot / relative)
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text("abc")
-    return root, snapshot
 
 
 def rgb(sample):

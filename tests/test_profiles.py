@@ -1,11 +1,14 @@
 """The shipped profiles and the batch's check of their datasets against the local copies (no notebook runs)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from analysis_lib.evaluation.datasets import BENCHMARKS, check_local_copy
 from analysis_lib.notebooks.availability import MissingDatasets, dataset_specs
 from analysis_lib.notebooks.batch import profiles, read_profile, resolve_profile, run_batch
+from analysis_lib.notebooks.parameters import NOTEBOOKS
 
 GPU_PROFILES = ("llava-1.5-7b", "qwen2.5-vl-7b", "qwen3-vl-8b")
 
@@ -32,7 +35,7 @@ def _profile(tmp_path, policy: str, notebooks: str):
 
 @pytest.mark.parametrize("name", profiles())
 def test_every_shipped_profile_loads_and_names_only_known_benchmarks(name):
-    settings, policy = read_profile(name)
+    settings, policy, _ = read_profile(name)
     assert policy == "fail"
     for notebook, parameters in settings.items():
         for spec in dataset_specs(notebook, parameters):
@@ -41,7 +44,7 @@ def test_every_shipped_profile_loads_and_names_only_known_benchmarks(name):
 
 @pytest.mark.parametrize("name", GPU_PROFILES)
 def test_the_gpu_profiles_evaluate_the_papers_benchmarks(name):
-    settings, _ = read_profile(name)
+    settings = read_profile(name).settings
     named = {s for notebook, p in settings.items() for s in dataset_specs(notebook, p)}
     assert named == set(BENCHMARKS)
     assert {"refcoco", "refcoco+", "refcocog"} <= set(dataset_specs("02_where_pruning_hurts", settings[
@@ -102,3 +105,43 @@ def test_check_local_copy_reads_paths_and_names(tmp_path, empty_cache):
         check_local_copy(str(tmp_path / "nope.jsonl"))
     with pytest.raises(FileNotFoundError, match="no local copy of benchmark 'pope'"):
         check_local_copy("pope:adversarial")
+
+
+def test_a_profile_on_a_base_overrides_it_everywhere_and_names_its_hub_cache(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("missing_datasets: skip\ncommon: {dataset: pope, limit: 50}\n"
+                    "notebooks: {01_positional_bias: {limit: 1000, dataset: gqa}}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nhub_cache: /data/hub\ncommon: {limit: 2}\n"
+                                         "notebooks: {07_efficiency: {limit: 5}}\n")
+    child = read_profile(tmp_path / "child.yaml")
+    assert child.settings["01_positional_bias"] == {"dataset": "gqa", "limit": 2}  # common beats the base's notebook
+    assert child.settings["07_efficiency"] == {"dataset": "pope", "limit": 5}
+    assert child.missing_datasets == "skip" and str(child.hub_cache) == "/data/hub"
+    base.write_text("base: child.yaml\n")
+    with pytest.raises(ValueError, match=r"'base' profiles form a cycle \(child.yaml -> base.yaml -> child.yaml\)"):
+        read_profile(tmp_path / "child.yaml")
+    base.write_text("base: [child.yaml]\n")
+    with pytest.raises(ValueError, match=r"base=\['child.yaml'\] must be a profile name or YAML path"):
+        read_profile(tmp_path / "base.yaml")
+    base.write_text("bases: child.yaml\n")
+    with pytest.raises(ValueError, match=r"unknown sections \['bases'\]; allowed: 'base'"):
+        read_profile(tmp_path / "child.yaml")
+
+
+def test_the_rehearsal_is_llava_1_5_7b_with_model_data_and_device_swapped():
+    rehearsal, real = read_profile("rehearsal"), read_profile("llava-1.5-7b")
+    assert real.hub_cache is None and rehearsal.hub_cache.parts[-3:] == ("runs", "rehearsal", "hub")
+    for notebook in NOTEBOOKS:
+        assert dataset_specs(notebook, rehearsal.settings[notebook]) == dataset_specs(notebook, real.settings[notebook])
+        assert rehearsal.settings[notebook]["model"] == "runs/rehearsal/model"
+        assert (rehearsal.settings[notebook]["device"], rehearsal.settings[notebook]["dtype"]) == ("cpu", "float32")
+
+
+def test_the_hub_cache_of_a_profile_is_where_its_benchmarks_are_looked_for(tmp_path, empty_cache):
+    elsewhere = tmp_path / "elsewhere"
+    _copy(elsewhere, "RefCOCO")
+    profile = tmp_path / "p.yaml"
+    profile.write_text(f"hub_cache: {elsewhere}\ncommon: {{dataset: refcoco}}\n")
+    settings, lines = resolve_profile(profile, only=["05_criteria"])
+    assert lines == [] and settings["05_criteria"]["dataset"] == "refcoco"
+    assert os.environ["HF_HUB_CACHE"] == str(empty_cache)  # restored after the check

@@ -85,7 +85,7 @@ NO_LOCALIZATION = [("pope", "yes_no", "random", [1, 0]), ("textvqa", "vqa", None
 
 
 @pytest.mark.parametrize("analysis", [
-    accuracy.localization_vs_rest, dispersion.pruning_accuracy,
+    accuracy.localization_vs_rest,
     lambda rows: criteria.criteria_table(rows, pd.DataFrame()),
     lambda rows: accuracy.quartile_table(rows.assign(q=1, paper_K=2, layer=1)),
 ])
@@ -93,3 +93,19 @@ def test_a_split_without_a_localization_dataset_is_refused_with_the_reason(analy
     with pytest.raises(ValueError, match=r"dataset: .* splits localization .*\(pope, textvqa\) have no "
                                          r"localization samples; add one of refcoco, refcoco\+, refcocog"):
         analysis(_arm_rows(NO_LOCALIZATION))
+
+
+def test_the_dispersion_pruning_accuracy_on_pope_alone_reports_the_other_tasks():
+    """VisPruner Fig. 3c compares the attentions on POPE: no localization family, no relevant tokens."""
+    rows = study.tidy(_rows(NO_LOCALIZATION)).assign(R=0.0, criterion=study.UNPRUNED, relevant_kept=float("nan"))
+    pruned = [rows.assign(R=0.5, criterion=c) for c in ("[CLS]", "last")]
+    rows = pd.concat([rows, *pruned], ignore_index=True)
+    table = dispersion.pruning_accuracy(rows)
+    assert set(table.family) == {study.OTHER, study.ALL}
+    assert len(dispersion.accuracy_figure(table).axes) == 1  # other tasks; no localization, no relevant panel
+    stats = pd.DataFrame({"kind": ["[CLS]"], "top_fraction": 0.2, "entropy": [0.5], "top_mass": [0.8], "peak": [9.0],
+                          "top_mass_uniform": 0.2})
+    layers = pd.DataFrame({"layer": [0], "kind": "received", "top_mass": [0.3], "entropy": [0.95]})
+    text = dispersion.summary(stats, layers, table, rows)
+    assert "Unpruned accuracy: other tasks 0.75" in text and "localization" not in text  # tasks 0.5 and 1
+    assert "(other tasks accuracy / relevant tokens kept)" in text and "/ n/a" in text

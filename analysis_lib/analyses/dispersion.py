@@ -179,11 +179,20 @@ def pruning_arms(paper_layer: int, paper_depth: int, ratios: Sequence[float]) ->
 
 
 def pruning_accuracy(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per criterion × R × family (localization, other tasks, all tasks): accuracy with its 95% interval,
-    the fraction of ground-truth relevant tokens kept and the mean FLOPs reduction (``study.run``'s rows of
-    ``pruning_arms``); refused without a localization dataset."""
-    study.require_localization(rows, "the dispersion notebook's pruning accuracy")
+    """Per criterion × R × family (localization, other tasks, all tasks; those the rows have): accuracy with its
+    95% interval, the fraction of ground-truth relevant tokens kept and the mean FLOPs reduction (``study.run``'s
+    rows of ``pruning_arms``). Fig. 3c compares the attentions on benchmarks without localization (POPE among
+    them), so a run without a localization dataset reports the other tasks alone."""
     return study.accuracy_table(rows, ["criterion", "R"], "family")
+
+
+def _share(value: float) -> str:
+    return f"{value:.0%}" if pd.notna(value) else "n/a"
+
+
+def _families(accuracy: pd.DataFrame) -> list[str]:
+    """Localization and/or other tasks: the families ``accuracy`` has rows for."""
+    return [f for f in (study.LOCALIZATION, study.OTHER) if (accuracy.family == f).any()]
 
 
 def dispersion_figure(distributions: pd.DataFrame, curves: pd.DataFrame, top_fraction: float) -> plt.Figure:
@@ -232,11 +241,13 @@ def encoder_figure(layers: pd.DataFrame, top_fraction: float) -> plt.Figure:
 
 
 def accuracy_figure(accuracy: pd.DataFrame) -> plt.Figure:
-    """Accuracy (localization, other tasks) with 95% intervals and relevant tokens kept vs reduction ratio,
-    per criterion; dashed over its interval: unpruned (Fig. 3c)."""
-    panels = [(study.LOCALIZATION, "accuracy", "localization accuracy"),
-              (study.OTHER, "accuracy", "other tasks accuracy"), (study.ALL, "relevant_kept", "relevant tokens kept")]
-    fig, axes = plt.subplots(1, 3, figsize=(7.2, 2.4))
+    """Accuracy (localization, other tasks: those present) with 95% intervals and relevant tokens kept (where
+    the data has ground truth) vs reduction ratio, per criterion; dashed over its interval: unpruned (Fig. 3c)."""
+    panels = [(fam, "accuracy", f"{fam} accuracy") for fam in _families(accuracy)]
+    if accuracy.relevant_kept.notna().any():
+        panels.append((study.ALL, "relevant_kept", "relevant tokens kept"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.4), squeeze=False)
+    axes = axes[0]
     pruned = accuracy[accuracy.criterion != study.UNPRUNED]
     for ax, (fam, column, label) in zip(axes, panels):
         for i, (criterion, part) in enumerate(pruned[pruned.family == fam].groupby("criterion", sort=False)):
@@ -274,20 +285,20 @@ def summary(stats: pd.DataFrame, layers: pd.DataFrame, accuracy: pd.DataFrame, r
         lines.append(f"- Vision tower, {kind}: the {top} patches hold " + ", ".join(
             f"{m:.0%}" for m in part.top_mass) + f" of the attention in layers {part.layer.min()}..{part.layer.max()}"
             f" (entropy {part.entropy.iloc[0]:.3f} → {part.entropy.iloc[-1]:.3f}).")
+    families = _families(accuracy)
     base = accuracy[accuracy.criterion == study.UNPRUNED].set_index("family")
-    lines.append(f"- Unpruned accuracy: localization {study.with_interval(base.loc[study.LOCALIZATION])}, "
-                 f"other tasks {study.with_interval(base.loc[study.OTHER])} ({int(base.samples[study.ALL])} samples).")
+    lines.append("- Unpruned accuracy: " + ", ".join(f"{fam} {study.with_interval(base.loc[fam])}" for fam in families)
+                 + f" ({int(base.samples[study.ALL])} samples).")
     pruned = accuracy[accuracy.criterion != study.UNPRUNED]
     for R, part in pruned.groupby("R", sort=True):
         cells = []
         for criterion, group in part.groupby("criterion", sort=False):
             r = group.set_index("family")
-            cells.append(f"{criterion} {study.with_interval(r.loc[study.LOCALIZATION])} / "
-                         f"{study.with_interval(r.loc[study.OTHER])} / {r.relevant_kept[study.ALL]:.0%}")
-        lines.append(f"- R={R:g} (localization / other tasks accuracy / relevant tokens kept): "
-                     + "; ".join(cells) + ".")
+            cells.append(f"{criterion} " + " / ".join([*(study.with_interval(r.loc[fam]) for fam in families),
+                                                       _share(r.relevant_kept[study.ALL])]))
+        lines.append(f"- R={R:g} ({' / '.join(families)} accuracy / relevant tokens kept): " + "; ".join(cells) + ".")
         at = rows[rows.R == R]
-        for fam in (study.LOCALIZATION, study.ALL):
+        for fam in [f for f in families if f == study.LOCALIZATION] + [study.ALL]:
             scope = at if fam == study.ALL else at[at.family == fam]
             iv = study.pair(scope, scope.criterion == "last", scope.criterion == "[CLS]")
             lines.append(f"  - last minus [CLS] on {fam}: {describe(iv)}.")

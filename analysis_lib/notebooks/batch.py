@@ -2,8 +2,10 @@
 
 A profile (``notebooks/profiles/<name>.yaml``) gives parameters for all notebooks (``common``) and per
 notebook (``notebooks: {name: {...}}``): ``default`` is the embedded default on CPU, ``ci`` the tiny
-settings CI runs, ``llava-1.5-7b`` a real checkpoint on a GPU on the papers' benchmarks. Before any notebook
-runs, the datasets a profile names are checked against the local copies; its ``missing_datasets``
+settings CI runs, ``llava-1.5-7b`` a real checkpoint on a GPU on the papers' benchmarks, ``rehearsal`` that
+profile on CPU with a stand-in model and benchmark copies (``analysis_lib.rehearsal``). A profile may start
+from another (``base``) and name the hub cache its benchmarks are in (``hub_cache``; ``read_profile``). Before
+any notebook runs, the datasets a profile names are checked against the local copies; its ``missing_datasets``
 (``fail`` or ``skip``) says what a missing one does (``availability``). Executed notebooks go to
 ``runs/notebooks/<profile>/``; figures and tables go where the notebooks write them. A failing
 notebook stops the batch with its name and the cell's error. ``skip_up_to_date`` skips a notebook
@@ -18,8 +20,11 @@ import json
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -37,23 +42,36 @@ ALONE = frozenset({"07_efficiency"})
 #: orders by its own last durations instead)
 LONGEST_FIRST = ("06_methods", "02_where_pruning_hurts", "03_attention_dispersion", "01_positional_bias",
                  "05_criteria", "04_benchmark_leakage")
+SECTIONS = ("base", "common", "notebooks", "missing_datasets", "hub_cache")
 
 
 def profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
+class Profile(NamedTuple):
+    """A profile read and resolved: ``{notebook: parameters}`` for every notebook, the ``missing_datasets``
+    policy, and the hub cache its benchmarks are read from (None: the environment's)."""
+
+    settings: dict[str, dict]
+    missing_datasets: str
+    hub_cache: Path | None
+
+
 def load_profile(name_or_path: str | Path) -> dict:
     """``{notebook: parameters}`` for every notebook, from a profile name or a YAML path."""
-    return read_profile(name_or_path)[0]
+    return read_profile(name_or_path).settings
 
 
-def read_profile(name_or_path: str | Path) -> tuple[dict, str]:
-    """``load_profile``'s parameters and the profile's ``missing_datasets`` policy (default "fail")."""
+def _profile_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         check_choice("profile", str(name_or_path), profiles())
-        path = PROFILE_DIR / f"{name_or_path}.yaml"
+        return PROFILE_DIR / f"{name_or_path}.yaml"
+    return relative_to / path if relative_to is not None and not path.is_absolute() else path
+
+
+def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"profile {path}: no such file")
     try:
@@ -66,23 +84,68 @@ def read_profile(name_or_path: str | Path) -> tuple[dict, str]:
     if not isinstance(data, dict):
         raise ValueError(f"profile {path}: expected a mapping with 'common' and/or 'notebooks', got "
                          f"{type(data).__name__}")
-    unknown = set(data) - {"common", "notebooks", "missing_datasets"}
+    unknown = set(data) - set(SECTIONS)
     if unknown:
-        raise ValueError(f"profile {path}: unknown sections {sorted(unknown)}; allowed: 'common', 'notebooks', "
-                         "'missing_datasets'")
+        raise ValueError(f"profile {path}: unknown sections {sorted(unknown)}; allowed: "
+                         f"{', '.join(repr(s) for s in SECTIONS)}")
+    return data
+
+
+def read_profile(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> Profile:
+    """The profile's parameters per notebook, its ``missing_datasets`` policy (default "fail") and ``hub_cache``.
+
+    ``base: <profile>`` (a name, or a YAML path relative to this file) starts from that profile's parameters
+    per notebook; this profile's ``common`` then applies to every notebook and its ``notebooks`` entries to
+    theirs, and ``missing_datasets`` / ``hub_cache`` replace the base's when given. ``hub_cache``: the Hugging
+    Face hub cache holding the benchmarks (a path relative to the repository root, as model paths are)."""
+    path = _profile_path(name_or_path)
+    if path.resolve() in _seen:
+        chain = " -> ".join(p.name for p in (*_seen, path.resolve()))
+        raise ValueError(f"profile {path}: 'base' profiles form a cycle ({chain})")
+    data = _read_yaml(path)
+    for key in ("base", "hub_cache"):
+        if key in data and not (isinstance(data[key], str) and data[key]):
+            raise ValueError(f"profile {path}: {key}={data[key]!r} must be a "
+                             f"{'profile name or YAML path' if key == 'base' else 'folder path'}")
+    base = (read_profile(_profile_path(data["base"], path.parent), (*_seen, path.resolve())) if "base" in data
+            else Profile({name: {} for name in NOTEBOOKS}, "fail", None))
     per_notebook = data.get("notebooks") or {}
     for name in per_notebook:
         check_choice(f"profile {path.name}: notebook", name, NOTEBOOKS)
-    policy = check_choice(f"profile {path.name}: missing_datasets", data.get("missing_datasets", "fail"), POLICIES)
-    return {name: {**(data.get("common") or {}), **(per_notebook.get(name) or {})} for name in NOTEBOOKS}, policy
+    policy = check_choice(f"profile {path.name}: missing_datasets", data.get("missing_datasets",
+                                                                              base.missing_datasets), POLICIES)
+    hub_cache = REPO / Path(data["hub_cache"]).expanduser() if "hub_cache" in data else base.hub_cache
+    settings = {name: {**base.settings[name], **(data.get("common") or {}), **(per_notebook.get(name) or {})}
+                for name in NOTEBOOKS}
+    return Profile(settings, policy, hub_cache)
+
+
+@contextmanager
+def _environment(**variables: str | None) -> Iterator[None]:
+    """Set the environment variables given a value (kernels started meanwhile inherit them); restore after."""
+    previous = {k: os.environ.get(k) for k, v in variables.items() if v is not None}
+    os.environ.update({k: v for k, v in variables.items() if v is not None})
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _hub_environment(profile: Profile) -> AbstractContextManager[None]:
+    return _environment(HF_HUB_CACHE=str(profile.hub_cache) if profile.hub_cache else None)
 
 
 def resolve_profile(profile: str | Path, only: list[str] | None = None) -> tuple[dict[str, dict], list[str]]:
     """The parameters of each notebook to run (all, or ``only``) once the profile's datasets are checked
     against the local copies (``availability``), and the lines saying what was left out."""
-    settings, policy = read_profile(profile)
+    read = read_profile(profile)
     names = list(NOTEBOOKS) if not only else [check_choice("notebook", n, NOTEBOOKS) for n in only]
-    return without_missing({name: settings[name] for name in names}, policy)
+    with _hub_environment(read):
+        return without_missing({name: read.settings[name] for name in names}, read.missing_datasets)
 
 
 def _stamp(notebook: Path, parameters: dict) -> str:
@@ -151,10 +214,8 @@ def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = No
     names = list(settings)
     run_dir = Path(run_dir or REPO / "runs" / "notebooks" / Path(str(profile)).stem)
     run_dir.mkdir(parents=True, exist_ok=True)
-    previous = os.environ.get("OMP_NUM_THREADS")
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the kernels papermill starts
-    try:
+    hub = _hub_environment(read_profile(profile))
+    with _environment(OMP_NUM_THREADS=str(threads) if threads else None), hub:  # inherited by papermill's kernels
         with placed(root, run_dir, dist_timeout) as place:
             for line in lines:
                 place.say(line)
@@ -187,11 +248,6 @@ def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = No
             place.say(f"executed notebooks: {run_dir}\nfigures: {root / 'figures'}\n"
                       f"tables: {root / 'data' / 'results'}")
             return [place.run_dir / f"{name}.ipynb" for name in names]
-    finally:
-        if previous is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = previous
 
 
 def _phases(todo: list[tuple], seconds: dict[str, float]) -> list[list[tuple]]:

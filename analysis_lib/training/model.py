@@ -44,9 +44,16 @@ class ModelShape:
 
 def build_model(shape: ModelShape, scene: SceneConfig, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlavaForConditionalGeneration:
     """A randomly initialised LLaVA with one visual token per patch of `scene`'s grid."""
+    return llava_model(shape, scene.image_size, scene.patch_size, tokenizer, seed)
+
+
+def llava_model(shape: ModelShape, image_size: int, patch_size: int, tokenizer: PreTrainedTokenizerFast,
+                seed: int = 0) -> LlavaForConditionalGeneration:
+    """A randomly initialised LLaVA-1.5 (CLIP tower reading ``image_size`` px in ``patch_size`` px patches,
+    GELU MLP projector, Llama decoder) whose token ids are ``tokenizer``'s."""
     vision = CLIPVisionConfig(
-        image_size=scene.image_size,
-        patch_size=scene.patch_size,
+        image_size=image_size,
+        patch_size=patch_size,
         hidden_size=shape.vision_hidden,
         intermediate_size=4 * shape.vision_hidden,
         num_hidden_layers=shape.vision_layers,
@@ -69,7 +76,7 @@ def build_model(shape: ModelShape, scene: SceneConfig, tokenizer: PreTrainedToke
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
-        image_seq_length=scene.grid**2,
+        image_seq_length=(image_size // patch_size) ** 2,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
@@ -83,18 +90,25 @@ def build_model(shape: ModelShape, scene: SceneConfig, tokenizer: PreTrainedToke
 
 
 def build_processor(scene: SceneConfig, tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
-    """LlavaProcessor expanding <image> into grid**2 tokens ([CLS] dropped), with a CLIP image
-    processor sized for the suite's images (a no-op resize at the native size, then CLIP normalisation)."""
+    """The suite's processor: ``llava_processor`` at the suite's image size (a no-op resize at the native
+    size, then CLIP normalisation)."""
+    return llava_processor(scene.image_size, scene.patch_size, tokenizer)
+
+
+def llava_processor(image_size: int, patch_size: int, tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
+    """LLaVA-1.5's processor settings at ``image_size``: CLIP preprocessing (resize the shortest edge,
+    center crop a square, CLIP normalisation), <image> expanded into (image_size / patch_size)**2 tokens
+    ([CLS] dropped)."""
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": scene.image_size},
-        crop_size={"height": scene.image_size, "width": scene.image_size},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         image_mean=CLIP_MEAN,
         image_std=CLIP_STD,
     )
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=scene.patch_size,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
     )

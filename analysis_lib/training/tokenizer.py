@@ -1,7 +1,9 @@
-"""A word-level tokenizer covering the closed vocabulary of the scene suite, saved as a regular
-Hugging Face fast tokenizer (AutoTokenizer / AutoProcessor load it)."""
+"""Word-level tokenizers saved as regular Hugging Face fast tokenizers (AutoTokenizer / AutoProcessor load
+them), built offline: the scene suite's closed vocabulary, or the words of any given texts."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -30,10 +32,16 @@ def _corpus(config: SceneConfig) -> list[str]:
 
 
 def build_tokenizer(config: SceneConfig) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer: words and punctuation marks are tokens, ids in sorted order after the
-    special tokens, so the vocabulary is a pure function of the suite's wording."""
+    """The scene suite's tokenizer: ``word_tokenizer`` over every text the suite produces, so the
+    vocabulary is a pure function of the suite's wording."""
+    return word_tokenizer(_corpus(config), model_max_length=1024)
+
+
+def word_tokenizer(texts: Iterable[str], model_max_length: int) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer: the words and punctuation marks of ``texts`` are tokens, ids in sorted order
+    after LLaVA's special tokens (``SPECIAL_TOKENS``; others become ``<unk>``), ``<s>`` prepended."""
     pre_tokenizer = pre_tokenizers.Whitespace()
-    words = {w for text in _corpus(config) for w, _ in pre_tokenizer.pre_tokenize_str(text)}
+    words = {w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(text)}
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     vocab.update({w: len(SPECIAL_TOKENS) + i for i, w in enumerate(sorted(words - set(SPECIAL_TOKENS)))})
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -47,6 +55,6 @@ def build_tokenizer(config: SceneConfig) -> PreTrainedTokenizerFast:
         unk_token="<unk>",
         pad_token="<pad>",
         extra_special_tokens={"image_token": IMAGE_TOKEN},
-        model_max_length=1024,
+        model_max_length=model_max_length,
         padding_side="left",  # for batched generation; training pads itself
     )
