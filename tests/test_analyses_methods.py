@@ -13,7 +13,8 @@ from analysis_lib.evaluation.runner import MethodSetting, load_eval_model
 from analysis_lib.flops import LMDims, schedule_flops
 
 GEO = compare.Geometry(LMDims(hidden=128, intermediate=384, layers=6), (12, 12), 22)
-ALL = ["fastv", "pyramiddrop", "feather", "fopru", "fopru_row", "fopru_fastv", "vispruner", "random"]
+ALL = ["fastv", "pyramiddrop", "feather", "fopru", "fopru_row", "fopru_fastv", "vispruner", "prumerge",
+       "prumerge_plus", "random"]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,9 @@ def test_single_stage_methods_keep_the_fraction(plan):
     assert plan["fopru", 0.25].setting.params == {"R": 0.75}
     assert plan["fopru_row", 0.25].setting == MethodSetting("fopru", {"strategy": "row", "R": 0.75})
     assert plan["vispruner", 0.1].setting.params == {"keep": 0.1}
+    for name in ("prumerge", "prumerge_plus"):  # the official non-adaptive branch, FoPru Table 2's retention
+        assert plan[name, 0.25].setting == MethodSetting(name, {"keep": 0.25})
+        assert plan[name, 0.25].layers == (0,) and plan[name, 0.25].final_kept == 36
     assert plan["random", 0.1].setting.params == {"R": 0.9}
     assert plan["fopru_fastv", 0.25].setting.params == {"K": 2 / 32, "R": 0.5, "R_llm": 0.5}
     # keeping 25% before the LLM on 12x12: 36 tokens in every layer
@@ -75,6 +79,8 @@ def test_unknown_method_or_fraction_is_rejected():
         compare.matched_settings(["fastvv"], [0.5], GEO)
     with pytest.raises(ValueError, match="keep fraction=1.0"):
         compare.matched_settings(["fastv"], [1.0], GEO)
+    with pytest.raises(ValueError, match="method='dart'.*allowed.*prumerge_plus"):  # counts only, not FLOPs
+        compare.matched_settings(["dart"], [0.5], GEO)
 
 
 def _rows() -> pd.DataFrame:
@@ -161,6 +167,12 @@ def test_paper_settings_scale_token_counts_and_keep_the_rest_as_published():
     assert compare.paper_setting("fopru_row") == MethodSetting("fopru", {"strategy": "row"})  # R=0.75 is the default
     assert compare.paper_setting("pyramiddrop").params == {"K1": 0.25, "K2": 0.5, "K3": 0.75}
     assert compare.paper_setting("vispruner", paper_tokens=288).params == {"keep": 64 / 288}
+    assert compare.paper_setting("visionzip") == MethodSetting("visionzip", {"keep": 64 / 576})
+    for name in ("prumerge", "prumerge_plus"):  # keep=0, the adaptive count, is not a count to scale
+        assert compare.paper_setting(name) == MethodSetting(name, {})
+    assert compare.paper_setting("dart") == MethodSetting("dart", {"K": 2 / 32})  # after layer 2 of 32, as FastV
+    assert compare.paper_setting("divprune") == MethodSetting("divprune", {})  # R=0.902 before the LLM
+    assert compare.final_kept(compare.paper_setting("dart"), GEO) == 32  # 128 of 576, scaled
 
 
 def test_bad_paper_settings_are_rejected_by_name():
@@ -174,11 +186,14 @@ def test_bad_paper_settings_are_rejected_by_name():
 
 @pytest.fixture(scope="module")
 def counted():
-    return compare.count_arms(list(compare.SUPPORTED), [128, 64, 32], GEO)
+    return compare.count_arms(list(compare.COUNTED), [128, 64, 32], GEO)
 
 
-def test_every_supported_method_has_a_count_rule():
-    assert set(compare.COUNT_RULES) | set(compare.DIRECT_COUNTS) == set(compare.SUPPORTED)
+def test_every_method_of_both_tables_has_a_count_rule():
+    table1 = {"fastv", "vispruner", "visionzip", "prumerge_plus", "divprune", "dart", "random"}
+    assert set(compare.SUPPORTED) | table1 | {"prumerge"} == set(compare.COUNTED)
+    assert not set(compare.COUNT_RULES) & set(compare.DIRECT_COUNTS)
+    assert set(compare.DIRECT_COUNTS.values()) <= set(compare.COUNT_PARAMETERS)
 
 
 def test_matched_counts_keep_the_same_nominal_count_after_the_last_stage(counted):
@@ -191,7 +206,10 @@ def test_matched_counts_keep_the_same_nominal_count_after_the_last_stage(counted
         if arm.name != "fopru_row":
             assert nominal == arm.coords["kept_count"], arm
     rows = {(a.name, a.coords["kept_count"]): a for a in arms}
-    assert rows["vispruner", 16].setting.params == {"keep": 16}
+    for name in ("vispruner", "visionzip", "prumerge", "prumerge_plus"):
+        assert rows[name, 16].setting.params == {"keep": 16}
+    assert rows["dart", 16].setting.params["K"] == 2 / 32 and 0.8 < rows["dart", 16].setting.params["R"] < 0.9
+    assert rows["divprune", 8].setting.params.keys() == {"R"}
     assert rows["pyramiddrop", 16].setting.params["K1"] == 0.25  # the paper's layers, scaled
     # whole rows of 12 tokens: 8 is out of reach, the closest is one row
     assert [rows["fopru_row", n].coords["nominal_kept"] for n in (8, 16, 32)] == [12, 12, 36]
@@ -207,6 +225,8 @@ def test_solve_count_lands_inside_the_plateau_and_takes_the_closest_when_none_gi
 def test_bad_counts_are_rejected():
     with pytest.raises(ValueError, match="method='fastvv'"):
         compare.count_arms(["fastvv"], [64], GEO)
+    with pytest.raises(ValueError, match="method='tome'.*allowed.*'divprune', 'dart'"):  # not implemented
+        compare.count_arms(["fastv", "tome"], [64], GEO)
     with pytest.raises(ValueError, match="kept count 576"):
         compare.count_arms(["fastv"], [576], GEO)
     with pytest.raises(ValueError, match="kept count 6.5"):
@@ -218,12 +238,12 @@ def test_bad_counts_are_rejected():
 def _counted_rows() -> pd.DataFrame:
     """fastv and feather at 16 tokens and the unpruned model; feather keeps 15 on one sample."""
     rows = []
-    for name, n, loc, other, kept in (("unpruned", 144, [1, 1, 0], [1, 1, 1, 0], [144] * 7),
-                                      ("fastv", 16, [0, 0, 0], [1, 0, 1, 0], [16] * 7),
-                                      ("feather", 16, [1, 1, 1], [1, 1, 1, 1], [16, 15] + [16] * 5)):
+    for name, n, paper, loc, other, kept in (("unpruned", 144, 576, [1, 1, 0], [1, 1, 1, 0], [144] * 7),
+                                             ("fastv", 16, 64, [0, 0, 0], [1, 0, 1, 0], [16] * 7),
+                                             ("feather", 16, 64, [1, 1, 1], [1, 1, 1, 1], [16, 15] + [16] * 5)):
         scores = [("localization", "localization", s) for s in loc] + [
             ("other tasks", g, s) for s, g in zip(other, ["colour", "colour", "shape", "shape"])]
-        rows += [{"dataset": "synthetic", "sample_id": f"s{i}", "name": name, "kept_count": n, "paper_count": 64,
+        rows += [{"dataset": "synthetic", "sample_id": f"s{i}", "name": name, "kept_count": n, "paper_count": paper,
                   "nominal_kept": n, "family": fam, "task_name": task, "score": float(s), "kept_tokens": k,
                   "flops_reduction": 0.5} for i, ((fam, task, s), k) in enumerate(zip(scores, kept))]
     return pd.DataFrame(rows)
@@ -245,6 +265,13 @@ def test_count_table_and_differences_from_the_rows():
     assert "feather 1.00 [0.44, 1.00] (count varies by sample), fastv 0.00" in text
     assert "whose 95% interval excludes zero: feather +1.00 [+1.00, +1.00] on localization at 16 tokens" in text
     assert "feather at 16 (mean 15.9 kept)" in text
+    assert "Table 1's ToMe and SparseVLM are not implemented here" in text
+    shaped = compare.paper_shape(compare.count_table(rows), "paper_count")
+    assert list(shaped.index) == ["unpruned", "fastv", "feather"]
+    assert list(shaped.columns) == [("localization", 576), ("other tasks", 576), ("localization", 64),
+                                    ("other tasks", 64)]
+    assert shaped.loc["feather", ("localization", 64)] == "1.00 [0.44, 1.00]"
+    assert shaped.loc["feather", ("localization", 576)] == ""
     fig = compare.count_figure(compare.count_table(rows))
     assert fig.axes[0].get_legend_handles_labels()[1] == ["unpruned", "fastv", "feather"]
     plt.close(fig)
@@ -278,20 +305,22 @@ def test_paper_and_count_arms_on_the_embedded_model(embedded, tmp_path):
     12 keep the closest whole-row count, which the table says is not the same."""
     em, samples = embedded
     geo = compare.geometry(em, samples, batch_size=4)
-    arms = compare.count_arms(list(compare.SUPPORTED), [64], geo)
+    arms = compare.count_arms(list(compare.COUNTED), [64], geo)
     rows = compare.evaluate_arms(em, samples[:3], arms, tmp_path, batch_size=3)
     last = rows[rows.name != "unpruned"].groupby("name").kept_tokens.agg(["min", "max"])
     exact = last.drop(index=["feather", "fopru_row"])
-    assert len(exact) == len(compare.SUPPORTED) - 2
+    assert len(exact) == len(compare.COUNTED) - 2
     assert (exact["min"] == 16).all() and (exact["max"] == 16).all(), last
     assert abs(last.loc["feather", "min"] - 16) <= 1 and abs(last.loc["feather", "max"] - 16) <= 1
     assert last.loc["fopru_row"].tolist() == [12, 12]
     table = compare.count_table(rows).set_index("name")
     assert table.loc["vispruner"].same_count.all() and not table.loc["fopru_row"].same_count.any()
-    paper = compare.paper_arms(["fastv", "vispruner"])
+    paper = compare.paper_arms(["fastv", "vispruner", "prumerge"])
     table = compare.paper_table(compare.evaluate_arms(em, samples[:3], paper, tmp_path, batch_size=3), paper, 6)
-    assert table[table.family == "all tasks"].set_index("name").kept_tokens.to_dict() == {
-        "unpruned": 144, "fastv": 72, "vispruner": 16}
+    kept = table[table.family == "all tasks"].set_index("name").kept_tokens.to_dict()
+    assert {k: kept[k] for k in ("unpruned", "fastv", "vispruner")} == {"unpruned": 144, "fastv": 72, "vispruner": 16}
+    assert 1 <= kept["prumerge"] < 144  # adaptive: IQR outliers of each image, measured
+    assert "prumerge: adaptive counts, the mean over the samples" in compare.paper_summary(table)
     assert {"accuracy", "ci_low", "ci_high", "samples", "flops_reduction", "published", "layers"} <= set(table.columns)
     fig = compare.paper_figure(table)
     assert len(fig.axes) == 3

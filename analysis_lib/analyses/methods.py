@@ -11,7 +11,8 @@ Matching: for each kept fraction f a method gets the parameters below (``matched
   reach; the most aggressive setting is then used and the budget table says ``matched=False``. A setting
   that reaches the FLOPs only by keeping a single token or none after its last stage (``final_kept``)
   counts as not matched too: it gets there by discarding the image, which says nothing about the method.
-- ``fopru``, ``fopru_row`` (FoPru with strategy=row), ``vispruner`` and ``random`` keep f before the LLM.
+- ``fopru``, ``fopru_row`` (FoPru with strategy=row), ``vispruner`` and ``random`` keep f before the LLM, and
+  so do ``prumerge`` and ``prumerge_plus`` with ``keep=f`` (their official non-adaptive branch; FoPru Table 2).
 - ``fopru_fastv`` splits f as FoPru Table 2 does: each stage keeps √f, so f remain after FastV's layer.
 
 So single-stage methods keep the same share of visual tokens, and the in-LLM multi-stage ones the same
@@ -22,10 +23,12 @@ Two comparisons that a shallow model does not distort stand next to it (arms of 
 
 - **the papers' own settings** (``paper_arms``): each method as published, its layers as fractions of the
   papers' 32 (so each keeps its relative depth) and its token counts as fractions of LLaVA-1.5's 576;
-- **matched kept-token counts** (``count_arms``): every method keeps the same number of visual tokens after
-  its last stage, its one budget parameter solved on the nominal counts (``COUNT_RULES``; VisPruner takes
-  the count itself). Whole rows (FoPru row) and FEATHER's union with a grid cannot always hit a count
-  exactly; ``count_table``'s ``same_count`` says, from the rows' real counts, whether every sample did.
+  PruMerge and PruMerge+ keep their adaptive counts (measured per sample);
+- **matched kept-token counts** (``count_arms``; VisPruner Table 1): every method keeps the same number of
+  visual tokens after its last stage, its one budget parameter solved on the nominal counts (``COUNT_RULES``;
+  ``DIRECT_COUNTS`` take the count itself). Whole rows (FoPru row) and FEATHER's union with a grid cannot
+  always hit a count exactly; ``count_table``'s ``same_count`` says, from the rows' real counts, whether
+  every sample did. Table 1's ToMe and SparseVLM are not implemented (``NOT_IMPLEMENTED``).
 """
 from __future__ import annotations
 
@@ -176,12 +179,18 @@ def _ratio(value: float) -> float:
     return round(value, 4)
 
 
+def _keep(f: float) -> dict:
+    return {"keep": f}
+
+
 # name -> (rule, parameters for a kept fraction f); "solve" rules get their ratio from ``solve``.
 FIXED_RULES: dict[str, tuple[str, Callable[[float], dict]]] = {
     "fastv": ("keeps f after layer K=2/32 (FLOPs reference)", lambda f: {"R": _ratio(1 - f)}),
     "fopru": ("keeps f before the LLM", lambda f: {"R": _ratio(1 - f)}),
     "fopru_row": ("keeps f before the LLM (whole rows)", lambda f: {"R": _ratio(1 - f)}),
-    "vispruner": ("keeps f before the LLM", lambda f: {"keep": f}),
+    "vispruner": ("keeps f before the LLM", _keep),
+    "prumerge": ("keeps f before the LLM (non-adaptive), merging the rest", _keep),
+    "prumerge_plus": ("keeps f before the LLM (non-adaptive), merging the rest", _keep),
     "random": ("keeps f before the LLM", lambda f: {"R": _ratio(1 - f)}),
     "fopru_fastv": ("keeps √f before the LLM, then √f of those after K=2/32",
                     lambda f: {"R": _ratio(1 - math.sqrt(f)), "R_llm": _ratio(1 - math.sqrt(f))}),
@@ -305,14 +314,14 @@ def published(name: str) -> tuple[str, dict]:
 def paper_setting(name: str, paper_depth: int = 32, paper_tokens: int = PAPER_TOKENS) -> MethodSetting:
     """``name``'s published setting with its layers as fractions of ``paper_depth`` (PyramidDrop's 8/16/24 of 32
     are layers 2/3/5 of 6) and its token counts as fractions of ``paper_tokens`` (VisPruner's 64 of 576 keeps
-    1/9 of any grid); the other parameters as published."""
+    1/9 of any grid; 0, PruMerge's adaptive count, stays); the other parameters as published."""
     method, params = published(name)
     defaults = get_method(method).parameters
     scaled = {}
     for key, value in params.items():
         if key in LAYER_PARAMETERS and isinstance(value, int) and value > 0:
             scaled[key] = value / paper_depth
-        elif key in COUNT_PARAMETERS and isinstance(value, int) and not isinstance(value, bool):
+        elif key in COUNT_PARAMETERS and isinstance(value, int) and not isinstance(value, bool) and value > 0:
             scaled[key] = value / paper_tokens
         elif value != defaults[key]:
             scaled[key] = value
@@ -364,9 +373,13 @@ def paper_table(rows: pd.DataFrame, arms: Sequence[study.Arm], depth: int) -> pd
 COUNT_RULES: dict[str, tuple[str, float, float]] = {
     "fastv": ("R", 0.0, 0.999), "fopru": ("R", 0.0, 0.999), "fopru_row": ("R", 0.0, 0.999),
     "random": ("R", 0.0, 0.999), "fopru_fastv": ("R_llm", 0.0, 0.999), "pyramiddrop": ("lam", 0.01, 1.0),
-    "feather": ("R", 0.0, 0.99)}
-# name -> its parameter that takes the token count itself (exact on any grid, nothing to solve).
-DIRECT_COUNTS: dict[str, str] = {"vispruner": "keep"}
+    "feather": ("R", 0.0, 0.99), "divprune": ("R", 0.0, 0.999), "dart": ("R", 0.0, 0.999)}
+# name -> its parameter that takes the token count itself (exact on any grid, nothing to solve; a COUNT_PARAMETERS
+# name, so its published count is scaled too).
+DIRECT_COUNTS: dict[str, str] = {"vispruner": "keep", "visionzip": "keep", "prumerge": "keep", "prumerge_plus": "keep"}
+COUNTED = (*COUNT_RULES, *DIRECT_COUNTS)  # the methods ``count_arms`` takes
+# VisPruner Table 1's baselines that are not implemented here (named in ``count_summary``).
+NOT_IMPLEMENTED = ("ToMe", "SparseVLM")
 
 
 def solve_count(count_of: Callable[[float], float], n: int, low: float, high: float, steps: int = 24,
@@ -386,7 +399,7 @@ def count_arms(methods: Sequence[str], counts: Sequence[int], geo: Geometry, pap
     model's visual tokens) after its last stage: its ``COUNT_RULES`` parameter solved on the nominal counts.
     Coordinates: ``kept_count`` (of the model's tokens), ``paper_count`` and ``nominal_kept``."""
     for name in methods:
-        check_choice("method", name, (*COUNT_RULES, *DIRECT_COUNTS))
+        check_choice("method", name, COUNTED)
     _unique("methods", methods)
     _unique("kept counts", counts)
     everything = {"kept_count": geo.n_visual, "paper_count": paper_tokens, "nominal_kept": geo.n_visual}
@@ -425,6 +438,17 @@ def count_table(rows: pd.DataFrame) -> pd.DataFrame:
     same = rows.assign(same_count=rows.kept_tokens == rows.kept_count).groupby(keys, sort=False).same_count.all()
     coords = rows.drop_duplicates(keys)[[*keys, "paper_count", "nominal_kept"]]
     return table.merge(same.reset_index(), on=keys).merge(coords, on=keys)
+
+
+def paper_shape(table: pd.DataFrame, budget: str) -> pd.DataFrame:
+    """A paper table's shape from ``accuracy_table`` or ``count_table``: a row per method (in order), a column
+    per family (localization, other tasks) × level of ``budget`` (``keep_fraction``: FoPru Table 2's retention;
+    ``paper_count``: VisPruner Table 1's tokens of 576), each cell the accuracy with its 95% interval."""
+    part = table[table.family.isin([LOCALIZATION, OTHER])]
+    cells = part.assign(cell=[f"{r.accuracy:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in part.itertuples()])
+    shaped = cells.pivot(index="name", columns=["family", budget], values="cell")
+    return shaped.reindex(index=list(dict.fromkeys(part.name)),
+                          columns=list(dict.fromkeys(zip(part.family, part[budget])))).fillna("")
 
 
 def palette(names: Sequence[str]) -> dict[str, tuple]:
@@ -658,6 +682,12 @@ def summary(budget: pd.DataFrame, by_family: pd.DataFrame, versus: pd.DataFrame)
     return "\n".join(lines)
 
 
+def _adaptive_note(names: pd.Series) -> str:
+    """Names the settings whose kept count is data-dependent (PruMerge's ``keep=0``): their counts are means."""
+    adaptive = [n for n in names if published(n)[1].get("keep") == 0]
+    return f" ({', '.join(adaptive)}: adaptive counts, the mean over the samples)" if adaptive else ""
+
+
 def paper_summary(table: pd.DataFrame) -> str:
     """The published settings in numbers (markdown): each one's FLOPs reduction and tokens kept, and the
     ranking per family with 95% intervals (settings differ in budget, so no difference is claimed)."""
@@ -666,7 +696,7 @@ def paper_summary(table: pd.DataFrame) -> str:
     lines = ["- **The papers' own settings** (layers as fractions of the papers' 32, token counts of "
              f"{PAPER_TOKENS}; each keeps its own budget, so this ranks settings, not methods at one budget): "
              + ", ".join(f"{r.name} {r.flops_reduction:.0%} FLOPs reduction, {r.kept_tokens:.0f} tokens kept"
-                         for r in overall.itertuples()) + "."]
+                         for r in overall.itertuples()) + _adaptive_note(overall.name) + "."]
     return "\n".join(lines + _family_lines(table[table.name != UNPRUNED], base, pd.DataFrame(), "", "  "))
 
 
@@ -676,8 +706,9 @@ def count_summary(table: pd.DataFrame, diffs: pd.DataFrame, reference: str) -> s
     exclude zero (the only ones claimed), and which counts were not the same on every sample."""
     pruned = table[table.name != UNPRUNED]
     base = table[table.name == UNPRUNED].set_index("family")
-    lines = ["- **Matched kept-token counts** (every method keeps the same number of visual tokens after its last "
-             "stage, its layers the paper's scaled by depth):"]
+    lines = ["- **Matched kept-token counts** (VisPruner Table 1's shape: every method keeps the same number of visual "
+             "tokens after its last stage, its layers the paper's scaled by depth; Table 1's "
+             f"{' and '.join(NOT_IMPLEMENTED)} are not implemented here):"]
     for n, at in pruned.groupby("kept_count", sort=False):
         overall = at[at.family == ALL]
         lines.append(f"  - **{n} tokens** ({int(at.paper_count.iloc[0])} of {PAPER_TOKENS} scaled), measured FLOPs "

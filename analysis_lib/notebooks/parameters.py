@@ -52,15 +52,18 @@ OWN: dict[str, dict[str, object]] = {
     "05_criteria": {"paper_layers": [3, 8], "paper_depth": 32, "R": 0.75, "examples": 4},
     # keep fractions 0.5 and 0.25: on a 6-layer model FEATHER and PyramidDrop (first stage at 8/32 -> layer 2)
     # cannot match FastV's FLOPs (layer 1) below ~0.25 without keeping a single token.
+    # methods at keep_fractions: FEATHER Fig. 5 and FoPru Table 2 (25%/50%, with PruMerge and PruMerge+);
     # paper_settings: each method at its paper's setting (layers of 32, counts of paper_tokens, scaled);
-    # kept_counts: VisPruner Table 1's 128/64/32 of 576, scaled to the model's tokens, for every method.
+    # count_methods at kept_counts: VisPruner Table 1's methods and 128/64/32 of 576, scaled to the model's tokens.
     "06_methods": {"keep_fractions": [0.5, 0.25], "paper_depth": 32,
                    "methods": ["fastv", "pyramiddrop", "feather", "fopru", "fopru_row", "fopru_fastv", "vispruner",
-                               "random"], "examples": 4,
+                               "prumerge", "prumerge_plus", "random"], "examples": 4,
                    "paper_settings": ["fastv", "fastv_feather", "fastv_norope", "uniform", "knn",
                                       "fastv_norope_uniform", "feather", "pyramiddrop", "fopru", "fopru_fastv",
-                                      "vispruner"],
-                   "paper_tokens": 576, "kept_counts": [128, 64, 32], "reference": "fastv"},
+                                      "vispruner", "visionzip", "prumerge", "prumerge_plus", "divprune", "dart"],
+                   "paper_tokens": 576,
+                   "count_methods": ["fastv", "vispruner", "visionzip", "prumerge_plus", "divprune", "dart", "random"],
+                   "kept_counts": [128, 64, 32], "reference": "fastv"},
     "07_efficiency": {"keep_fractions": [0.5, 0.25, 0.1], "paper_depth": 32,
                       "methods": ["fastv", "feather", "fopru", "vispruner"], "repeats": 3, "new_tokens": 16,
                       "batch_size": 8},  # the timed batch: 8 prompts, as before
@@ -151,7 +154,10 @@ def _check_methods(p: dict) -> None:
     if bad or not p["kept_counts"]:
         raise ValueError(f"kept_counts={p['kept_counts']!r}: token counts of the paper's {p['paper_tokens']}, each in "
                          f"1..{p['paper_tokens'] - 1}")
-    check_choice("reference", p["reference"], p["methods"])
+    from ..analyses.methods import COUNTED
+    for name in p["count_methods"]:
+        check_choice("count_methods", name, COUNTED)
+    check_choice("reference", p["reference"], p["count_methods"])
 
 
 # Checks of each notebook's own parameters, run after the common ones.
