@@ -58,11 +58,12 @@ OWN: dict[str, dict[str, object]] = {
     "06_methods": {"keep_fractions": [0.5, 0.25], "paper_depth": 32,
                    "methods": ["fastv", "pyramiddrop", "feather", "fopru", "fopru_row", "fopru_fastv", "vispruner",
                                "prumerge", "prumerge_plus", "random"], "examples": 4,
-                   "paper_settings": ["fastv", "fastv_feather", "fastv_norope", "uniform", "knn",
-                                      "fastv_norope_uniform", "feather", "pyramiddrop", "fopru", "fopru_fastv",
+                   # FEATHER's criteria (φ-R, φ_uniform, φ_KNN, φ-R + φ_uniform) at its settings: notebook 5
+                   "paper_settings": ["fastv", "fastv_feather", "feather", "pyramiddrop", "fopru", "fopru_fastv",
                                       "vispruner", "visionzip", "prumerge", "prumerge_plus", "divprune", "dart"],
                    "paper_tokens": 576,
-                   "count_methods": ["fastv", "vispruner", "visionzip", "prumerge_plus", "divprune", "dart", "random"],
+                   # VisPruner Table 1's methods that exist here (random: in the matched-FLOPs comparison)
+                   "count_methods": ["fastv", "vispruner", "visionzip", "prumerge_plus", "divprune", "dart"],
                    "kept_counts": [128, 64, 32], "reference": "fastv"},
     "07_efficiency": {"keep_fractions": [0.5, 0.25, 0.1], "paper_depth": 32,
                       "methods": ["fastv", "feather", "fopru", "vispruner"], "repeats": 3, "new_tokens": 16,
