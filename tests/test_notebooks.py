@@ -104,6 +104,17 @@ def test_ci_batch_runs_every_notebook_and_writes_reproducible_figures(ci_batch):
     assert [Path(p).stem for p in skipped] == list(NOTEBOOKS)
 
 
+def test_a_notebook_is_not_up_to_date_under_another_hub_cache(ci_batch, monkeypatch, capsys):
+    """The benchmarks' source is an input: pointing HF_HUB_CACHE elsewhere runs the notebook again."""
+    root, run, _ = ci_batch
+    run_batch("ci", only=["07_efficiency"], run_dir=run, root=root, skip_up_to_date=True, progress=False)
+    assert "07_efficiency: up to date, skipped" in capsys.readouterr().out
+    monkeypatch.setenv("HF_HUB_CACHE", str(root / "another-hub"))
+    run_batch("ci", only=["07_efficiency"], run_dir=run, root=root, skip_up_to_date=True, progress=False)
+    out = capsys.readouterr().out
+    assert "07_efficiency: done in" in out and "up to date" not in out
+
+
 def test_a_timing_notebook_runs_alone_and_the_others_side_by_side():
     from analysis_lib.notebooks.batch import ALONE, LONGEST_FIRST, _phases
     jobs = [(name,) for name in NOTEBOOKS]

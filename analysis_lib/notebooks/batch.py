@@ -43,6 +43,8 @@ ALONE = frozenset({"07_efficiency"})
 LONGEST_FIRST = ("06_methods", "02_where_pruning_hurts", "03_attention_dispersion", "01_positional_bias",
                  "05_criteria", "04_benchmark_leakage")
 SECTIONS = ("base", "common", "notebooks", "missing_datasets", "hub_cache")
+#: the environment variables that say which Hugging Face hub cache the kernels read benchmarks from
+HUB_VARIABLES = ("HF_HUB_CACHE", "HF_HOME")
 
 
 def profiles() -> list[str]:
@@ -222,8 +224,11 @@ def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = No
             if jobs > 1 and place.launch.distributed:
                 place.say(f"jobs={jobs}: under a launch the ranks share each notebook's grid; one notebook at a time")
                 jobs = 1
+            # where the kernels read benchmarks from is an input too: another hub cache is other data
+            hubs = {key: os.environ.get(key) for key in HUB_VARIABLES}
             stamps = {name: _stamp(NOTEBOOK_DIR / f"{name}.ipynb", {**settings[name], "root": str(root),
-                                                                      "threads": threads}) for name in names}
+                                                                      "threads": threads, "hub": hubs})
+                      for name in names}
             fresh = place.agree([skip_up_to_date and _up_to_date(run_dir, root, n, stamps[n]) for n in names])
             place.run_dir.mkdir(parents=True, exist_ok=True)
             todo = []
