@@ -141,10 +141,11 @@ def _hub_environment(profile: Profile) -> AbstractContextManager[None]:
     return _environment(HF_HUB_CACHE=str(profile.hub_cache) if profile.hub_cache else None)
 
 
-def resolve_profile(profile: str | Path, only: list[str] | None = None) -> tuple[dict[str, dict], list[str]]:
+def resolve_profile(profile: str | Path | Profile, only: list[str] | None = None) -> tuple[dict[str, dict], list[str]]:
     """The parameters of each notebook to run (all, or ``only``) once the profile's datasets are checked
-    against the local copies (``availability``), and the lines saying what was left out."""
-    read = read_profile(profile)
+    against the local copies (``availability``), and the lines saying what was left out. ``profile``: a
+    name, a YAML path, or a profile already read."""
+    read = profile if isinstance(profile, Profile) else read_profile(profile)
     names = list(NOTEBOOKS) if not only else [check_choice("notebook", n, NOTEBOOKS) for n in only]
     with _hub_environment(read):
         return without_missing({name: read.settings[name] for name in names}, read.missing_datasets)
@@ -212,11 +213,12 @@ def run_batch(profile: str | Path = DEFAULT_PROFILE, only: list[str] | None = No
     if check_number("dist_timeout", dist_timeout) <= 0:
         raise ValueError(f"dist_timeout={dist_timeout!r}: must be a number of seconds > 0")
     root = output_root(profile, root, update_committed)
-    settings, lines = resolve_profile(profile, only)
+    read = read_profile(profile)
+    settings, lines = resolve_profile(read, only)
     names = list(settings)
     run_dir = Path(run_dir or REPO / "runs" / "notebooks" / Path(str(profile)).stem)
     run_dir.mkdir(parents=True, exist_ok=True)
-    hub = _hub_environment(read_profile(profile))
+    hub = _hub_environment(read)
     with _environment(OMP_NUM_THREADS=str(threads) if threads else None), hub:  # inherited by papermill's kernels
         with placed(root, run_dir, dist_timeout) as place:
             for line in lines:
