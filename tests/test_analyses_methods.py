@@ -1,6 +1,7 @@
 """Methods at matched budgets (notebook 06): the matching logic, the aggregations and the figures."""
 import json
 import math
+from dataclasses import replace
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -207,7 +208,11 @@ def test_matched_counts_keep_the_same_nominal_count_after_the_last_stage(counted
             assert nominal == arm.coords["kept_count"], arm
     rows = {(a.name, a.coords["kept_count"]): a for a in arms}
     for name in ("vispruner", "visionzip", "prumerge", "prumerge_plus"):
-        assert rows[name, 16].setting.params == {"keep": 16}
+        # the paper's 64 of 576 keeps exactly 16 of 144: its published fraction, the same run as paper_setting
+        assert rows[name, 16].setting.params == {"keep": 64 / 576}
+        assert rows[name, 16].setting.label == compare.paper_setting(name).label or name.startswith("prumerge")
+    uneven = compare.count_arms(["vispruner"], [64], replace(GEO, same_tokens=False))
+    assert uneven[1].setting.params == {"keep": 16}  # varying token counts: the count itself
     assert rows["dart", 16].setting.params["K"] == 2 / 32 and 0.8 < rows["dart", 16].setting.params["R"] < 0.9
     assert rows["divprune", 8].setting.params.keys() == {"R"}
     assert rows["pyramiddrop", 16].setting.params["K1"] == 0.25  # the paper's layers, scaled

@@ -36,7 +36,7 @@ import json
 import math
 import textwrap
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -70,6 +70,7 @@ class Geometry:
     dims: LMDims
     grid: tuple[int, int]
     n_text: int
+    same_tokens: bool = True  # every prompt has the grid's visual tokens (False: LLaVA-NeXT's varying crops)
 
     @property
     def n_visual(self) -> int:
@@ -103,15 +104,17 @@ class Budgeted:
 def geometry(em: EvalModel, samples: Sequence[EvalSample], batch_size: int = 8) -> Geometry:
     """The model's LM dims, the grid of its first visual segment (LLaVA-1.5's grid; LLaVA-NeXT's base
     image, which then stands in for all crops) and the mean number of non-visual tokens of the prompts."""
-    n_text, grid = [], None
+    n_text, grid, counts = [], None, set()
     for start in range(0, len(samples), batch_size):
         inputs = prompt_inputs(em, samples[start:start + batch_size])
         layout = em.adapter.inputs_layout(inputs)
         lengths = em.adapter.token_counts(inputs)
         n_text += [length - n for length, n in zip(lengths, layout.counts())]
+        counts.update(layout.counts())
         segment = layout.samples[0].segments[0]
         grid = grid or (segment.rows, segment.cols)
-    return Geometry(LMDims.from_config(em.model.config), grid, round(float(np.mean(n_text))))
+    geo = Geometry(LMDims.from_config(em.model.config), grid, round(float(np.mean(n_text))))
+    return replace(geo, same_tokens=counts == {geo.n_visual})
 
 
 def final_kept(setting: MethodSetting, geo: Geometry) -> int:
@@ -410,16 +413,20 @@ def count_arms(methods: Sequence[str], counts: Sequence[int], geo: Geometry, pap
                              f"1..{paper_tokens - 1}")
         n = max(1, round(paper_count * geo.n_visual / paper_tokens))
         for name in methods:
-            setting, nominal = _count_setting(name, n, geo, paper_depth)
+            setting, nominal = _count_setting(name, n, paper_count / paper_tokens, geo, paper_depth)
             coords = {"kept_count": n, "paper_count": paper_count, "nominal_kept": nominal}
             arms.append(study.Arm(name, setting, coords))
     return arms
 
 
-def _count_setting(name: str, n: int, geo: Geometry, paper_depth: int) -> tuple[MethodSetting, int]:
-    """``name`` keeping ``n`` visual tokens after its last stage, and what it keeps in theory."""
+def _count_setting(name: str, n: int, fraction: float, geo: Geometry, paper_depth: int
+                   ) -> tuple[MethodSetting, int]:
+    """``name`` keeping ``n`` visual tokens (``fraction`` of the paper's) after its last stage, and what it keeps
+    in theory. A ``DIRECT_COUNTS`` method takes the paper's fraction where that keeps exactly ``n`` of every
+    prompt: the same setting as its published one (``paper_setting``), so the run store runs it once."""
     if name in DIRECT_COUNTS:
-        return _setting(name, paper_depth, **{DIRECT_COUNTS[name]: n}), n
+        exact = geo.same_tokens and max(1, math.floor(fraction * geo.n_visual + 1e-9)) == n
+        return _setting(name, paper_depth, **{DIRECT_COUNTS[name]: fraction if exact else n}), n
     parameter, low, high = COUNT_RULES[name]
     base = FIXED_RULES[name][1](n / geo.n_visual) if name in FIXED_RULES else {}
 
