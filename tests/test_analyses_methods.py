@@ -295,7 +295,7 @@ def test_evaluate_and_examples_on_the_embedded_model(embedded, tmp_path):
     geo = compare.geometry(em, samples, batch_size=4)
     assert geo.grid == (12, 12) and geo.dims.layers == 6 and 10 < geo.n_text < 60
     plan = compare.matched_settings(["fastv", "fopru_row"], [0.25], geo)
-    rows = compare.evaluate(em, samples[:3], plan, tmp_path, batch_size=3)
+    rows = compare.evaluate_arms(em, samples[:3], compare.plan_arms(plan), tmp_path, batch_size=3)
     assert sorted(set(zip(rows.name, rows.keep_fraction))) == [("fastv", 0.25), ("fopru_row", 0.25), ("unpruned", 1.0)]
     kept = rows[rows.name == "fopru_row"].kept_counts  # list columns, parsed once
     assert all(k == [36] for k in kept)

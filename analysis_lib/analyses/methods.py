@@ -47,7 +47,7 @@ import torch
 from matplotlib.patches import Rectangle
 
 from ..evaluation.datasets import EvalSample
-from ..evaluation.runner import NO_PRUNING, EvalModel, MethodSetting, prompt_inputs, run_grid
+from ..evaluation.runner import NO_PRUNING, EvalModel, MethodSetting, prompt_inputs
 from ..flops import LMDims, schedule_flops
 from ..pruning import METHODS, get_method, nominal_kept
 from ..figures import draw_intervals, reference_band
@@ -241,17 +241,10 @@ def plan_frame(plan: Sequence[Budgeted]) -> pd.DataFrame:
                           "final_kept": b.final_kept, "matched": b.matched} for b in plan])
 
 
-def evaluate(em: EvalModel, samples: list[EvalSample], plan: Sequence[Budgeted], out: str | Path,
-             batch_size: int = 8, dataset: str = "synthetic", store: str | Path | None = None) -> pd.DataFrame:
-    """The study's tidy rows (resumable under ``out``, or ``store``) of every distinct setting of the plan,
-    joined to the plan's names, kept fractions and ``matched``, in the plan's order (a setting two entries
-    share is run once)."""
-    settings = list({b.setting.label: b.setting for b in plan}.values())
-    rows = study.tidy(run_grid([em], settings, [(dataset, samples)], out=out, batch_size=batch_size, progress=False,
-                               store=store))
-    entries = plan_frame(plan)[["setting", "name", "keep_fraction", "matched"]].reset_index(names="plan_index")
-    merged = rows.merge(entries, on="setting").sort_values("plan_index", kind="stable")
-    return merged.drop(columns="plan_index").reset_index(drop=True)
+def plan_arms(plan: Sequence[Budgeted]) -> list[study.Arm]:
+    """The plan as study arms (``evaluate_arms`` runs them): its names with their kept fractions and ``matched``
+    as coordinates (a setting two entries share is run once)."""
+    return [study.Arm(b.name, b.setting, {"keep_fraction": b.keep_fraction, "matched": b.matched}) for b in plan]
 
 
 def accuracy_table(rows: pd.DataFrame, by: str = "family") -> pd.DataFrame:
