@@ -1,0 +1,160 @@
+"""SparseVLM (Zhang et al., ICML 2025, arXiv 2410.04417): text raters score the visual tokens inside the LLM,
+the lowest-scored are deleted, and the best of the deleted are recycled into a few cluster tokens.
+
+The parts, each a function with its own tests: ``select_raters`` (§3.2), ``rater_scores``, ``rank_deletions``
+(the rank-based adaptive count, §3.3), ``recycle`` (§3.4, DPC-KNN clusters and their merge triples), and
+``SparseStage``, the selector and merger of one stage built from them. Readings from the official code
+(Gumpest/SparseVLMs, LLaVA path: ``LlamaDynamicvitModel.forward`` in
+``llava/model/language_model/modelling_sparse_llama.py``, ``attn_postprocess_topk`` in ``score.py``,
+``cluster_and_merge`` in ``utils.py``; its default ``USE_VERSION=1_0``, the ICML method) are in the docstrings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..validation import check_choice, check_int, check_range
+from .merging import MergeInputs, MergeMap
+from .scorers import density_peaks
+from .selectors import SampleSelection
+from .states import SampleStates
+
+DELETIONS = ("schedule", "rank")
+
+
+def select_raters(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Text raters [T] bool from the language model's input embeddings (visual [N, D], text [T, D]).
+
+    R = softmax over the text of V·Tᵀ, averaged over the visual tokens; raters are the text tokens with R
+    above its mean (official forward: ``m_v_t = v_t @ t_t.T``, ``softmax(2).mean(1)``, ``> mean``), chosen
+    once per prompt on the embeddings before layer 0 and used at every stage. "Text" is every token after
+    the image (the question and the assistant prompt), as the official ``hidden_states[:, text_token_start:]``.
+    When no token is above the mean (one text token, or all equal) every text token rates: the official
+    code would then score with an empty set (NaN); this reading is ours.
+    """
+    relevance = torch.softmax(visual.double() @ text.double().T, dim=1).mean(dim=0)
+    raters = relevance > relevance.mean()
+    return raters if raters.any() else torch.ones_like(raters)
+
+
+def rater_scores(attention: torch.Tensor, raters: torch.Tensor) -> torch.Tensor:
+    """Visual-token scores [N]: the raters' rows of the head-mean attention [T, N] of layer K-1, averaged
+    (official ``attn_postprocess_topk``: ``mean(1)`` over heads, rater rows, visual columns, ``mean(1)``)."""
+    return attention[raters].double().mean(dim=0)
+
+
+def rank_deletions(attention: torch.Tensor, lam: float) -> int:
+    """Tokens to delete by the paper's rank rule (§3.3): floor(λ·(n - rank(P))), P = the raters' attention
+    rows over the n present visual tokens [R, n] (the redundancy the rank leaves out). The released code
+    has no rank rule (fixed per-layer counts instead); the matrix rank is numpy's default tolerance, in
+    float64."""
+    n = attention.shape[1]
+    return int(lam * (n - int(torch.linalg.matrix_rank(attention.double()))) + 1e-9)
+
+
+@dataclass
+class Recycled:
+    """The recycled tokens of one stage: the cluster centres kept on top of the budget, and the merge of
+    each cluster into its centre (the centre becomes the cluster mean)."""
+
+    centres: torch.Tensor  # [c] original indices
+    merge: MergeMap
+
+
+def recycle(deleted: torch.Tensor, scores: torch.Tensor, states: torch.Tensor, ratio: float,
+            cluster_size: int) -> Recycled:
+    """Recycle the ``deleted`` tokens (original indices) of a stage.
+
+    Official ``s_flag`` branch and ``cluster_and_merge``: the top int(d·ratio) + 1 of the d deleted tokens
+    by score (at most d) are pooled; c = int(m / cluster_size) + 1 clusters of the m pooled tokens by DPC-KNN
+    on their hidden states entering layer K (the official ``layer_outputs[0]`` of layer K-1), with k = c
+    nearest neighbours for the density; centres = the c best density × distance scores; every pooled token
+    joins its nearest centre; a cluster becomes the mean of its tokens. Differences, by this project's
+    rule that every token reaching the LLM is an original visual token with a grid position: the centre
+    (an original token) is kept and absorbs its cluster through a merge (weight 1/size on each member,
+    1/size - 1 on itself), instead of a new token inserted after the kept ones; and density ties go to
+    the earlier token, where the official code adds 1e-6 uniform noise. ``density_peaks(delta="plain")``
+    gives the densest token its row's largest distance, the official code the matrix's: both make it the
+    top-scored centre, so the centres are the same.
+    """
+    empty = Recycled(deleted[:0], MergeMap(deleted[:0], deleted[:0], torch.zeros(0)))
+    if deleted.numel() == 0 or ratio == 0:
+        return empty
+    m = min(int(deleted.numel() * ratio + 1e-9) + 1, deleted.numel())
+    order = torch.argsort(scores[deleted].double(), descending=True, stable=True)
+    pool = torch.sort(deleted[order[:m]]).values  # image order: density ties go to the earlier token
+    c = int(m / cluster_size) + 1
+    rows = states[pool].double()
+    ranked = torch.argsort(density_peaks(rows, c, "plain").double(), descending=True, stable=True)
+    centre_rows = torch.sort(ranked[:c]).values  # distance ties go to the earlier centre
+    nearest = torch.cdist(rows, rows[centre_rows]).argmin(dim=1)
+    nearest[centre_rows] = torch.arange(c)
+    targets, sources, weights = [], [], []
+    for j, centre in enumerate(pool[centre_rows].tolist()):
+        members = pool[nearest == j]
+        if members.numel() > 1:
+            size = members.numel()
+            targets += [centre] * size
+            sources += members.tolist()
+            weights += [1.0 / size - (1.0 if s == centre else 0.0) for s in members.tolist()]
+    merge = MergeMap(torch.tensor(targets, dtype=torch.long), torch.tensor(sources, dtype=torch.long),
+                     torch.tensor(weights, dtype=torch.float32))
+    return Recycled(pool[centre_rows], merge)
+
+
+@dataclass(frozen=True)
+class SparseStage:
+    """One SparseVLM stage, both the stage's selector and its merger (the merge recycles what the selection
+    deleted, so both come from one ``plan``).
+
+    Keeps the top k present visual tokens by ``rater_scores`` (ties to the earlier token; the official
+    ``topk`` keeps min(k, n - 1)); ``deletion="rank"`` deletes max(n - k, ``rank_deletions``) instead (the
+    budget caps the count, the rank rule may delete more: our reading, the paper does not say how the rule
+    meets a fixed budget). Then ``recycle`` with ``recycle`` (0 = off) and ``cluster_size``; the centres
+    are kept on top of k. Scores, raters and clusters come from the LLM's states (``needs_states``).
+    """
+
+    recycle: float = 0.3
+    cluster_size: int = 10
+    deletion: str = "schedule"
+    lam: float = 1.0
+    name: str = "sparsevlm"
+    needs_budget: bool = True
+    needs_features: bool = False
+    needs_states: bool = True
+    acts_on: str = "states"
+    needs_keys: bool = False
+    keys_layer: str = "feature"
+
+    def __post_init__(self):
+        check_range("recycle", self.recycle, 0.0, 1.0)
+        check_int("cluster_size", self.cluster_size, 1)
+        check_choice("deletion", self.deletion, DELETIONS)
+        check_range("lam", self.lam, 0.0, 1.0, low_open=True)
+
+    def plan(self, candidates: torch.Tensor, k: int, attention: torch.Tensor, visual_embeddings: torch.Tensor,
+             text_embeddings: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, Recycled]:
+        """(the k or fewer top-scored tokens, the recycled centres and merge) of one sample from candidates [N]
+        bool, the head-mean attention of layer K-1 [T, N], the input embeddings [N, D] / [T, D] and the hidden
+        states entering layer K [N, D]."""
+        present = candidates.nonzero().flatten()
+        raters = select_raters(visual_embeddings[present], text_embeddings)
+        scores = torch.full((candidates.numel(),), float("nan"), dtype=torch.float64)
+        scores[present] = rater_scores(attention[:, present], raters)
+        if self.deletion == "rank":
+            k = min(k, present.numel() - rank_deletions(attention[raters][:, present], self.lam))
+        order = torch.argsort(scores[present], descending=True, stable=True)
+        kept = torch.sort(present[order[:k]]).values
+        return kept, recycle(present[order[k:]], scores, hidden, self.recycle, self.cluster_size)
+
+    def _plan(self, candidates: torch.Tensor, states: SampleStates, k: int) -> tuple[torch.Tensor, Recycled]:
+        return self.plan(candidates, k, states.text_attention, states.visual_embeddings, states.text_embeddings,
+                         states.visual)
+
+    def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
+        kept, recycled = self._plan(sample.candidates, sample.states, k)
+        return torch.sort(torch.cat([kept, recycled.centres])).values
+
+    def merge(self, sample: MergeInputs) -> MergeMap:
+        return self._plan(sample.candidates, sample.states, sample.budget)[1].merge
