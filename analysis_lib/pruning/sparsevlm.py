@@ -21,6 +21,21 @@ from .selectors import SampleSelection
 from .states import SampleStates
 
 DELETIONS = ("schedule", "rank")
+#: visual tokens of LLaVA-1.5 (24 × 24), the model the official counts are set for
+REFERENCE_TOKENS = 576
+#: tokens kept at the three stages for each budget (official ``score.py``, ``sparse_token_list_*`` of
+#: USE_VERSION 1_0). A budget is the mean visual-token count over the 32 layers ("Equal Tokens" in the
+#: official log; its comment "2*576 4*300 10*200 16*110" for 192), not the count after the last stage.
+OFFICIAL_COUNTS = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}
+
+
+def stage_counts(budget: float) -> tuple[float, ...]:
+    """Tokens kept at each stage for a budget on the 576-token reference: the official list for 192 / 128 /
+    96 / 64; another budget scales the list of the nearest official budget (ties to the larger) by
+    budget / that budget (our rule: the official lists are not proportional to their budgets, so no rule
+    reproduces them all)."""
+    nearest = min(OFFICIAL_COUNTS, key=lambda b: (abs(b - budget), -b))
+    return tuple(c * budget / nearest for c in OFFICIAL_COUNTS[nearest])
 
 
 def select_raters(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
