@@ -1,4 +1,6 @@
 """The pruning engine's invariants on tiny LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL and Qwen3-VL models."""
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -6,6 +8,8 @@ from analysis_lib.attention import TextAttentionSpec
 from analysis_lib.hooks import hook_count
 from analysis_lib.pruning import (FixedScorer, PruningEngine, RandomScorer, Schedule, Stage, TextAttentionScorer,
                                   VisionAttentionScorer)
+from analysis_lib.pruning.scorers import pad_per_sample
+from analysis_lib.pruning.signals import Reads
 from tiny_setup import FAMILIES, batch_inputs, sample_inputs
 
 THREE_STAGES = Schedule((Stage(0, VisionAttentionScorer(), 0.75),
@@ -289,3 +293,30 @@ def test_qwen3_deepstack_spans_the_pruned_layers_and_changes_the_output(models):
         without = model.lm_head(model.model.language_model(**seen).last_hidden_state)
     valid = inputs["attention_mask"].bool()
     assert not torch.allclose(plain[valid], without[valid], atol=1e-3)
+
+
+@dataclass(frozen=True)
+class StateNorm(Reads):
+    """A scorer written outside the library: the norm of each visual token's hidden state entering the stage's
+    layer, read through the declared ``needs_states`` signal."""
+
+    name: str = "state_norm"
+    needs_states = True
+
+    def score(self, inputs):
+        return pad_per_sample([s.visual.norm(dim=-1) for s in inputs.states], inputs.candidates.shape[1])
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
+def test_a_new_scorer_gets_the_states_it_declares(models, family):
+    """The states a scorer declares are the hidden states entering its layer: its kept set is the top half by
+    the norm of the unpruned model's hidden states at that layer, per sample."""
+    model = models[(family, "sdpa")]
+    inputs = batch_inputs(model, family)
+    _, record = run(model, inputs, Schedule((Stage(2, StateNorm(), 0.5),)))
+    with torch.no_grad():
+        hidden = model(**inputs, output_hidden_states=True).hidden_states[2]
+    for b, grid in enumerate(record.layout.samples):
+        norms = hidden[b, grid.positions].float().norm(dim=-1)
+        expected = torch.sort(torch.topk(norms, len(record.stages[0].kept[b])).indices).values
+        assert torch.equal(record.stages[0].kept[b], expected.cpu())

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from ..adapters import ModelAdapter, adapter_for
-from ..attention import (patches_to_tokens, rows_to_visual, text_visual_rows, vision_features, vision_rows,
-                         watch_output, watch_qk)
+from ..attention import patches_to_tokens, vision_features, vision_rows, watch_output, watch_qk
 from ..hooks import HookSet
 from ..layout import SampleGrid
 from ..tracking import Tracker, tracker_for
@@ -27,6 +26,7 @@ from .merging import MergeInputs, MergeMap
 from .schedule import Schedule, Stage
 from .scorers import ScoreInputs
 from .selectors import SampleSelection
+from .signals import DecoderAttention
 from .states import rotated_keys, sample_states
 from .views import MODES, POSITIONS, call_slots, pruned_view, slot_mask
 
@@ -128,7 +128,7 @@ class PruningEngine:
     def _install(self) -> None:
         adapter, hooks = self.adapter, self.hooks
         self.tracker.add_listener(self._on_new_prompt)
-        self._text_rows: dict[int, torch.Tensor] = {}
+        self._decoder: dict[int, DecoderAttention] = {}
         self._vision_rows: dict[int, object] = {}
         self._vision_keys: dict[int, torch.Tensor] = {}
         self._decoder_keys: dict[int, torch.Tensor] = {}
@@ -143,11 +143,10 @@ class PruningEngine:
             if stage.scorer.needs_text_attention:
                 k = Schedule.score_layer(stage, layer, adapter.num_layers)
 
-                def on_text(q, k_proj, call, s=s, k=k, stage=stage):
-                    view = self.tracker.view_at(k - 1).to(q.device)
-                    rows = text_visual_rows(q, k_proj, *call.rope, view, adapter, stage.scorer.spec)
-                    n_max = max(self.tracker.prompt.layout.counts())
-                    self._text_rows[s] = rows_to_visual(rows, view, n_max).mean(dim=1)
+                def on_text(q, k_proj, call, s=s, k=k):
+                    self._decoder[s] = DecoderAttention(q.detach(), k_proj.detach(), *call.rope,
+                                                        self.tracker.view_at(k - 1),
+                                                        adapter, max(self.tracker.prompt.layout.counts()))
                 watch_qk(hooks, adapter, adapter.decoder_attention(k - 1), armed, on_text)
             if stage.needs_states and layer > 0:
                 def on_keys(q, k_proj, call, s=s):
@@ -155,7 +154,7 @@ class PruningEngine:
                 watch_qk(hooks, adapter, adapter.decoder_attention(layer - 1), armed, on_keys)
         # the tower runs once per new image set, inside forward or before it (generate pre-encodes images)
         feature_layer = adapter.vision_feature_encoder_layer
-        rows_at = {self._vision_layer(_scorer_layer(stage.scorer)) for _, stage in self.stages
+        rows_at = {self._vision_layer(stage.scorer.vision_layer) for _, stage in self.stages
                    if stage.scorer.needs_vision_attention}
         keys_at = {self._vision_layer(stage.merging.keys_layer) for _, stage in self.stages
                    if stage.merging is not None and stage.merging.needs_keys}
@@ -201,7 +200,7 @@ class PruningEngine:
             if stage.keep is None or stage.scope != "global":
                 break
             n_in = [stage.budget(n, n0) for n, n0 in zip(n_in, counts)]
-        self._text_rows = {}
+        self._decoder = {}
         self.records.append(PruneRecord(self.schedule.name, self.mode, self.positions, counts,
                                         layout=tracker.prompt.layout))
 
@@ -218,14 +217,14 @@ class PruningEngine:
         features = None
         if stage.needs_features:
             features = [f.cpu() for f in patches_to_tokens(self._features, layout)]
-        vision = (self._vision_rows[self._vision_layer(_scorer_layer(stage.scorer))]
+        vision = (self._vision_rows[self._vision_layer(stage.scorer.vision_layer)]
                   if stage.scorer.needs_vision_attention else None)
         states = None
         if stage.needs_states:
             states = sample_states(hidden, self.adapter.final_normed(hidden), self._decoder_keys.get(s),
                                    self.tracker.views[self._view_index(layer - 1)], layout)
-        scores = stage.scorer.score(ScoreInputs(counts, candidates, layout, self._text_rows.get(s), vision,
-                                                features)).cpu()
+        scores = stage.scorer.score(ScoreInputs(counts, candidates, layout, self._decoder.pop(s, None), vision,
+                                                features, states)).cpu()
         keys = None
         if stage.merging is not None and stage.merging.needs_keys:
             head_dim = self.adapter.vision_geometry().head_dim
@@ -392,11 +391,6 @@ class PruningEngine:
         source = torch.gather(slot_of, 1, kv_index.clamp(0, prompt.length - 1))
         tail = old.length + (kv_index - prompt.length)
         return torch.where(in_prompt, source, torch.where(kv_index >= prompt.length, tail, 0))
-
-
-def _scorer_layer(scorer) -> str:
-    """The vision layer a vision-attention scorer reads ("feature" unless it says "last")."""
-    return getattr(scorer, "layer", "feature")
 
 
 def _merged_slots(hidden: torch.Tensor, view, merges: list[MergeMap]) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 from ..validation import check_choice, check_range
 from .scorers import VISION_LAYERS
 from .selectors import SampleSelection, _ranked
+from .signals import Reads
 
 MERGE_TARGETS = ("projector_input", "states")
 
@@ -102,7 +103,7 @@ def _empty() -> MergeMap:
 
 
 @dataclass(frozen=True)
-class DominantContextual:
+class DominantContextual(Reads):
     """VisionZip's selection: int(k·dominant) dominant tokens by score ([CLS] attention), then the rest of
     the budget as contextual targets spread uniformly over the remaining scored candidates in image order
     (every ``max(1, M // c)``-th of the M remaining, the first c of them, as the official code takes them)."""
@@ -110,7 +111,6 @@ class DominantContextual:
     dominant: float = 54 / 64
     name: str = "dominant+contextual"
     needs_budget: bool = True
-    needs_features: bool = False
 
     def __post_init__(self):
         check_range("dominant", self.dominant, 0.0, 1.0)
@@ -166,7 +166,7 @@ PRUMERGE_MEAN_SHARE = 32 / 576
 
 
 @dataclass(frozen=True)
-class Outliers:
+class Outliers(Reads):
     """PruMerge's adaptive selection: the scored candidates whose score ([CLS] attention) is above
     Q3 + 1.5·IQR of the sample's scores (numpy-style linear percentiles, as the official code), at least
     the best one. ``spatial`` (PruMerge+) adds the tokens at every ``max(1, int(int(1/ratio)/3))``-th
@@ -175,7 +175,6 @@ class Outliers:
 
     spatial: bool = False
     needs_budget: bool = False
-    needs_features: bool = False
 
     @property
     def name(self) -> str:
@@ -203,14 +202,13 @@ class Outliers:
 
 
 @dataclass(frozen=True)
-class TopAndSpread:
+class TopAndSpread(Reads):
     """PruMerge+ with a fixed budget k (its official non-adaptive branch keeps as many top-[CLS] tokens as
     spatially spread ones): k - k//2 best-scored, then k//2 spread evenly over the remaining scored
     candidates in image order (the i-th at place floor((i + 1/2)·M / (k//2)), the official half-step offset)."""
 
     name: str = "top+spread"
     needs_budget: bool = True
-    needs_features: bool = False
 
     def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
         spread = k // 2

@@ -14,7 +14,6 @@ from ..validation import check_choice
 from .merging import Merger
 from .scorers import ConstantScorer, Scorer
 from .selectors import Selector, TopK
-from .states import needs_states
 
 KEEP_OF = ("input", "original")
 ORDERS = ("image", "score")
@@ -79,8 +78,8 @@ class Stage:
 
     @property
     def needs_states(self) -> bool:
-        """Whether the selector reads the language model's states where the stage prunes (see ``states.py``)."""
-        return needs_states(self.selector)
+        """Whether the scorer or selector reads the language model's states where the stage prunes (``states.py``)."""
+        return self.scorer.needs_states or self.selector.needs_states
 
     def budget(self, n_input: int, n_original: int) -> int | None:
         """Tokens this stage keeps for one sample (None: the selector decides); errors if above n_input."""

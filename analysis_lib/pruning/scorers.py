@@ -1,10 +1,10 @@
 """Score: how important each visual token is, from whatever signal a criterion uses.
 
-A scorer declares the signals it needs (text→visual attention at the layer before its stage, the
-vision tower's attention or its patch features at the feature layer); the engine records exactly
-those, then calls ``score`` with a ScoreInputs. Scores are [B, N] over original visual-token indices
-(NaN where a token has no score, e.g. LLaVA-NeXT's newline tokens for vision-side scores); higher =
-keep.
+A scorer declares the signals it reads (``signals.Reads``: the decoder's queries and keys at the layer
+before its stage, the vision tower's attention at one of its layers, the feature-layer patch features, the
+language model's states); the engine records exactly those, then calls ``score`` with a ScoreInputs.
+Scores are [B, N] over original visual-token indices (NaN where a token has no score, e.g. LLaVA-NeXT's
+newline tokens for vision-side scores); higher = keep.
 """
 from __future__ import annotations
 
@@ -16,25 +16,32 @@ import torch
 from ..attention import TextAttentionSpec, VisionRows, patches_to_tokens
 from ..layout import VisualLayout
 from ..validation import check_choice
+from .signals import DecoderAttention, Reads
+from .states import SampleStates
 
 
 @dataclass
 class ScoreInputs:
-    """What a scorer may read for one stage of one prompt."""
+    """What a scorer may read for one stage of one prompt (each signal only where the stage declares it)."""
 
     num_visual: list[int]  # visual tokens per sample
     candidates: torch.Tensor  # [B, N] bool: tokens still present when the stage starts
     layout: VisualLayout | None = None
-    text_attention: torch.Tensor | None = None  # [B, N] head-mean rows of the layer before the stage
-    vision: VisionRows | None = None  # attention of the feature layer, per crop and head
+    decoder: DecoderAttention | None = None  # queries and keys of the decoder layer before the stage
+    vision: VisionRows | None = None  # tower attention at the scorer's vision_layer, per crop and head
     features: list[torch.Tensor] | None = None  # per sample [N_b, C] feature-layer patch features (NaN rows)
+    states: list[SampleStates] | None = None  # per sample, the LLM's states where the stage prunes
 
 
 class Scorer(Protocol):
+    """Scores one stage's tokens from the signals it declares."""
+
     name: str
     needs_text_attention: bool
     needs_vision_attention: bool
     needs_features: bool
+    needs_states: bool
+    vision_layer: str
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor: ...
 
@@ -48,18 +55,16 @@ def pad_per_sample(per_sample: list[torch.Tensor], width: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class TextAttentionScorer:
+class TextAttentionScorer(Reads):
     """Attention the visual tokens receive from the text at layer K-1 (FastV's φ_original by default;
     ``TextAttentionSpec(rope="removed", softmax="visual")`` is FEATHER's φ-R)."""
 
     spec: TextAttentionSpec = field(default_factory=TextAttentionSpec)
     name: str = "text_attention"
-    needs_text_attention: bool = True
-    needs_vision_attention: bool = False
-    needs_features: bool = False
+    needs_text_attention = True
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
-        return inputs.text_attention
+        return inputs.decoder.text_visual(self.spec)
 
 
 VISION_SCORES = ("cls", "received", "auto")
@@ -67,7 +72,7 @@ VISION_LAYERS = ("feature", "last")
 
 
 @dataclass(frozen=True)
-class VisionAttentionScorer:
+class VisionAttentionScorer(Reads):
     """Vision-tower attention at the feature layer, mean over heads: the [CLS] row ("cls"), the mean
     attention a patch receives from the patches ("received"), or "auto" (the default): [CLS] when the tower
     has one, else received (VisPruner's rule for towers without [CLS], §3.3; used on Qwen's tower).
@@ -78,13 +83,15 @@ class VisionAttentionScorer:
     layer: str = "feature"
     joint: bool = False
     name: str = "vision_attention"
-    needs_text_attention: bool = False
-    needs_vision_attention: bool = True
-    needs_features: bool = False
+    needs_vision_attention = True
 
     def __post_init__(self):
         check_choice("kind", self.kind, VISION_SCORES)
         check_choice("layer", self.layer, VISION_LAYERS)
+
+    @property
+    def vision_layer(self) -> str:
+        return self.layer
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         kind = self.kind
@@ -107,7 +114,7 @@ def _nanvar(values: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class FoPruSignificance:
+class FoPruSignificance(Reads):
     """FoPru's token significance (eqs. 2-4) from the feature layer's head-mean attention over the
     patch tokens: s1 = mean attention each patch gives, s2 = mean attention each patch receives;
     ``rule="variance"`` keeps the one with the larger variance (the paper), "low-variance" the other
@@ -119,9 +126,7 @@ class FoPruSignificance:
 
     rule: str = "variance"
     name: str = "fopru_significance"
-    needs_text_attention: bool = False
-    needs_vision_attention: bool = True
-    needs_features: bool = False
+    needs_vision_attention = True
 
     def __post_init__(self):
         check_choice("rule", self.rule, SIGNIFICANCE_RULES)
@@ -167,7 +172,7 @@ def density_peaks(features: torch.Tensor, k: int, delta: str = "squared") -> tor
 
 
 @dataclass(frozen=True)
-class DensityPeakScorer:
+class DensityPeakScorer(Reads):
     """φ_KNN (FEATHER): DPC-KNN density × distance on the feature-layer patch features of the tokens
     still present (tokens without a patch get NaN); ``delta`` as in ``density_peaks`` (squared, FEATHER
     eq. 2, by default)."""
@@ -175,9 +180,7 @@ class DensityPeakScorer:
     k: int = 5
     delta: str = "squared"
     name: str = "dpc_knn"
-    needs_text_attention: bool = False
-    needs_vision_attention: bool = False
-    needs_features: bool = True
+    needs_features = True
 
     def __post_init__(self):
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -196,15 +199,12 @@ class DensityPeakScorer:
 
 
 @dataclass(frozen=True)
-class RandomScorer:
+class RandomScorer(Reads):
     """Uniform random scores, drawn per sample from the seed alone: a sample gets the same kept set
     whether it runs alone or in a batch."""
 
     seed: int = 0
     name: str = "random"
-    needs_text_attention: bool = False
-    needs_vision_attention: bool = False
-    needs_features: bool = False
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         width = inputs.candidates.shape[1]
@@ -213,28 +213,22 @@ class RandomScorer:
 
 
 @dataclass(frozen=True)
-class ConstantScorer:
+class ConstantScorer(Reads):
     """No signal: every token scores the same. For selectors that choose by position alone (grid,
     rows, quartile, region)."""
 
     name: str = "none"
-    needs_text_attention: bool = False
-    needs_vision_attention: bool = False
-    needs_features: bool = False
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         return torch.zeros(inputs.candidates.shape)
 
 
 @dataclass(frozen=True)
-class FixedScorer:
+class FixedScorer(Reads):
     """Prefers a given set of visual tokens per sample (e.g. the kept set of another run, applied elsewhere)."""
 
     kept: tuple[tuple[int, ...], ...]
     name: str = "fixed"
-    needs_text_attention: bool = False
-    needs_vision_attention: bool = False
-    needs_features: bool = False
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         if len(self.kept) != len(inputs.num_visual):

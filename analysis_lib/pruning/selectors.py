@@ -14,6 +14,7 @@ import torch
 
 from ..layout import SampleGrid
 from ..validation import check_choice, check_range
+from .signals import Reads
 from .states import SampleStates
 
 
@@ -34,6 +35,7 @@ class Selector(Protocol):
     name: str
     needs_budget: bool
     needs_features: bool
+    needs_states: bool
 
     def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor: ...
 
@@ -48,26 +50,24 @@ def _ranked(sample: SampleSelection) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class TopK:
+class TopK(Reads):
     """Keep the k best-scored candidates; ties go to the earlier token."""
 
     name: str = "topk"
     needs_budget: bool = True
-    needs_features: bool = False
 
     def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
         return torch.sort(_ranked(sample)[:k]).values
 
 
 @dataclass(frozen=True)
-class Grid:
+class Grid(Reads):
     """φ_uniform: the patch tokens whose row and column are multiples of ``stride`` (plus ``offset``) in
     their segment's grid. Stride 2 keeps 14×14 = 196 of a 27×27 grid; stride 3 keeps 9×9 = 81."""
 
     stride: int = 2
     offset: int = 0
     needs_budget: bool = False
-    needs_features: bool = False
 
     def __post_init__(self):
         if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
@@ -86,7 +86,7 @@ class Grid:
 
 
 @dataclass(frozen=True)
-class Union:
+class Union(Reads):
     """The union of two selectors' kept sets (FEATHER's φ-R + φ_uniform: TopK ∪ Grid(3)); the budget
     goes to whichever part takes one."""
 
@@ -109,6 +109,10 @@ class Union:
     def needs_features(self) -> bool:
         return self.first.needs_features or self.second.needs_features
 
+    @property
+    def needs_states(self) -> bool:
+        return self.first.needs_states or self.second.needs_states
+
     def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
         return torch.unique(torch.cat([self.first.select(sample, k), self.second.select(sample, k)]))
 
@@ -117,7 +121,7 @@ ROW_PARTS = ("score", "top", "bottom")
 
 
 @dataclass(frozen=True)
-class Rows:
+class Rows(Reads):
     """Whole rows of each segment's grid. The budget k sets the fraction of rows, k / candidates, kept
     per segment, rounded down (FoPru selects n×r% rows and slices, which truncates: 6 of 27 rows = 162
     tokens for a budget of 182; rounding to nearest would keep 7 = 189, over budget), so a stage of
@@ -127,7 +131,6 @@ class Rows:
 
     part: str = "score"
     needs_budget: bool = True
-    needs_features: bool = False
 
     def __post_init__(self):
         check_choice("part", self.part, ROW_PARTS)
@@ -155,12 +158,11 @@ class Rows:
 
 
 @dataclass(frozen=True)
-class Quartile:
+class Quartile(Reads):
     """Only the q-th quarter (1 = first) of the candidates in sequence order (VisPruner Fig. 2c)."""
 
     q: int = 1
     needs_budget: bool = False
-    needs_features: bool = False
 
     def __post_init__(self):
         check_choice("q", self.q, (1, 2, 3, 4))
@@ -186,12 +188,11 @@ REGIONS: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
 
 
 @dataclass(frozen=True)
-class Region:
+class Region(Reads):
     """Only the candidates whose centre lies in one region of the image (see REGIONS)."""
 
     region: str = "top"
     needs_budget: bool = False
-    needs_features: bool = False
 
     def __post_init__(self):
         check_choice("region", self.region, REGIONS)
@@ -231,7 +232,7 @@ DIVERSE_ORDERS = ("attention", "image")
 
 
 @dataclass(frozen=True)
-class ImportantDiverse:
+class ImportantDiverse(Reads):
     """VisPruner: the int(k·important) best-scored candidates ("important", scored by [CLS] attention),
     then the rest of the budget as "diverse" tokens: duplicates are removed from the other candidates
     by cosine similarity of their L2-normalised feature-layer features (``remove_duplicates``, up to
@@ -248,7 +249,7 @@ class ImportantDiverse:
     order: str = "attention"
     name: str = "important+diverse"
     needs_budget: bool = True
-    needs_features: bool = True
+    needs_features = True
 
     def __post_init__(self):
         check_range("important", self.important, 0.0, 1.0)
@@ -308,7 +309,7 @@ def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class MaxMinDiversity:
+class MaxMinDiversity(Reads):
     """DivPrune: the k candidates picked by greedy max–min cosine diversity (``max_min_diverse``) of the
     LLM's hidden states where the stage prunes; per sample, over the visual tokens only.
 
@@ -323,8 +324,7 @@ class MaxMinDiversity:
 
     name: str = "max-min-diversity"
     needs_budget: bool = True
-    needs_features: bool = False
-    needs_states: bool = True
+    needs_states = True
 
     def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
         pool = sample.candidates.nonzero().flatten()
@@ -352,7 +352,7 @@ def pivot_duplicates(pivots: torch.Tensor, features: torch.Tensor, k: int) -> to
 
 
 @dataclass(frozen=True)
-class PivotDuplicates:
+class PivotDuplicates(Reads):
     """DART: after layer K, keep k candidates by duplication with pivot tokens; per sample.
 
     Readings, from the official code (``DART.get_retained_image_token`` in
@@ -374,8 +374,7 @@ class PivotDuplicates:
     text_pivots: int = 4
     name: str = "pivot-duplicates"
     needs_budget: bool = True
-    needs_features: bool = False
-    needs_states: bool = True
+    needs_states = True
 
     def __post_init__(self):
         for name in ("image_pivots", "text_pivots"):

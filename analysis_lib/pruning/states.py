@@ -1,6 +1,6 @@
 """The language model's own states where a stage prunes, for criteria that compare tokens in the LLM's space.
 
-A selector that sets ``needs_states = True`` gets, per sample, the hidden states entering the
+A scorer or selector that declares ``needs_states`` gets, per sample, the hidden states entering the
 stage's layer K (at K = 0: the language model's input embeddings, i.e. the projector's outputs at the
 visual tokens), the same through the language model's final norm, and the keys of layer K-1 with RoPE
 applied (None at K = 0), each split into the visual tokens and the text tokens after the image.
@@ -28,11 +28,6 @@ class SampleStates:
     text_normed: torch.Tensor
     visual_keys: torch.Tensor | None  # keys of layer K-1, RoPE applied, heads concatenated
     text_keys: torch.Tensor | None
-
-
-def needs_states(part: object) -> bool:
-    """Whether a selector reads the LLM's states (its optional ``needs_states``; absent means no)."""
-    return bool(getattr(part, "needs_states", False))
 
 
 def rotated_keys(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
