@@ -19,7 +19,7 @@ from .schedule import SCOPES, Schedule, Stage
 from .merging import ContextualMerge, DominantContextual, NeighbourMerge, Outliers, TopAndSpread
 from .scorers import (DensityPeakScorer, FoPruSignificance, RandomScorer, TextAttentionScorer,
                       VisionAttentionScorer)
-from .sparsevlm import OFFICIAL_COUNTS, REFERENCE_TOKENS, SparseStage, stage_counts
+from .sparsevlm import OFFICIAL_COUNTS, REFERENCE_TOKENS, RaterAttention, Recycling, stage_counts
 from .selectors import (DIVERSE_ORDERS, Grid, ImportantDiverse, MaxMinDiversity, PivotDuplicates, Quartile, Region,
                         Rows, TopK, Union)
 
@@ -183,24 +183,23 @@ def _check_increasing(layers: tuple[int | float, ...]) -> None:
 
 
 def sparsevlm(keep: int | float = 64, K1: int | float = 3 / 32, K2: int | float = 7 / 32,
-              K3: int | float = 16 / 32, recycle: float = 0.3, cluster_size: int = 10,
-              deletion: str = "schedule", lam: float = 1.0) -> Schedule:
+              K3: int | float = 16 / 32, recycle: float = 0.3, cluster_size: int = 10) -> Schedule:
     """SparseVLM (v1.0, ICML 2025): after layers K1, K2, K3 keep the visual tokens the text raters (text
     tokens whose embedding relevance to the image is above the mean) attend to most at the layer before,
-    then recycle the best int(0.3·d) + 1 of the d deleted into int(m / cluster_size) + 1 DPC-KNN clusters of
-    the hidden states, each kept as its centre token carrying the cluster mean (see ``sparsevlm.py``).
+    then recycle the best int(recycle·d) + 1 of the d deleted into int(m / cluster_size) + 1 DPC-KNN
+    clusters of the hidden states, each kept as its centre token carrying the cluster mean (``sparsevlm.py``).
     ``keep``: the budget as the paper and VisPruner's Table 1 count it, the mean visual tokens over the
-    layers; 192 / 128 / 96 / 64 keep the official per-stage counts (64: 66, 30, 17 of 576, plus the recycled
-    centres), others scale the nearest list; a fraction scales them to the model's visual tokens (64/576 of
-    them for 64). Layers: the official code prunes the output of layers 2, 6 and 15 of 32 with their own
-    attention, which here is K = 3, 7, 16 (layers 0..K-1 see every token), given as fractions of depth.
-    ``deletion="rank"``: the paper's rank rule may delete more (floor(λ·(n - rank P)), ``lam`` = λ); the
-    released code uses the fixed counts. Positions re-indexed, as the official v1.0 code
-    (``position_ids[:, :len(kept)]``)."""
+    layers; 192 / 128 / 96 / 64 keep the official per-stage counts (64: 66, 30, 17 of 576, plus the
+    recycled centres), other counts scale the nearest list; a fraction scales them to the model's visual
+    tokens (64/576 of them for 64). Layers: the official code prunes the output of layers 2, 6 and 15 of 32
+    with their own attention, which here is K = 3, 7, 16 (layers 0..K-1 see every token), as fractions of
+    depth. Positions re-indexed, as the official v1.0 code (``position_ids[:, :len(kept)]``). Not offered:
+    the first release's rank rule (keep min(int(rank(P)·scale + bias), n - 1), P the raters' attention
+    rows; ``attn_postprocess_rank``, commit 91fb6d9), which the released code replaced by these counts."""
     layers = (K1, K2, K3)
     _check_increasing(layers)
-    part = SparseStage(recycle, cluster_size, deletion, lam)
-    stages = tuple(Stage(k, keep=n, keep_of="original", selector=part, merging=part)
+    part = Recycling(recycle, cluster_size)
+    stages = tuple(Stage(k, RaterAttention(), keep=n, keep_of="original", selector=part, merging=part)
                    for k, n in zip(layers, _sparsevlm_keeps(keep)))
     return Schedule(stages, name="sparsevlm", positions="reindex")
 

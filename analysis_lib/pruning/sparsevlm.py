@@ -1,12 +1,12 @@
 """SparseVLM (Zhang et al., ICML 2025, arXiv 2410.04417): text raters score the visual tokens inside the LLM,
 the lowest-scored are deleted, and the best of the deleted are recycled into a few cluster tokens.
 
-The parts, each a function with its own tests: ``select_raters`` (§3.2), ``rater_scores``, ``rank_deletions``
-(the rank-based adaptive count, §3.3), ``recycle`` (§3.4, DPC-KNN clusters and their merge triples), and
-``SparseStage``, the selector and merger of one stage built from them. Readings from the official code
-(Gumpest/SparseVLMs, LLaVA path: ``LlamaDynamicvitModel.forward`` in
-``llava/model/language_model/modelling_sparse_llama.py``, ``attn_postprocess_topk`` in ``score.py``,
-``cluster_and_merge`` in ``utils.py``; its default ``USE_VERSION=1_0``, the ICML method) are in the docstrings.
+The parts: ``select_raters`` (§3.2) and ``rater_scores``, which ``RaterAttention`` (the stage's scorer)
+computes from the language model's input embeddings and the decoder's queries and keys; ``recycle`` (§3.4,
+DPC-KNN clusters and their merge triples), which ``Recycling`` (the stage's selector and merger) applies to
+what its top-k deletes. Readings from the official code (Gumpest/SparseVLMs, LLaVA path, default
+``USE_VERSION=1_0``: ``LlamaDynamicvitModel.forward`` in ``llava/model/language_model/modelling_sparse_llama.py``,
+``attn_postprocess_topk`` in ``score.py``, ``cluster_and_merge`` in ``utils.py``) are in the docstrings.
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..validation import check_choice, check_int, check_range
+from ..attention import TextAttentionSpec
+from ..validation import check_int, check_range
 from .merging import MergeInputs, MergeMap
-from .scorers import density_peaks
+from .scorers import ScoreInputs, density_peaks
 from .selectors import SampleSelection
-from .states import SampleStates
+from .signals import Reads
 
-DELETIONS = ("schedule", "rank")
 #: visual tokens of LLaVA-1.5 (24 × 24), the model the official counts are set for
 REFERENCE_TOKENS = 576
 #: tokens kept at the three stages for each budget (official ``score.py``, ``sparse_token_list_*`` of
@@ -57,15 +57,6 @@ def rater_scores(attention: torch.Tensor, raters: torch.Tensor) -> torch.Tensor:
     """Visual-token scores [N]: the raters' rows of the head-mean attention [T, N] of layer K-1, averaged
     (official ``attn_postprocess_topk``: ``mean(1)`` over heads, rater rows, visual columns, ``mean(1)``)."""
     return attention[raters].double().mean(dim=0)
-
-
-def rank_deletions(attention: torch.Tensor, lam: float) -> int:
-    """Tokens to delete by the paper's rank rule (§3.3): floor(λ·(n - rank(P))), P = the raters' attention
-    rows over the n present visual tokens [R, n] (the redundancy the rank leaves out). The released code
-    has no rank rule (fixed per-layer counts instead); the matrix rank is numpy's default tolerance, in
-    float64."""
-    n = attention.shape[1]
-    return int(lam * (n - int(torch.linalg.matrix_rank(attention.double()))) + 1e-9)
 
 
 @dataclass
@@ -118,58 +109,69 @@ def recycle(deleted: torch.Tensor, scores: torch.Tensor, states: torch.Tensor, r
     return Recycled(pool[centre_rows], merge)
 
 
+#: every text token after the image, each row on its own (their mean is never taken as one query)
+TEXT_ROWS = TextAttentionSpec(query="instruction")
+
+
 @dataclass(frozen=True)
-class SparseStage:
-    """One SparseVLM stage, both the stage's selector and its merger (the merge recycles what the selection
-    deleted, so both come from one ``plan``).
+class RaterAttention(Reads):
+    """SparseVLM's visual-token scores: ``rater_scores`` of the head-mean attention of decoder layer K-1 (RoPE
+    as applied, softmax over the whole causal row, as the official eager attention it reads), raters from
+    ``select_raters`` on the input embeddings of all the sample's visual tokens and its text after the image
+    (the official code chooses them once, before layer 0, so every stage has the same raters). NaN for
+    tokens no longer present."""
 
-    Keeps the top k present visual tokens by ``rater_scores`` (ties to the earlier token; the official
-    ``topk`` keeps min(k, n - 1)); ``deletion="rank"`` deletes max(n - k, ``rank_deletions``) instead (the
-    budget caps the count, the rank rule may delete more: our reading, the paper does not say how the rule
-    meets a fixed budget). Then ``recycle`` with ``recycle`` (0 = off) and ``cluster_size``; the centres
-    are kept on top of k. Scores, raters and clusters come from the LLM's states (``needs_states``).
-    """
+    name: str = "text_raters"
+    needs_text_attention = True
+    needs_embeddings = True
 
-    recycle: float = 0.3
+    def score(self, inputs: ScoreInputs) -> torch.Tensor:
+        rows, valid = inputs.decoder.text_visual_each(TEXT_ROWS)
+        rows, valid = rows.cpu(), valid.cpu()
+        out = torch.full(inputs.candidates.shape, float("nan"))
+        for b, (visual, text) in enumerate(inputs.embeddings):
+            n = inputs.num_visual[b]
+            present = inputs.candidates[b, :n].nonzero().flatten()
+            attention = rows[b][valid[b]][:, :n]
+            out[b, present] = rater_scores(attention[:, present], select_raters(visual, text)).float()
+        return out
+
+
+def _top(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the k best-scored candidates in image order, the others best-first); ties go to the earlier token."""
+    present = candidates.nonzero().flatten()
+    order = torch.argsort(scores[present].double().nan_to_num(nan=float("-inf")), descending=True, stable=True)
+    return torch.sort(present[order[:k]]).values, present[order[k:]]
+
+
+@dataclass(frozen=True)
+class Recycling(Reads):
+    """SparseVLM's deletion and recycling, the stage's selector and its merger: keep the top k candidates by
+    score (the official ``topk`` keeps min(k, n - 1); here k, refused when above n), then ``recycle`` the
+    deleted ones (``ratio`` 0 = off) on the hidden states entering layer K; the cluster centres are kept on
+    top of k, and the merge makes each the mean of its cluster."""
+
+    ratio: float = 0.3
     cluster_size: int = 10
-    deletion: str = "schedule"
-    lam: float = 1.0
-    name: str = "sparsevlm"
+    name: str = "topk+recycling"
     needs_budget: bool = True
-    needs_features: bool = False
-    needs_states: bool = True
+    needs_states = True
     acts_on: str = "states"
     needs_keys: bool = False
     keys_layer: str = "feature"
 
     def __post_init__(self):
-        check_range("recycle", self.recycle, 0.0, 1.0)
+        check_range("recycle", self.ratio, 0.0, 1.0)
         check_int("cluster_size", self.cluster_size, 1)
-        check_choice("deletion", self.deletion, DELETIONS)
-        check_range("lam", self.lam, 0.0, 1.0, low_open=True)
 
-    def plan(self, candidates: torch.Tensor, k: int, attention: torch.Tensor, visual_embeddings: torch.Tensor,
-             text_embeddings: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, Recycled]:
-        """(the k or fewer top-scored tokens, the recycled centres and merge) of one sample from candidates [N]
-        bool, the head-mean attention of layer K-1 [T, N], the input embeddings [N, D] / [T, D] and the hidden
-        states entering layer K [N, D]."""
-        present = candidates.nonzero().flatten()
-        raters = select_raters(visual_embeddings[present], text_embeddings)
-        scores = torch.full((candidates.numel(),), float("nan"), dtype=torch.float64)
-        scores[present] = rater_scores(attention[:, present], raters)
-        if self.deletion == "rank":
-            k = min(k, present.numel() - rank_deletions(attention[raters][:, present], self.lam))
-        order = torch.argsort(scores[present], descending=True, stable=True)
-        kept = torch.sort(present[order[:k]]).values
-        return kept, recycle(present[order[k:]], scores, hidden, self.recycle, self.cluster_size)
-
-    def _plan(self, candidates: torch.Tensor, states: SampleStates, k: int) -> tuple[torch.Tensor, Recycled]:
-        return self.plan(candidates, k, states.text_attention, states.visual_embeddings, states.text_embeddings,
-                         states.visual)
+    def _recycle(self, scores: torch.Tensor, candidates: torch.Tensor, hidden: torch.Tensor,
+                 k: int) -> tuple[torch.Tensor, Recycled]:
+        kept, deleted = _top(scores, candidates, k)
+        return kept, recycle(deleted, scores, hidden, self.ratio, self.cluster_size)
 
     def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
-        kept, recycled = self._plan(sample.candidates, sample.states, k)
+        kept, recycled = self._recycle(sample.scores, sample.candidates, sample.states.visual, k)
         return torch.sort(torch.cat([kept, recycled.centres])).values
 
     def merge(self, sample: MergeInputs) -> MergeMap:
-        return self._plan(sample.candidates, sample.states, sample.budget)[1].merge
+        return self._recycle(sample.scores, sample.candidates, sample.states.visual, sample.budget)[1].merge
