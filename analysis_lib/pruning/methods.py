@@ -193,7 +193,9 @@ def sparsevlm(keep: int | float = 64, K1: int | float = 3 / 32, K2: int | float 
     recycled centres), other counts scale the nearest list; a fraction scales them to the model's visual
     tokens (64/576 of them for 64). Layers: the official code prunes the output of layers 2, 6 and 15 of 32
     with their own attention, which here is K = 3, 7, 16 (layers 0..K-1 see every token), as fractions of
-    depth. Positions re-indexed, as the official v1.0 code (``position_ids[:, :len(kept)]``). Not offered:
+    depth. Positions re-indexed, as the official v1.0 code (``position_ids[:, :len(kept)]``). The official
+    code runs one sample at a time on LLaVA-1.5; here every sample of a batch gets its own raters, counts and
+    clusters, and LLaVA-NeXT's newline tokens count as visual tokens. Not offered:
     the first release's rank rule (keep min(int(rank(P)·scale + bias), n - 1), P the raters' attention
     rows; ``attn_postprocess_rank``, commit 91fb6d9), which the released code replaced by these counts."""
     layers = (K1, K2, K3)
