@@ -143,7 +143,8 @@ def test_stage_matches_the_paper_equations(seed, k, ratio, cluster_size):
     n, t = 40, 7
     candidates = torch.rand(n, generator=g) > 0.2
     attention = torch.softmax(torch.randn(t, n, generator=g) * 2, dim=1)
-    visual, text, hidden = torch.randn(n, 6, generator=g), torch.randn(t, 6, generator=g), torch.randn(n, 5, generator=g)
+    visual, text = torch.randn(n, 6, generator=g), torch.randn(t, 6, generator=g)
+    hidden = torch.randn(n, 5, generator=g)
     got = run_parts(candidates, k, attention, visual, text, hidden, ratio, cluster_size)
     assert got == reference_stage(candidates.tolist(), k, attention.tolist(), visual.tolist(), text.tolist(),
                                   hidden.tolist(), ratio, cluster_size)
@@ -254,9 +255,12 @@ def test_bad_settings_are_refused(params, message):
         get_method("sparsevlm").schedule(**params)
 
 
-def test_layers_that_collide_on_a_shallow_model_are_refused(models):
+def test_layers_that_collide_or_precede_the_language_model_are_refused(models):
+    model = models[("llava", "sdpa")]
     with pytest.raises(ValueError, match=r"layers \[1, 1, 3\] must be strictly increasing"):
-        PruningEngine(models[("llava", "sdpa")], get_method("sparsevlm").schedule(keep=0.5))
+        PruningEngine(model, get_method("sparsevlm").schedule(keep=0.5))
+    with pytest.raises(ValueError, match="needs the attention of layer K-1 and cannot score before the language"):
+        PruningEngine(model, get_method("sparsevlm").schedule(**{**TINY, "K1": 0}))
 
 
 def test_a_budget_above_the_visual_tokens_is_refused_before_any_layer_runs(models):

@@ -73,7 +73,7 @@ class MergeInputs:
     candidates: torch.Tensor  # [N] bool: tokens entering the stage (this crop's, with scope="crop")
     scores: torch.Tensor  # [N] the stage's scores (NaN = none)
     keys: torch.Tensor | None = None  # [N, heads, head_dim] vision-tower keys, NaN rows for tokens without a patch
-    states: SampleStates | None = None  # the LLM's states where the stage prunes (when its scorer or selector reads them)
+    states: SampleStates | None = None  # the LLM's states where the stage prunes (if its scorer or selector reads them)
     budget: int | None = None  # the stage's budget k for this sample (crop)
 
 
