@@ -65,9 +65,10 @@ def _query_slots(view: SlotView, query: str) -> tuple[torch.Tensor, torch.Tensor
     return order, torch.gather(is_query, 1, order)
 
 
-def text_visual_rows(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: SlotView,
-                     adapter: ModelAdapter, spec: TextAttentionSpec) -> torch.Tensor:
-    """Attention probabilities [B, heads, S] from the spec's query over the slots of ``view``.
+def text_visual_probs(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: SlotView,
+                      adapter: ModelAdapter, spec: TextAttentionSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention probabilities [B, heads, Q, S] of each of the spec's queries over the slots of ``view``,
+    and which queries are real [B, Q] (samples with fewer instruction tokens are padded).
 
     ``q``/``k`` are the raw projection outputs [B, S, heads*dim]; (cos, sin) are what the layer applied.
     """
@@ -93,7 +94,14 @@ def text_visual_rows(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: t
     allowed = view.valid[:, None, :] & (view.index[:, None, :] <= q_index[:, :, None])
     if spec.softmax == "visual":
         allowed = allowed & (view.visual >= 0)[:, None, :]
-    probs = torch.softmax(logits.masked_fill(~allowed[:, None], float("-inf")), dim=-1)
+    return torch.softmax(logits.masked_fill(~allowed[:, None], float("-inf")), dim=-1), q_valid
+
+
+def text_visual_rows(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, view: SlotView,
+                     adapter: ModelAdapter, spec: TextAttentionSpec) -> torch.Tensor:
+    """Attention probabilities [B, heads, S] from the spec's query (the mean over its query tokens) over the
+    slots of ``view`` (see ``text_visual_probs``)."""
+    probs, q_valid = text_visual_probs(q, k, cos, sin, view, adapter, spec)
     weights = q_valid[:, None, :, None].float()
     return (probs * weights).sum(2) / weights.sum(2)
 

@@ -14,7 +14,7 @@ SHALLOW = {
     "feather": {"K1": 0.25, "K2": 0.5}, "feather_paper": {"K1": 0.25, "K2": 0.5},
     "pyramiddrop": {"K1": 0.25, "K2": 0.5, "K3": 0.75},
     "fopru": {}, "fopru_fastv": {}, "vispruner": {"keep": 0.5}, "divprune": {"R": 0.5}, "dart": {"R": 0.5},
-    "random": {}, "before_llm": {},
+    "random": {}, "before_llm": {}, "sparsevlm": {"keep": 0.5, "K1": 1, "K2": 3, "K3": 5},
     "text_only": {}, "quartile": {}, "region": {}, "rows": {},
     "visionzip": {"keep": 0.5}, "prumerge": {}, "prumerge_plus": {},
 }

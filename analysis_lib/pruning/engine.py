@@ -27,7 +27,7 @@ from .schedule import Schedule, Stage
 from .scorers import ScoreInputs
 from .selectors import SampleSelection
 from .signals import DecoderAttention
-from .states import rotated_keys, sample_states
+from .states import rotated_keys, sample_embeddings, sample_states
 from .views import MODES, POSITIONS, call_slots, pruned_view, slot_mask
 
 IMPLEMENTATIONS = ("sdpa", "eager")
@@ -133,6 +133,7 @@ class PruningEngine:
         self._vision_keys: dict[int, torch.Tensor] = {}
         self._decoder_keys: dict[int, torch.Tensor] = {}
         self._features = None
+        self._embeddings = None
         self._probing = False
 
         def armed() -> bool:
@@ -170,6 +171,11 @@ class PruningEngine:
             def on_features(hidden):
                 self._features = vision_features(hidden, adapter, self.tracker.image_geometry).detach()
             watch_output(hooks, adapter.vision_layers[feature_layer], on_features)
+        if any(stage.scorer.needs_embeddings for _, stage in self.stages):
+            def on_embeddings(_module, args, kwargs):
+                if armed():
+                    self._embeddings = adapter.decoder_layer_call(args, kwargs).hidden.detach()
+            hooks.pre(adapter.decoder_layers[0], on_embeddings)
 
         if not self.stages:
             return
@@ -223,8 +229,10 @@ class PruningEngine:
         if stage.needs_states:
             states = sample_states(hidden, self.adapter.final_normed(hidden), self._decoder_keys.get(s),
                                    self.tracker.views[self._view_index(layer - 1)], layout)
+        embeddings = (sample_embeddings(self._embeddings, self.tracker.views[0], layout)
+                      if stage.scorer.needs_embeddings else None)
         scores = stage.scorer.score(ScoreInputs(counts, candidates, layout, self._decoder.pop(s, None), vision,
-                                                features, states)).cpu()
+                                                features, states, embeddings)).cpu()
         keys = None
         if stage.merging is not None and stage.merging.needs_keys:
             head_dim = self.adapter.vision_geometry().head_dim
@@ -244,7 +252,8 @@ class PruningEngine:
                 parts.append(torch.sort(stage.selector.select(selection, k).cpu()).values)
                 if stage.merging is not None:
                     maps.append(stage.merging.merge(MergeInputs(parts[-1], cand, scores[b, :n],
-                                                               None if keys is None else keys[b])))
+                                                               None if keys is None else keys[b],
+                                                               None if states is None else states[b], k)))
             kept.append(torch.sort(torch.cat(parts)).values)
             merges.append(MergeMap.concat(maps) if maps else None)
             sequence.append(kept[-1][torch.argsort(scores[b, kept[-1]].nan_to_num(nan=float("-inf")),

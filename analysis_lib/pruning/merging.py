@@ -20,6 +20,7 @@ from ..validation import check_choice, check_range
 from .scorers import VISION_LAYERS
 from .selectors import SampleSelection, _ranked
 from .signals import Reads
+from .states import SampleStates
 
 MERGE_TARGETS = ("projector_input", "states")
 
@@ -72,6 +73,8 @@ class MergeInputs:
     candidates: torch.Tensor  # [N] bool: tokens entering the stage (this crop's, with scope="crop")
     scores: torch.Tensor  # [N] the stage's scores (NaN = none)
     keys: torch.Tensor | None = None  # [N, heads, head_dim] vision-tower keys, NaN rows for tokens without a patch
+    states: SampleStates | None = None  # the LLM's states where the stage prunes (if its scorer or selector reads them)
+    budget: int | None = None  # the stage's budget k for this sample (crop)
 
 
 class Merger(Protocol):

@@ -19,6 +19,7 @@ from .schedule import SCOPES, Schedule, Stage
 from .merging import ContextualMerge, DominantContextual, NeighbourMerge, Outliers, TopAndSpread
 from .scorers import (DensityPeakScorer, FoPruSignificance, RandomScorer, TextAttentionScorer,
                       VisionAttentionScorer)
+from .sparsevlm import OFFICIAL_COUNTS, REFERENCE_TOKENS, RaterAttention, Recycling, stage_counts
 from .selectors import (DIVERSE_ORDERS, Grid, ImportantDiverse, MaxMinDiversity, PivotDuplicates, Quartile, Region,
                         Rows, TopK, Union)
 
@@ -154,6 +155,55 @@ def dart(K: int | float = 2, R: float = 0.777, image_pivots: int = 4, text_pivot
     if K == 0:
         raise ValueError("K=0: dart reads layer K-1's keys; allowed: K >= 1 or a fraction of depth in (0, 1)")
     return Schedule((Stage(K, keep=_ratio(R), selector=PivotDuplicates(image_pivots, text_pivots)),), name="dart")
+
+
+def _sparsevlm_keeps(keep: int | float) -> list[int | float]:
+    """Each stage's keep for a SparseVLM budget: token counts for a count, fractions of all visual tokens for
+    a fraction (the 576-token counts scaled to the model's tokens)."""
+    if isinstance(keep, int):
+        if keep < 1:
+            raise ValueError(f"keep={keep!r}: a budget must be a token count >= 1 or a fraction in (0, 1)")
+        return [max(1, math.floor(c + 0.5)) for c in stage_counts(keep)]
+    check_range("keep", keep, 0.0, 1.0, low_open=True, high_open=True)
+    fractions = [c / REFERENCE_TOKENS for c in stage_counts(keep * REFERENCE_TOKENS)]
+    if fractions[0] > 1.0:
+        top = max(OFFICIAL_COUNTS)  # larger budgets scale its list, whose first count is the largest share
+        largest = top / OFFICIAL_COUNTS[top][0]
+        raise ValueError(f"keep={keep!r}: its first stage would keep {fractions[0]:.0%} of the visual tokens; "
+                         f"allowed fractions: (0, {largest:.2f}]")
+    return fractions
+
+
+def _check_increasing(layers: tuple[int | float, ...]) -> None:
+    """Layers given in one unit (all counts or all fractions) must increase; mixed units are checked once
+    resolved against the model (``Schedule.resolve``)."""
+    same_unit = len({isinstance(k, float) for k in layers}) == 1
+    if same_unit and any(b <= a for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"K1, K2, K3 = {layers}: the pruning layers must be strictly increasing")
+
+
+def sparsevlm(keep: int | float = 64, K1: int | float = 3 / 32, K2: int | float = 7 / 32,
+              K3: int | float = 16 / 32, recycle: float = 0.3, cluster_size: int = 10) -> Schedule:
+    """SparseVLM (v1.0, ICML 2025): after layers K1, K2, K3 keep the visual tokens the text raters (text
+    tokens whose embedding relevance to the image is above the mean) attend to most at the layer before,
+    then recycle the best int(recycle·d) + 1 of the d deleted into int(m / cluster_size) + 1 DPC-KNN
+    clusters of the hidden states, each kept as its centre token carrying the cluster mean (``sparsevlm.py``).
+    ``keep``: the budget as the paper and VisPruner's Table 1 count it, the mean visual tokens over the
+    layers; 192 / 128 / 96 / 64 keep the official per-stage counts (64: 66, 30, 17 of 576, plus the
+    recycled centres), other counts scale the nearest list; a fraction scales them to the model's visual
+    tokens (64/576 of them for 64). Layers: the official code prunes the output of layers 2, 6 and 15 of 32
+    with their own attention, which here is K = 3, 7, 16 (layers 0..K-1 see every token), as fractions of
+    depth. Positions re-indexed, as the official v1.0 code (``position_ids[:, :len(kept)]``). The official
+    code runs one sample at a time on LLaVA-1.5; here every sample of a batch gets its own raters, counts and
+    clusters, and LLaVA-NeXT's newline tokens count as visual tokens. Not offered:
+    the first release's rank rule (keep min(int(rank(P)·scale + bias), n - 1), P the raters' attention
+    rows; ``attn_postprocess_rank``, commit 91fb6d9), which the released code replaced by these counts."""
+    layers = (K1, K2, K3)
+    _check_increasing(layers)
+    part = Recycling(recycle, cluster_size)
+    stages = tuple(Stage(k, RaterAttention(), keep=n, keep_of="original", selector=part, merging=part)
+                   for k, n in zip(layers, _sparsevlm_keeps(keep)))
+    return Schedule(stages, name="sparsevlm", positions="reindex")
 
 
 #: where a pre-LLM merge acts: the projector's input (as VisionZip's and PruMerge's code) or its output
@@ -317,6 +367,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("vispruner", vispruner),
     Method("divprune", divprune),
     Method("dart", dart),
+    Method("sparsevlm", sparsevlm),
     Method("visionzip", visionzip),
     Method("prumerge", prumerge),
     Method("prumerge_plus", prumerge_plus),

@@ -31,6 +31,7 @@ class ScoreInputs:
     vision: VisionRows | None = None  # tower attention at the scorer's vision_layer, per crop and head
     features: list[torch.Tensor] | None = None  # per sample [N_b, C] feature-layer patch features (NaN rows)
     states: list[SampleStates] | None = None  # per sample, the LLM's states where the stage prunes
+    embeddings: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per sample, input embeddings (visual, text)
 
 
 class Scorer(Protocol):
@@ -41,6 +42,7 @@ class Scorer(Protocol):
     needs_vision_attention: bool
     needs_features: bool
     needs_states: bool
+    needs_embeddings: bool
     vision_layer: str
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor: ...

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from ..adapters import ModelAdapter
-from ..attention import TextAttentionSpec, rows_to_visual, text_visual_rows
+from ..attention import TextAttentionSpec, rows_to_visual, text_visual_probs, text_visual_rows
 from ..tracking import SlotView
 
 
@@ -24,13 +24,15 @@ class Reads:
     ``needs_text_attention``: the decoder layer K-1's queries and keys (``ScoreInputs.decoder``);
     ``needs_vision_attention``: the vision tower's attention at ``vision_layer`` ("feature", the layer the
     projector reads, or "last"); ``needs_features``: the feature-layer patch features; ``needs_states``: the
-    language model's states where the stage prunes (``states.py``).
+    language model's states where the stage prunes (``states.py``); ``needs_embeddings``: the language model's
+    input embeddings of the unpruned prompt (``ScoreInputs.embeddings``).
     """
 
     needs_text_attention: ClassVar[bool] = False
     needs_vision_attention: ClassVar[bool] = False
     needs_features: ClassVar[bool] = False
     needs_states: ClassVar[bool] = False
+    needs_embeddings: ClassVar[bool] = False
     vision_layer: ClassVar[str] = "feature"
 
 
@@ -52,3 +54,10 @@ class DecoderAttention:
         view = self.view.to(self.q.device)
         rows = text_visual_rows(self.q, self.k, self.cos, self.sin, view, self.adapter, spec)
         return rows_to_visual(rows, view, self.num_visual).mean(dim=1)
+
+    def text_visual_each(self, spec: TextAttentionSpec) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, Q, N] head-mean attention from each of the spec's queries to each visual token (NaN where
+        absent), and which queries are real [B, Q]."""
+        view = self.view.to(self.q.device)
+        probs, valid = text_visual_probs(self.q, self.k, self.cos, self.sin, view, self.adapter, spec)
+        return rows_to_visual(probs.mean(dim=1), view, self.num_visual), valid

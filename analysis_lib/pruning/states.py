@@ -60,3 +60,12 @@ def sample_states(hidden: torch.Tensor, normed: torch.Tensor, keys: torch.Tensor
         vk, tk = _split(keys[b], view, b, n, last) if keys is not None else (None, None)
         out.append(SampleStates(v, t, vn, tn, vk, tk))
     return out
+
+
+def sample_embeddings(embeddings: torch.Tensor, view: SlotView, layout: VisualLayout
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per sample, the language model's input embeddings [B, S, D] laid out as the unpruned ``view``: the
+    visual tokens' rows [N, D] and the text tokens' after the image [T, D]."""
+    view = view.to(torch.device("cpu"))
+    return [_split(embeddings[b], view, b, grid.num_tokens, int(grid.positions.max()))
+            for b, grid in enumerate(layout.samples)]
