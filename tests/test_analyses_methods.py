@@ -191,7 +191,7 @@ def counted():
 
 
 def test_every_method_of_both_tables_has_a_count_rule():
-    table1 = {"fastv", "vispruner", "visionzip", "prumerge_plus", "divprune", "dart", "random"}
+    table1 = {"fastv", "vispruner", "visionzip", "prumerge_plus", "divprune", "dart", "sparsevlm", "random"}
     assert set(compare.SUPPORTED) | table1 | {"prumerge"} == set(compare.COUNTED)
     assert not set(compare.COUNT_RULES) & set(compare.DIRECT_COUNTS)
     assert set(compare.DIRECT_COUNTS.values()) <= set(compare.COUNT_PARAMETERS)
@@ -204,9 +204,13 @@ def test_matched_counts_keep_the_same_nominal_count_after_the_last_stage(counted
     for arm in arms:
         nominal = compare.final_kept(arm.setting, GEO)
         assert nominal == arm.coords["nominal_kept"]
-        if arm.name != "fopru_row":
+        if arm.name not in ("fopru_row", "sparsevlm"):
             assert nominal == arm.coords["kept_count"], arm
     rows = {(a.name, a.coords["kept_count"]): a for a in arms}
+    # SparseVLM's 64 is its mean over the layers: 66, 30, 17 of 576 (+ recycled) -> 16, 7, 4 (+1) of 144
+    assert rows["sparsevlm", 16].setting.params == {"keep": 64 / 576, "K1": 3 / 32, "K2": 7 / 32, "K3": 16 / 32}
+    assert rows["sparsevlm", 16].setting.label == compare.paper_setting("sparsevlm").label
+    assert rows["sparsevlm", 16].coords["nominal_kept"] < 16
     for name in ("vispruner", "visionzip", "prumerge", "prumerge_plus"):
         # the paper's 64 of 576 keeps exactly 16 of 144: its published fraction, the same run as paper_setting
         assert rows[name, 16].setting.params == {"keep": 64 / 576}

@@ -320,3 +320,15 @@ def test_a_new_scorer_gets_the_states_it_declares(models, family):
         norms = hidden[b, grid.positions].float().norm(dim=-1)
         expected = torch.sort(torch.topk(norms, len(record.stages[0].kept[b])).indices).values
         assert torch.equal(record.stages[0].kept[b], expected.cpu())
+
+
+def test_increasing_fractions_that_round_onto_one_layer_move_up():
+    """SparseVLM's 3/32, 7/32, 16/32 of 6 layers round to 1, 1, 3: the second moves to layer 2; decreasing
+    fractions, mixed units and a move past the last layer are still refused."""
+    text = TextAttentionScorer()
+    stages = lambda *layers: Schedule(tuple(Stage(k, text, 0.5) for k in layers))  # noqa: E731
+    assert [k for k, _ in stages(3 / 32, 7 / 32, 16 / 32).resolve(6)] == [1, 2, 3]
+    assert [k for k, _ in stages(0.25, 0.5, 0.75).resolve(32)] == [8, 16, 24]
+    for refused in (stages(7 / 32, 3 / 32), stages(1, 7 / 32), stages(0.8, 0.85)):
+        with pytest.raises(ValueError, match="strictly increasing"):
+            refused.resolve(6)

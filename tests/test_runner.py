@@ -139,3 +139,10 @@ def test_batching_benchmark_reports_identical_rows(checkpoint):
     assert [(r["method"], r["batch_size"]) for r in rows] == [("none", 1), ("none", 4), ("random R=0.5", 1),
                                                               ("random R=0.5", 4)]
     assert all(r["identical"] for r in rows) and "identical rows" in format_table(rows)
+
+
+def test_a_setting_has_one_label_whatever_the_order_of_its_parameters():
+    """Rows are stored and looked up by label: the same parameters in another order are the same setting."""
+    a = MethodSetting("sparsevlm", {"keep": 0.25, "K1": 0.1, "K2": 0.2, "K3": 0.5})
+    b = MethodSetting("sparsevlm", {"K3": 0.5, "K1": 0.1, "keep": 0.25, "K2": 0.2})
+    assert a.label == b.label == "sparsevlm keep=0.25 K1=0.1 K2=0.2 K3=0.5" and a.key == b.key

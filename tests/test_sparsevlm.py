@@ -246,7 +246,9 @@ def test_flops_count_the_recycled_tokens(capsys):
     ({"keep": 0}, r"keep=0: a budget must be a token count >= 1 or a fraction in \(0, 1\)"),
     ({"keep": 0.7}, r"keep=0.7: its first stage would keep 109% .* allowed fractions: \(0, 0.64\]"),
     ({"keep": 1.5}, r"keep=1.5 is outside the allowed range \(0.0, 1.0\)"),
-    ({"K1": 0.5, "K2": 0.25}, r"K1, K2, K3 = \(0.5, 0.25, 0.5\): the pruning layers must be strictly increasing"),
+    ({"K1": 0.5, "K2": 0.25, "K3": 0.75},
+     r"K1, K2, K3 = \(0.5, 0.25, 0.75\): the pruning layers must be strictly increasing"),
+    ({"K1": 16, "K2": 7}, r"K1, K2, K3 = \(16, 7, 16\): the pruning layers must be strictly increasing"),
     ({"recycle": 1.5}, r"recycle=1.5 is outside the allowed range \[0.0, 1.0\]"),
     ({"cluster_size": 0}, r"cluster_size=0: must be an integer >= 1"),
 ])
@@ -257,8 +259,10 @@ def test_bad_settings_are_refused(params, message):
 
 def test_layers_that_collide_or_precede_the_language_model_are_refused(models):
     model = models[("llava", "sdpa")]
-    with pytest.raises(ValueError, match=r"layers \[1, 1, 3\] must be strictly increasing"):
-        PruningEngine(model, get_method("sparsevlm").schedule(keep=0.5))
+    with pytest.raises(ValueError, match=r"layer=7 is outside this 6-layer model.*7/32 of depth is 0.21875"):
+        PruningEngine(model, get_method("sparsevlm").schedule(keep=0.5))  # the paper's layers of 32
+    with pytest.raises(ValueError, match=r"layers \[3, 3, 3\] must be strictly increasing"):
+        PruningEngine(model, get_method("sparsevlm").schedule(keep=0.5, K1=3, K2=3, K3=0.5))
     with pytest.raises(ValueError, match="needs the attention of layer K-1 and cannot score before the language"):
         PruningEngine(model, get_method("sparsevlm").schedule(**{**TINY, "K1": 0}))
 

@@ -28,7 +28,9 @@ Two comparisons that a shallow model does not distort stand next to it (arms of 
   visual tokens after its last stage, its one budget parameter solved on the nominal counts (``COUNT_RULES``;
   ``DIRECT_COUNTS`` take the count itself). Whole rows (FoPru row) and FEATHER's union with a grid cannot
   always hit a count exactly; ``count_table``'s ``same_count`` says, from the rows' real counts, whether
-  every sample did. Table 1's ToMe and SparseVLM are not implemented (``NOT_IMPLEMENTED``).
+  every sample did. SparseVLM counts its budget as its paper and Table 1 do, the mean visual tokens over the
+  layers (``LAYER_MEAN_COUNTS``): it keeps fewer after its last stage, and ``same_count`` compares its rows
+  with that nominal last count. Table 1's ToMe is not implemented (``NOT_IMPLEMENTED``).
 """
 from __future__ import annotations
 
@@ -372,10 +374,14 @@ COUNT_RULES: dict[str, tuple[str, float, float]] = {
     "feather": ("R", 0.0, 0.99), "divprune": ("R", 0.0, 0.999), "dart": ("R", 0.0, 0.999)}
 # name -> its parameter that takes the token count itself (exact on any grid, nothing to solve; a COUNT_PARAMETERS
 # name, so its published count is scaled too).
-DIRECT_COUNTS: dict[str, str] = {"vispruner": "keep", "visionzip": "keep", "prumerge": "keep", "prumerge_plus": "keep"}
+DIRECT_COUNTS: dict[str, str] = {"vispruner": "keep", "visionzip": "keep", "prumerge": "keep", "prumerge_plus": "keep",
+                                  "sparsevlm": "keep"}
 COUNTED = (*COUNT_RULES, *DIRECT_COUNTS)  # the methods ``count_arms`` takes
+# Methods whose count is the mean visual tokens over the layers (their paper's unit, as Table 1 uses it), not the
+# count after their last stage.
+LAYER_MEAN_COUNTS = ("sparsevlm",)
 # VisPruner Table 1's baselines that are not implemented here (named in ``count_summary``).
-NOT_IMPLEMENTED = ("ToMe", "SparseVLM")
+NOT_IMPLEMENTED = ("ToMe",)
 
 
 def solve_count(count_of: Callable[[float], float], n: int, low: float, high: float, steps: int = 24,
@@ -419,7 +425,8 @@ def _count_setting(name: str, n: int, fraction: float, geo: Geometry, paper_dept
     prompt: the same setting as its published one (``paper_setting``), so the run store runs it once."""
     if name in DIRECT_COUNTS:
         exact = geo.same_tokens and max(1, math.floor(fraction * geo.n_visual + 1e-9)) == n
-        return _setting(name, paper_depth, **{DIRECT_COUNTS[name]: fraction if exact else n}), n
+        setting = _setting(name, paper_depth, **{DIRECT_COUNTS[name]: fraction if exact else n})
+        return setting, final_kept(setting, geo)
     parameter, low, high = COUNT_RULES[name]
     base = FIXED_RULES[name][1](n / geo.n_visual) if name in FIXED_RULES else {}
 
@@ -432,10 +439,11 @@ def _count_setting(name: str, n: int, fraction: float, geo: Geometry, paper_dept
 def count_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per method, kept count and family: accuracy with its 95% interval and samples, the mean measured FLOPs
     reduction and tokens kept after the last stage, and ``same_count``: every sample kept exactly
-    ``kept_count`` (the rows' real kept counts)."""
+    ``kept_count`` (the rows' real kept counts; for ``LAYER_MEAN_COUNTS`` methods, their nominal last count)."""
     keys = ["name", "kept_count"]
     table = study.accuracy_table(rows, keys, "family")[[*keys, "family", *MEASURED]]
-    same = rows.assign(same_count=rows.kept_tokens == rows.kept_count).groupby(keys, sort=False).same_count.all()
+    expected = rows.kept_count.where(~rows.name.isin(LAYER_MEAN_COUNTS), rows.nominal_kept)
+    same = rows.assign(same_count=rows.kept_tokens == expected).groupby(keys, sort=False).same_count.all()
     coords = rows.drop_duplicates(keys)[[*keys, "paper_count", "nominal_kept"]]
     return table.merge(same.reset_index(), on=keys).merge(coords, on=keys)
 
@@ -558,7 +566,7 @@ def count_figure(table: pd.DataFrame) -> plt.Figure:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     varied = pruned[(pruned.family == ALL) & ~pruned.same_count]
-    note = "Every method keeps the same number of visual tokens after its last stage."
+    note = "Every method keeps the same number of visual tokens after its last stage" + _layer_mean_note(pruned) + "."
     if len(varied):
         note += (" Not the same count on every sample: " + ", ".join(
             f"{r.name} at {r.kept_count} (mean {r.kept_tokens:.1f})" for r in varied.itertuples()) + ".")
@@ -700,6 +708,16 @@ def paper_summary(table: pd.DataFrame) -> str:
     return "\n".join(lines + _family_lines(table[table.name != UNPRUNED], base, pd.DataFrame(), "", "  "))
 
 
+def _layer_mean_note(pruned: pd.DataFrame) -> str:
+    """Says which methods count their budget as the mean over layers, and what they keep after the last stage."""
+    mean = pruned[pruned.name.isin(LAYER_MEAN_COUNTS)].drop_duplicates(["name", "kept_count"])
+    if not len(mean):
+        return ""
+    return (", except that " + ", ".join(dict.fromkeys(mean.name)) + " counts the mean over its layers, as its paper "
+            "and Table 1 do (after its last stage: " + ", ".join(f"{r.nominal_kept} at {r.kept_count}"
+                                                                 for r in mean.itertuples()) + ")")
+
+
 def count_summary(table: pd.DataFrame, diffs: pd.DataFrame, reference: str) -> str:
     """Matched kept-token counts in numbers (markdown): per count the FLOPs each method needs, the ranking per
     family with 95% intervals and each method minus ``reference`` on the same samples; which differences
@@ -707,8 +725,8 @@ def count_summary(table: pd.DataFrame, diffs: pd.DataFrame, reference: str) -> s
     pruned = table[table.name != UNPRUNED]
     base = table[table.name == UNPRUNED].set_index("family")
     lines = ["- **Matched kept-token counts** (VisPruner Table 1's shape: every method keeps the same number of visual "
-             "tokens after its last stage, its layers the paper's scaled by depth; Table 1's "
-             f"{' and '.join(NOT_IMPLEMENTED)} are not implemented here):"]
+             "tokens after its last stage, its layers the paper's scaled by depth"
+             f"{_layer_mean_note(pruned)}; Table 1's {' and '.join(NOT_IMPLEMENTED)} is not implemented here):"]
     for n, at in pruned.groupby("kept_count", sort=False):
         overall = at[at.family == ALL]
         lines.append(f"  - **{n} tokens** ({int(at.paper_count.iloc[0])} of {PAPER_TOKENS} scaled), measured FLOPs "

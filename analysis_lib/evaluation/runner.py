@@ -62,6 +62,14 @@ class MethodSetting:
     method: str
     params: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        """Parameters in the method's signature order: settings equal up to order have one label (rows are
+        stored and looked up by it)."""
+        if self.method != NO_PRUNING:
+            order = list(get_method(self.method).parameters)
+            ranked = sorted(self.params, key=lambda k: order.index(k) if k in order else len(order))
+            object.__setattr__(self, "params", {k: self.params[k] for k in ranked})
+
     @classmethod
     def parse(cls, text: str) -> MethodSetting:
         """``"fastv:K=3,R=0.75"`` -> MethodSetting("fastv", {"K": 3, "R": 0.75}), typed like the defaults."""

@@ -229,7 +229,7 @@ class PruningEngine:
         if stage.needs_states:
             states = sample_states(hidden, self.adapter.final_normed(hidden), self._decoder_keys.get(s),
                                    self.tracker.views[self._view_index(layer - 1)], layout)
-        embeddings = (sample_embeddings(self._embeddings, self.tracker.views[0], layout)
+        embeddings = (sample_embeddings(self._embeddings, self.tracker.views[self._view_index(0)], layout)
                       if stage.scorer.needs_embeddings else None)
         scores = stage.scorer.score(ScoreInputs(counts, candidates, layout, self._decoder.pop(s, None), vision,
                                                 features, states, embeddings)).cpu()

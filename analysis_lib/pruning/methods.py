@@ -182,8 +182,8 @@ def _check_increasing(layers: tuple[int | float, ...]) -> None:
         raise ValueError(f"K1, K2, K3 = {layers}: the pruning layers must be strictly increasing")
 
 
-def sparsevlm(keep: int | float = 64, K1: int | float = 3 / 32, K2: int | float = 7 / 32,
-              K3: int | float = 16 / 32, recycle: float = 0.3, cluster_size: int = 10) -> Schedule:
+def sparsevlm(keep: int | float = 64, K1: int | float = 3, K2: int | float = 7, K3: int | float = 16,
+              recycle: float = 0.3, cluster_size: int = 10) -> Schedule:
     """SparseVLM (v1.0, ICML 2025): after layers K1, K2, K3 keep the visual tokens the text raters (text
     tokens whose embedding relevance to the image is above the mean) attend to most at the layer before,
     then recycle the best int(recycle·d) + 1 of the d deleted into int(m / cluster_size) + 1 DPC-KNN
@@ -192,8 +192,8 @@ def sparsevlm(keep: int | float = 64, K1: int | float = 3 / 32, K2: int | float 
     layers; 192 / 128 / 96 / 64 keep the official per-stage counts (64: 66, 30, 17 of 576, plus the
     recycled centres), other counts scale the nearest list; a fraction scales them to the model's visual
     tokens (64/576 of them for 64). Layers: the official code prunes the output of layers 2, 6 and 15 of 32
-    with their own attention, which here is K = 3, 7, 16 (layers 0..K-1 see every token), as fractions of
-    depth. Positions re-indexed, as the official v1.0 code (``position_ids[:, :len(kept)]``). The official
+    with their own attention, which here is K = 3, 7, 16 (layers 0..K-1 see every token; fractions of
+    depth on other models, 3/32, 7/32, 16/32). Positions re-indexed, as the official v1.0 code (``position_ids[:, :len(kept)]``). The official
     code runs one sample at a time on LLaVA-1.5; here every sample of a batch gets its own raters, counts and
     clusters, and LLaVA-NeXT's newline tokens count as visual tokens. Not offered:
     the first release's rank rule (keep min(int(rank(P)·scale + bias), n - 1), P the raters' attention

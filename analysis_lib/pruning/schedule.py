@@ -3,7 +3,9 @@
 Layer convention (as FastV and FEATHER): a stage at layer K means decoder layers 0..K-1 see every
 token and layers K.. see the kept ones; K = 0 prunes before the language model. Layers may be given
 as fractions of depth (0 < f < 1), resolved to ``max(1, floor(f * num_layers + 0.5))``, so the
-papers' 32-layer settings run on shallow models (K = 8 of 32 is ``0.25``).
+papers' 32-layer settings run on shallow models (K = 8 of 32 is ``0.25``). Increasing fractions of
+successive stages that round onto the same layer move up one layer each, so the stages stay distinct
+(SparseVLM's 3/32, 7/32, 16/32 are layers 1, 2, 3 of 6, not 1, 1, 3).
 """
 from __future__ import annotations
 
@@ -128,7 +130,14 @@ class Schedule:
         check_choice("positions", self.positions, ("keep", "reindex"))
 
     def resolve(self, num_layers: int) -> list[tuple[int, Stage]]:
-        layers = [resolve_layer(s.layer, num_layers) for s in self.stages]
+        layers: list[int] = []
+        for i, stage in enumerate(self.stages):
+            layer = resolve_layer(stage.layer, num_layers)
+            previous = self.stages[i - 1].layer if i else None
+            if (i and isinstance(stage.layer, float) and isinstance(previous, float) and stage.layer > previous
+                    and layer <= layers[-1] < num_layers - 1):
+                layer = layers[-1] + 1  # increasing fractions stay distinct on a shallow model
+            layers.append(layer)
         if any(b <= a for a, b in zip(layers, layers[1:])):
             raise ValueError(f"stages: layers {layers} must be strictly increasing (stages in order)")
         for i, (layer, stage) in enumerate(zip(layers, self.stages)):
