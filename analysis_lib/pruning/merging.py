@@ -3,8 +3,9 @@
 A merge is linear and computed from the states before it: kept token t becomes x_t + Σ w·x_s over its
 (target t, source s, weight w) triples (s may be t itself: -0.5 on t and 0.5 on s averages the two).
 Removed tokens then disappear exactly as with pruning. Where it acts (``acts_on``): "projector_input"
-(the features the projector reads, re-projected per token; stages before the LLM only) or "states" (the
-projector outputs before the LLM, the hidden states inside it). Mask-mode reference: every slot stays,
+(the features the projector reads, re-projected per token; stages before the LLM only), "states" (the
+projector outputs before the LLM, the hidden states inside it), or "vision_tower" (ToMe: merged inside
+the tower already, ``tower_merging.py``; the engine records the map and never applies it again). Mask-mode reference: every slot stays,
 kept tokens carry the merged states and removed ones are masked. All weights zero = plain pruning.
 
 This module also holds the selection halves of the merging methods (VisionZip, PruMerge, PruMerge+).
@@ -21,6 +22,8 @@ from .scorers import VISION_LAYERS
 from .selectors import SampleSelection, _ranked
 
 MERGE_TARGETS = ("projector_input", "states")
+#: where a merge may have happened: the engine applies MERGE_TARGETS, the tower applies its own
+MERGE_PLACES = (*MERGE_TARGETS, "vision_tower")
 
 
 @dataclass
@@ -71,6 +74,7 @@ class MergeInputs:
     candidates: torch.Tensor  # [N] bool: tokens entering the stage (this crop's, with scope="crop")
     scores: torch.Tensor  # [N] the stage's scores (NaN = none)
     keys: torch.Tensor | None = None  # [N, heads, head_dim] vision-tower keys, NaN rows for tokens without a patch
+    clusters: object = None  # ToMe's TowerClusters (``tower_merging.py``), merges made inside the vision tower
 
 
 class Merger(Protocol):
