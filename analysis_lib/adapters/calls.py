@@ -224,12 +224,14 @@ def _same(a: object, b: object) -> bool:
 
 class LastResult:
     """While ``active``, ``owner.method`` called again with equal arguments returns its previous result
-    instead of recomputing it; inactive, it computes (and remembers) as usual. The evaluation grid uses it
-    on ``get_image_features``: one batch's images are encoded once for every setting that leaves the vision
-    tower alone. ``close()`` restores the method."""
+    instead of recomputing it; inactive, it computes (and remembers, while ``remember``) as usual. The
+    evaluation grid uses it on ``get_image_features``: one batch's images are encoded once for every setting
+    that leaves the vision tower alone; a setting that changes the tower's output (ToMe) is neither served
+    nor remembered. ``close()`` restores the method."""
 
     def __init__(self, owner, method: str):
         self.active = True
+        self.remember = True
         self._last: tuple[tuple, dict, object] | None = None
         original = getattr(owner, method)
 
@@ -237,7 +239,8 @@ class LastResult:
             if self.active and self._last is not None and _same((args, kwargs), self._last[:2]):
                 return self._last[2]
             result = original(*args, **kwargs)
-            self._last = (args, kwargs, result)
+            if self.remember:
+                self._last = (args, kwargs, result)
             return result
 
         self.close = _replace_method(owner, method, wrapper)
