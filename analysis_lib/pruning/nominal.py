@@ -64,7 +64,7 @@ def tower_tokens(schedule: Schedule, patches: int, layers: int, feature_layer: i
     ToMe's per-layer counts for a schedule that merges in the tower, the unmerged counts otherwise."""
     tokens, out = patches + 1, []
     merging = [stage.merging for stage in schedule.stages if stage.merges_on == "vision_tower"]
-    rs = merge_schedule(patches, keep_count(merging[0].keep, patches), feature_layer + 1) if merging else []
+    rs = merge_schedule(patches, merging[0].keep, feature_layer + 1) if merging else []
     for i in range(layers):
         r = rs[i] if i < len(rs) else 0
         out.append((tokens, tokens - r))

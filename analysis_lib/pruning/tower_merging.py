@@ -92,11 +92,10 @@ def max_reduction(tokens: int, layers: int) -> int:
     return removed
 
 
-def merge_schedule(patches: int, keep: int, layers: int) -> list[int]:
+def merge_schedule(patches: int, keep: int | float, layers: int) -> list[int]:
     """r per merging layer so that ``patches`` (+ [CLS]) become ``keep`` patches over ``layers`` layers:
     ceil(left / layers left), raised just enough that the later layers can remove the rest."""
-    if not 1 <= keep <= patches:
-        raise ValueError(f"keep={keep!r}: the budget must lie in 1..{patches} (the patches per crop)")
+    keep = keep_count(keep, patches)
     tokens, left, schedule = patches + 1, patches - keep, []
     if left > max_reduction(tokens, layers):
         minimum = patches - max_reduction(tokens, layers)
@@ -113,8 +112,12 @@ def merge_schedule(patches: int, keep: int, layers: int) -> list[int]:
 
 
 def keep_count(keep: int | float, patches: int) -> int:
-    """A ``keep`` count, or fraction of the patches per crop, as a count of patches per crop."""
-    return keep if isinstance(keep, int) else max(1, math.floor(keep * patches + 1e-9))
+    """A ``keep`` count, or fraction of the patches per crop, as a count of patches per crop (checked)."""
+    count = keep if isinstance(keep, int) else max(1, math.floor(keep * patches + 1e-9))
+    if not 1 <= count <= patches:
+        raise ValueError(f"keep={keep!r}: the budget must lie in 1..{patches} (the patches per crop) or be a "
+                         "fraction in (0, 1]")
+    return count
 
 
 def check_tower(adapter: ModelAdapter, keep: int | float) -> list[int]:
@@ -126,10 +129,7 @@ def check_tower(adapter: ModelAdapter, keep: int | float) -> list[int]:
     if implementation not in TOWER_ATTENTION:
         raise ValueError(f"vision attn_implementation={implementation!r}: proportional attention needs an additive "
                          f"mask; allowed: {TOWER_ATTENTION}")
-    patches = adapter.patches_per_crop
-    if isinstance(keep, float) and not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep={keep!r} is outside the allowed range (0, 1] for a fraction")
-    return merge_schedule(patches, keep_count(keep, patches), adapter.vision_feature_encoder_layer + 1)
+    return merge_schedule(adapter.patches_per_crop, keep, adapter.vision_feature_encoder_layer + 1)
 
 
 @dataclass
