@@ -137,6 +137,24 @@ class DecoderLayerCall:
 
 
 @dataclass
+class VisionLayerCall:
+    """A call of one encoder layer of a CLIP tower: hidden states and additive attention mask (CLIPEncoder
+    passes both positionally; keywords are read too)."""
+
+    args: tuple
+    kwargs: dict
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        return self.args[0] if self.args else self.kwargs["hidden_states"]
+
+    def rewrite(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[tuple, dict]:
+        """The (args, kwargs) that run this layer on ``hidden`` with this additive mask (None: no mask)."""
+        kwargs = {k: v for k, v in self.kwargs.items() if k not in ("hidden_states", "attention_mask")}
+        return (hidden, mask, *self.args[2:]), kwargs
+
+
+@dataclass
 class AttentionCall:
     """A call of an attention block: the (cos, sin) it applies and, in Qwen's vision tower, the boundaries
     of the attention windows (``cu_seqlens``)."""

@@ -12,7 +12,7 @@ merges its output: as the merge is a size-weighted mean, merge(x + expand(f)) = 
 The metric is the layer's keys averaged over heads (ToMe's ``k.mean(1)``); the class token is protected.
 The sequence really shrinks layer by layer, and the next layers get an additive mask of log(size) over
 the keys (CLIPEncoderLayer takes ``attention_mask`` positionally from CLIPEncoder; sdpa and eager add it
-to the logits). The recorded ``hidden_states`` are the shrunk ones (the layer hook runs before transformers'
+to the logits). The recorded hidden states are the shrunk ones (the layer hook runs before transformers'
 output recorder), except at the feature layer the projector reads: there the output is expanded back to
 the full grid ([CLS] at 0, each patch row its cluster's merged state), as LLaVA fills a fixed number of
 image placeholders and LLaVA-NeXT packs crops spatially; later layers (unused by LLaVA) run on the merged
@@ -178,7 +178,8 @@ class TowerMerging:
         feature = self.adapter.vision_feature_encoder_layer
 
         def enter(_module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
+            call = self.adapter.vision_layer_call(args, kwargs)
+            hidden = call.hidden
             if index == 0:
                 crops, tokens = hidden.shape[:2]
                 places = torch.arange(tokens, device=hidden.device).expand(crops, tokens)
@@ -190,9 +191,7 @@ class TowerMerging:
             if self.proportional and index > 0:
                 bias = state.size.log().to(hidden.dtype)[:, None, None, :]
                 mask = bias.expand(-1, 1, hidden.shape[1], -1)
-            if args:
-                return (hidden, mask, *args[2:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden, "attention_mask": mask}
+            return call.rewrite(hidden, mask)
 
         return enter
 
