@@ -114,6 +114,8 @@ def test_the_tower_equals_a_loop_recomputation_of_tome(models, proportional):
     adapter_tower = model.model.vision_tower
     pixels = batch_inputs(model, "llava")["pixel_values"]
     schedule, feature = [6, 5], adapter.vision_feature_encoder_layer
+    with torch.no_grad():  # transformers installs its output recorder now: ToMe's layer hook must still go first
+        adapter_tower(pixels, output_hidden_states=True)
     hooks = HookSet()
     TowerMerging(adapter, schedule, proportional).install(hooks)
     try:

@@ -25,7 +25,15 @@ VisionZip's or FasterVLM's):
 - r per layer: ToMe's constant r, as even as possible, ceil(left / layers left), raised where the later
   layers could not remove the rest under ToMe's cap r <= (t - 1) // 2 (the class token protected), so
   exactly ``keep`` patches reach the projector per crop (``merge_schedule``);
-- ties: edges sorted stably (ToMe's ``argsort`` is not stable), the first best B token on equal scores.
+- ties: edges sorted stably (ToMe's ``argsort`` is not stable), the first best B token on equal scores;
+- the LLM's tokens: one per cluster, its representative being the patch ToMe's merges kept (a B token that
+  absorbed others, or an unmerged one), fed in image order (ToMe's own row order is A-then-B, which no LLaVA
+  code path would feed), [CLS] dropped by LLaVA's "default" feature selection as usual;
+- the record: each merged token with weight 1/cluster size (its share of the cluster's patches; the
+  states were averaged layer by layer, so this is the share, not a fixed linear map);
+- LLaVA-NeXT: the tower merges each crop alike (``keep`` patches each); newline tokens have no patch and are
+  kept; unpadding may cut a cluster's representative away (then its first visible token represents it) or
+  a whole cluster (then the crop sends fewer than ``keep`` tokens).
 """
 from __future__ import annotations
 
@@ -33,7 +41,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ..adapters import ModelAdapter
 from ..hooks import HookSet
