@@ -9,8 +9,9 @@ import torch
 
 from analysis_lib.adapters import adapter_for
 from analysis_lib.hooks import HookSet, hook_count
-from analysis_lib.pruning import PruningEngine, get_method
-from analysis_lib.pruning.tower_merging import TowerMerging, bipartite_matching, merge_rows, merge_schedule
+from analysis_lib.pruning import FixedScorer, PruningEngine, Schedule, Stage, get_method
+from analysis_lib.pruning.tower_merging import (TowerMerging, bipartite_matching, check_tower, merge_rows,
+                                                merge_schedule)
 from tiny_setup import batch_inputs, sample_inputs
 
 FAMILIES = ("llava", "llava_next")
@@ -156,6 +157,23 @@ def test_removal_equals_the_mask_reference(models, family, implementation):
     with torch.no_grad():
         unpruned = model(**inputs).logits[:, -1]
     assert not torch.allclose(removed, unpruned, atol=1e-4)
+
+
+def test_the_engine_does_not_apply_the_tower_merge_again(models):
+    """ToMe's run equals the hooked tower followed by plain pruning of the same kept set: the recorded merges
+    are not applied a second time in the LLM."""
+    model = models[("llava", "sdpa")]
+    inputs = batch_inputs(model, "llava")
+    logits, record = run(model, inputs)
+    kept = tuple(tuple(k.tolist()) for k in record.stages[0].kept)
+    adapter = adapter_for(model)
+    hooks = HookSet()
+    TowerMerging(adapter, check_tower(adapter, 5)).install(hooks)
+    try:
+        direct, _ = run(model, inputs, Schedule((Stage(0, FixedScorer(kept), 5),), positions="reindex"))
+    finally:
+        hooks.remove()
+    torch.testing.assert_close(logits, direct, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
