@@ -63,7 +63,8 @@ class TowerDims:
         """Read a VLM config with a CLIP-style ``vision_config`` and an int ``vision_feature_layer``."""
         vision, feature = config.vision_config, config.vision_feature_layer
         layers = vision.num_hidden_layers
-        return cls(vision.hidden_size, vision.intermediate_size, layers, layers + feature if feature < 0 else feature - 1)
+        feature_layer = layers + feature if feature < 0 else feature - 1
+        return cls(vision.hidden_size, vision.intermediate_size, layers, feature_layer)
 
 
 def tower_flops(dims: TowerDims, tokens: Sequence[tuple[int, int]]) -> int:

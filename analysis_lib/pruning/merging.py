@@ -5,8 +5,9 @@ A merge is linear and computed from the states before it: kept token t becomes x
 Removed tokens then disappear exactly as with pruning. Where it acts (``acts_on``): "projector_input"
 (the features the projector reads, re-projected per token; stages before the LLM only), "states" (the
 projector outputs before the LLM, the hidden states inside it), or "vision_tower" (ToMe: merged inside
-the tower already, ``tower_merging.py``; the engine records the map and never applies it again). Mask-mode reference: every slot stays,
-kept tokens carry the merged states and removed ones are masked. All weights zero = plain pruning.
+the tower already, ``tower_merging.py``; the engine records the map and never applies it again).
+Mask-mode reference: every slot stays, kept tokens carry the merged states and removed ones are masked.
+All weights zero = plain pruning.
 
 This module also holds the selection halves of the merging methods (VisionZip, PruMerge, PruMerge+).
 """
@@ -22,8 +23,6 @@ from .scorers import VISION_LAYERS
 from .selectors import SampleSelection, _ranked
 
 MERGE_TARGETS = ("projector_input", "states")
-#: where a merge may have happened: the engine applies MERGE_TARGETS, the tower applies its own
-MERGE_PLACES = (*MERGE_TARGETS, "vision_tower")
 
 
 @dataclass

@@ -142,7 +142,8 @@ class Schedule:
                 raise ValueError(f"score_layer={stage.score_layer!r}: scoring at a later layer than the pruning "
                                  "layer is only supported for a first stage at layer 0")
             if stage.merges_on in ("projector_input", "vision_tower") and layer != 0:
-                raise ValueError(f"merging {stage.merging.name!r} acts on the projector's input and needs a stage at "
+                where = "the projector's input" if stage.merges_on == "projector_input" else "the vision tower"
+                raise ValueError(f"merging {stage.merging.name!r} acts on {where} and needs a stage at "
                                  f"layer 0 (before the language model), not layer {layer}")
             if stage.order == "score" and (layer != 0 or len(self.stages) > 1):
                 raise ValueError("order='score' (no reordering) is only supported for a single stage at layer 0")
@@ -150,8 +151,8 @@ class Schedule:
 
     @property
     def reads_vision_tower(self) -> bool:
-        """Whether a stage reads the vision tower's attention, keys or features: the tower must then run,
-        hooked, for every prompt, and its output cannot be reused from another setting's run."""
+        """Whether a stage reads the vision tower's attention, keys or features, or merges in it: the tower
+        must then run, hooked, for every prompt, and its output cannot be reused from another setting's run."""
         return self.changes_vision_tower or any(
             stage.scorer.needs_vision_attention or stage.needs_features
             or (stage.merging is not None and stage.merging.needs_keys) for stage in self.stages)
