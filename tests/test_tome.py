@@ -261,6 +261,12 @@ def test_bad_parameters_are_refused_naming_the_allowed_values(models, params, me
         PruningEngine(model, get_method("tome").schedule(**params))
 
 
+def test_a_tower_merge_needs_a_stage_before_the_llm():
+    from analysis_lib.pruning.tower_merging import Representatives, ToMe
+    with pytest.raises(ValueError, match="acts on the vision tower and needs a stage at layer 0"):
+        Schedule((Stage(2, selector=Representatives(), merging=ToMe(5)),)).resolve(6)
+
+
 # ---- the runner's encoding reuse ---------------------------------------------------------------------------
 
 def test_the_runner_never_shares_a_merged_encoding(model, tmp_path):
