@@ -6,9 +6,9 @@ import math
 import os
 import sys
 
-from .flops import FFN_MATRICES, PRESETS, preset_or_config, schedule_flops
+from .flops import FFN_MATRICES, PRESETS, preset_or_config, schedule_flops, tower_flops
 from .pruning.methods import METHODS, get_method
-from .pruning.nominal import nominal_kept
+from .pruning.nominal import nominal_kept, tower_tokens
 from .validation import check_int
 
 
@@ -68,6 +68,10 @@ def flops_command(args: argparse.Namespace) -> None:
         preset = preset.at_image_size(*parse_image_size(args.image_size))
     method = get_method(args.method)
     schedule = method.schedule(**parse_params(args.params, method.parameters))
+    if schedule.changes_vision_tower and preset.tower is None:
+        with_tower = [name for name, p in PRESETS.items() if p.tower is not None]
+        raise ValueError(f"method {schedule.name!r} merges inside a CLIP vision tower; presets with one: "
+                         f"{', '.join(with_tower)} (or a LLaVA config.json)")
     stages = nominal_kept(schedule, preset.dims.layers, preset.grid)
     n_text = preset.n_system + args.text_tokens
     report = schedule_flops(preset.dims, preset.n_visual, n_text, stages, ffn_matrices=args.ffn_matrices)
@@ -81,6 +85,20 @@ def flops_command(args: argparse.Namespace) -> None:
     print(f"FFN term: {args.ffn_matrices}·n·d·m")
     print(f"FLOPs: {report.total_flops / 1e12:.3f} T of {report.baseline_flops / 1e12:.3f} T "
           f"-> reduction {100 * report.reduction:.1f}%")
+    if schedule.changes_vision_tower:
+        print_tower_flops(preset, schedule)
+
+
+def print_tower_flops(preset, schedule) -> None:
+    """The vision tower's FLOPs under a schedule that merges in it (ToMe), against the unmerged tower."""
+    tower = preset.tower
+    tokens = tower_tokens(schedule, preset.n_visual, tower.layers, tower.feature_layer)
+    merged = tower_flops(tower, tokens)
+    plain = tower_flops(tower, [(preset.n_visual + 1,) * 2] * tower.layers)
+    print(f"vision tower (d={tower.hidden}, m={tower.intermediate}, {tower.layers} layers): tokens per layer "
+          f"{' '.join(str(n) for n, _ in tokens)} -> {tokens[-1][1]}")
+    print(f"vision tower FLOPs: {merged / 1e12:.3f} T of {plain / 1e12:.3f} T -> reduction "
+          f"{100 * (1 - merged / plain):.1f}% (reported apart from the language model's)")
 
 
 def methods_command(_args: argparse.Namespace) -> None:

@@ -36,11 +36,12 @@ EXTRAS = ("notebooks", "dev")
 #: the CPU build of torch that lies on this machine's disk (a plain requirement pulls a CUDA build)
 TORCH = "torch==2.13.0"
 #: what make test-compat runs: the engine, capture and generation invariants (also under accelerate's
-#: offload hooks, with merging, with the LLM's states), the call readers, the runner (its shared image
-#: encoding wraps a transformers method) and the cache accounting
+#: offload hooks, with merging, with the LLM's states, with ToMe in the vision tower), the call readers,
+#: the runner (its shared image encoding wraps a transformers method) and the cache accounting
 INVARIANT_TESTS = ("tests/test_engine.py", "tests/test_capture.py", "tests/test_adapters.py",
                    "tests/test_calls.py", "tests/test_offload.py", "tests/test_analyses_efficiency.py",
-                   "tests/test_merging.py", "tests/test_diversity_methods.py", "tests/test_runner.py")
+                   "tests/test_merging.py", "tests/test_diversity_methods.py", "tests/test_runner.py",
+                   "tests/test_tome.py")
 _LOCK_HEADER = """\
 # The locked install: every package of the environment that `make test` and `make reproduce` build
 # (torch first, then `-e .[{extras}]`), at the versions the whole test suite passed with.

@@ -9,6 +9,11 @@ Per decoder layer with ``n`` tokens, hidden size ``d`` and FFN intermediate size
 and SparseVLM use ``f = 3``, counting SwiGLU's gate, up and down matrices. Both are offered and every
 :class:`FlopsReport` records which one it used, along with how many non-visual tokens it counted.
 
+A method that merges inside the vision tower (ToMe) also shrinks the tower: :func:`tower_flops` counts
+each tower layer as ``4·n·d² + 2·n²·d`` for its attention over ``n`` tokens plus ``2·n'·d·m`` for its
+two-matrix MLP over the ``n'`` tokens left after that layer's merge (``n' = n`` in an unmerged tower),
+with the tower's own ``d`` and ``m``; it is reported alongside the language model's, not added to it.
+
 FEATHER's eq. 1 is printed as ``1 - (K·C + (T-K)·C(n̂)) / C``; the denominator must be the unpruned
 total ``T·C`` (otherwise the "reduction" is negative), and that is what :attr:`FlopsReport.reduction`
 computes.
@@ -45,6 +50,33 @@ class LMDims:
 
 
 @dataclass(frozen=True)
+class TowerDims:
+    """Vision-tower shapes: width, MLP size, layers and the encoder layer the projector reads."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    feature_layer: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> TowerDims:
+        """Read a VLM config with a CLIP-style ``vision_config`` and an int ``vision_feature_layer``."""
+        vision, feature = config.vision_config, config.vision_feature_layer
+        layers = vision.num_hidden_layers
+        feature_layer = layers + feature if feature < 0 else feature - 1
+        return cls(vision.hidden_size, vision.intermediate_size, layers, feature_layer)
+
+
+def tower_flops(dims: TowerDims, tokens: Sequence[tuple[int, int]]) -> int:
+    """FLOPs of a vision tower whose layer i attends over ``tokens[i][0]`` tokens and runs its MLP on
+    ``tokens[i][1]`` (fewer where the layer merges between the two, as ToMe)."""
+    if len(tokens) != dims.layers:
+        raise ValueError(f"tokens: {len(tokens)} layers given for a {dims.layers}-layer tower")
+    d, m = dims.hidden, dims.intermediate
+    return sum(4 * n * d * d + 2 * n * n * d + 2 * after * d * m for n, after in tokens)
+
+
+@dataclass(frozen=True)
 class ModelPreset:
     """A model's LM shapes and visual-token layout: ``n_visual`` tokens on a ``grid`` (rows, cols).
 
@@ -58,6 +90,8 @@ class ModelPreset:
     cell_pixels: int = 0
     #: the processor's (min, max) pixels of a resized image (dynamic resolution only)
     pixels: tuple[int, int] = QWEN2_5_VL_PIXELS
+    #: the CLIP tower a method may merge in (ToMe); None where no such method runs
+    tower: TowerDims | None = None
 
     def at_image_size(self, height: int, width: int) -> ModelPreset:
         """The preset for one (height, width) image, resized as the model's processor does."""
@@ -131,12 +165,14 @@ def schedule_flops(dims: LMDims, n_visual: int, n_text: int, stages: Sequence[tu
 
 
 _LLAMA_7B = LMDims(hidden=4096, intermediate=11008, layers=32)
+#: CLIP ViT-L/14 at 336 px; LLaVA-1.5's projector reads layer 22 of 24 (``vision_feature_layer=-2``)
+_CLIP_L_336 = TowerDims(hidden=1024, intermediate=4096, layers=24, feature_layer=22)
 
 PRESETS: dict[str, ModelPreset] = {
     # CLIP ViT-L/14 at 336 px: 24x24 patches; 35 tokens of LLaVA's system prompt before the image.
-    "llava-1.5-7b": ModelPreset(_LLAMA_7B, n_visual=576, n_system=35, grid=(24, 24)),
+    "llava-1.5-7b": ModelPreset(_LLAMA_7B, n_visual=576, n_system=35, grid=(24, 24), tower=_CLIP_L_336),
     "llava-1.5-13b": ModelPreset(LMDims(hidden=5120, intermediate=13824, layers=40), n_visual=576,
-                                 n_system=35, grid=(24, 24)),
+                                 n_system=35, grid=(24, 24), tower=_CLIP_L_336),
     # SigLIP so400m/14 at 384 px: 27x27 patches; Llama-2-7B. The 35 system tokens are an assumption
     # (LLaVA's prompt); the FEATHER paper does not state its prompt length.
     "feather-siglip-llama2-7b": ModelPreset(_LLAMA_7B, n_visual=729, n_system=35, grid=(27, 27)),
@@ -177,6 +213,8 @@ def preset_or_config(name_or_path: str | Path, n_system: int | None = None) -> M
         raise ValueError(f"name_or_path={str(path)!r}: vision_config needs an int image_size and a "
                          "patch_size (a fixed-resolution vision tower)")
     side = image_size // patch_size
+    clip = getattr(config, "model_type", None) in ("llava", "llava_next")
+    clip = clip and isinstance(getattr(config, "vision_feature_layer", None), int)
     return ModelPreset(LMDims.from_config(config), n_visual=side * side,
                        n_system=_count("n_system", 0 if n_system is None else n_system, 0, math.inf),
-                       grid=(side, side))
+                       grid=(side, side), tower=TowerDims.from_config(config) if clip else None)

@@ -17,9 +17,9 @@ class HookSet:
         """A forward pre-hook that sees and may replace (args, kwargs)."""
         self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=True, prepend=prepend))
 
-    def post(self, module: nn.Module, fn: Callable) -> None:
-        """A forward hook ``fn(module, args, kwargs, output)``."""
-        self._handles.append(module.register_forward_hook(fn, with_kwargs=True))
+    def post(self, module: nn.Module, fn: Callable, *, prepend: bool = False) -> None:
+        """A forward hook ``fn(module, args, kwargs, output)`` (``prepend``: before the hooks already there)."""
+        self._handles.append(module.register_forward_hook(fn, with_kwargs=True, prepend=prepend))
 
     def remove(self) -> None:
         while self._handles:

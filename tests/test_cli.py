@@ -15,10 +15,22 @@ def test_flops_command_prints_the_reduction(capsys):
 
 
 def test_flops_accepts_every_registered_method(capsys):
+    """Every method but ToMe, which merges inside a CLIP tower the SigLIP preset does not describe (refused)."""
     from analysis_lib.pruning.methods import METHODS
     for name in METHODS:
+        if METHODS[name].schedule().changes_vision_tower:
+            assert main(["flops", "--model", "feather-siglip-llama2-7b", "--method", name]) == 2
+            assert "presets with one: llava-1.5-7b, llava-1.5-13b" in capsys.readouterr().err
+            continue
         assert main(["flops", "--model", "feather-siglip-llama2-7b", "--method", name]) == 0
         assert "729 visual" in capsys.readouterr().out
+
+
+def test_flops_of_tome_report_the_vision_tower_alongside(capsys):
+    assert main(["flops", "--model", "llava-1.5-7b", "--method", "tome", "keep=64"]) == 0
+    out = capsys.readouterr().out
+    assert "before the LLM: keep 64 of 576 visual tokens" in out
+    assert "tokens per layer 577 554" in out and "-> 65" in out and "vision tower FLOPs:" in out
 
 
 @pytest.mark.parametrize("argv, message", [

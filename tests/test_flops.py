@@ -11,6 +11,7 @@ from analysis_lib.flops import (
     PRESETS,
     LMDims,
     ModelPreset,
+    TowerDims,
     layer_flops,
     preset_or_config,
     schedule_flops,
@@ -32,8 +33,9 @@ def test_layer_flops_by_hand():
 
 
 def test_presets():
-    assert LLAVA7B == ModelPreset(LMDims(4096, 11008, 32), 576, 35, (24, 24))
-    assert PRESETS["llava-1.5-13b"] == ModelPreset(LMDims(5120, 13824, 40), 576, 35, (24, 24))
+    clip = TowerDims(1024, 4096, 24, 22)  # CLIP ViT-L/14-336, projector reading layer 22 (ToMe's tower FLOPs)
+    assert LLAVA7B == ModelPreset(LMDims(4096, 11008, 32), 576, 35, (24, 24), tower=clip)
+    assert PRESETS["llava-1.5-13b"] == ModelPreset(LMDims(5120, 13824, 40), 576, 35, (24, 24), tower=clip)
     assert FEATHER == ModelPreset(LMDims(4096, 11008, 32), 729, 35, (27, 27))
 
 
@@ -156,10 +158,12 @@ def test_preset_or_config(tmp_path):
         "vision_config": {"model_type": "clip_vision_model", "image_size": 336, "patch_size": 14},
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
-    expected = ModelPreset(LMDims(64, 128, 4), n_visual=576, n_system=0, grid=(24, 24))
+    # the tower: CLIPVisionConfig's defaults, the projector reading layer -2 (LlavaConfig's default)
+    expected = ModelPreset(LMDims(64, 128, 4), n_visual=576, n_system=0, grid=(24, 24),
+                           tower=TowerDims(768, 3072, 12, 10))
     assert preset_or_config(tmp_path) == expected
     assert preset_or_config(tmp_path / "config.json", n_system=7) == ModelPreset(
-        expected.dims, 576, 7, (24, 24))
+        expected.dims, 576, 7, (24, 24), tower=expected.tower)
 
     text_only = tmp_path / "llama"
     text_only.mkdir()

@@ -16,7 +16,7 @@ SHALLOW = {
     "fopru": {}, "fopru_fastv": {}, "vispruner": {"keep": 0.5}, "divprune": {"R": 0.5}, "dart": {"R": 0.5},
     "random": {}, "before_llm": {}, "sparsevlm": {"keep": 0.5, "K1": 1, "K2": 3, "K3": 5},
     "text_only": {}, "quartile": {}, "region": {}, "rows": {},
-    "visionzip": {"keep": 0.5}, "prumerge": {}, "prumerge_plus": {},
+    "visionzip": {"keep": 0.5}, "prumerge": {}, "prumerge_plus": {}, "tome": {"keep": 5},
 }
 VARIANTS = [(name, params) for name, params in SHALLOW.items()] + [
     ("fopru", {"strategy": "row"}), ("fopru", {"reorder": False}), ("fopru", {"rule": "low-variance"}),
@@ -27,6 +27,7 @@ VARIANTS = [(name, params) for name, params in SHALLOW.items()] + [
     ("dart", {"K": 0.5, "image_pivots": 0}),
     ("visionzip", {"keep": 0.5, "scope": "crop"}), ("prumerge", {"keep": 4}), ("prumerge_plus", {"keep": 0.5}),
     ("visionzip", {"keep": 0.5, "merge_on": "output"}), ("prumerge_plus", {"merge_on": "output", "attention": "heads"}),
+    ("tome", {"keep": 0.25, "proportional": False}),
 ]
 
 
@@ -52,10 +53,12 @@ def test_every_registered_method_is_tested():
 
 
 def runs_on(family, variant):
-    """Qwen's merger is not per token: merges on its input are refused there (the refusal is in test_merging)."""
+    """Qwen's merger is not per token and its tower is windowed: merges on the projector's input and ToMe's
+    inside the tower are refused there (the refusals are in test_merging and test_tome)."""
     name, params = variant
-    on_input = any(stage.merges_on == "projector_input" for stage in schedule_of(name, **params).stages)
-    return not (on_input and family.startswith("qwen"))
+    schedule = schedule_of(name, **params)
+    on_input = any(stage.merges_on == "projector_input" for stage in schedule.stages)
+    return not ((on_input or schedule.changes_vision_tower) and family.startswith("qwen"))
 
 
 @pytest.mark.parametrize("family, variant", [pytest.param(family, variant, id=f"{ids(variant)}-{family}")

@@ -157,6 +157,10 @@ class ModelAdapter(ABC):
         """The arguments of one decoder layer's call."""
         return calls.DecoderLayerCall(args, kwargs)
 
+    def vision_layer_call(self, args: tuple, kwargs: dict) -> calls.VisionLayerCall:
+        """The arguments of one vision-tower encoder layer's call (ToMe rewrites its rows and mask)."""
+        return calls.VisionLayerCall(args, kwargs)
+
     def attention_call(self, args: tuple, kwargs: dict) -> calls.AttentionCall:
         """The arguments of an attention block's call (its RoPE, its attention segments)."""
         return calls.AttentionCall(args, kwargs)

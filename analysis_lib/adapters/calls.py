@@ -137,6 +137,24 @@ class DecoderLayerCall:
 
 
 @dataclass
+class VisionLayerCall:
+    """A call of one encoder layer of a CLIP tower: hidden states and additive attention mask (CLIPEncoder
+    passes both positionally; keywords are read too)."""
+
+    args: tuple
+    kwargs: dict
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        return self.args[0] if self.args else self.kwargs["hidden_states"]
+
+    def rewrite(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[tuple, dict]:
+        """The (args, kwargs) that run this layer on ``hidden`` with this additive mask (None: no mask)."""
+        kwargs = {k: v for k, v in self.kwargs.items() if k not in ("hidden_states", "attention_mask")}
+        return (hidden, mask, *self.args[2:]), kwargs
+
+
+@dataclass
 class AttentionCall:
     """A call of an attention block: the (cos, sin) it applies and, in Qwen's vision tower, the boundaries
     of the attention windows (``cu_seqlens``)."""
@@ -224,12 +242,14 @@ def _same(a: object, b: object) -> bool:
 
 class LastResult:
     """While ``active``, ``owner.method`` called again with equal arguments returns its previous result
-    instead of recomputing it; inactive, it computes (and remembers) as usual. The evaluation grid uses it
-    on ``get_image_features``: one batch's images are encoded once for every setting that leaves the vision
-    tower alone. ``close()`` restores the method."""
+    instead of recomputing it; inactive, it computes (and remembers, while ``remember``) as usual. The
+    evaluation grid uses it on ``get_image_features``: one batch's images are encoded once for every setting
+    that leaves the vision tower alone; a setting that changes the tower's output (ToMe) is neither served
+    nor remembered. ``close()`` restores the method."""
 
     def __init__(self, owner, method: str):
         self.active = True
+        self.remember = True
         self._last: tuple[tuple, dict, object] | None = None
         original = getattr(owner, method)
 
@@ -237,7 +257,8 @@ class LastResult:
             if self.active and self._last is not None and _same((args, kwargs), self._last[:2]):
                 return self._last[2]
             result = original(*args, **kwargs)
-            self._last = (args, kwargs, result)
+            if self.remember:
+                self._last = (args, kwargs, result)
             return result
 
         self.close = _replace_method(owner, method, wrapper)

@@ -14,7 +14,8 @@ seeded methods make the rows reproducible (all but the timing columns).
 
 The grid runs batch by batch, every setting of a batch in turn: the processor's inputs are made once per
 batch, and the images are encoded once for all settings that leave the vision tower alone (the unpruned
-model and every schedule that reads neither the tower's attention nor its features; ``reuse_images``).
+model and every schedule that reads neither the tower's attention nor its features; ``reuse_images``);
+a schedule that merges inside the tower (ToMe) encodes its own, which no later setting reuses.
 The rows are the same as with a fresh encoding per setting (a test compares them); the timing columns
 of a reused encoding do not include the vision tower. Measured: ``python -m analysis_lib.benchmarks.evaluation``.
 """
@@ -40,6 +41,7 @@ from ..flops import LMDims, schedule_flops
 from ..loading import DTYPES, check_device_map, load_vlm
 from ..pruning import PruneRecord, PruningEngine, get_method
 from ..pruning.schedule import Schedule
+from ..pruning.tower_merging import check_tower
 from ..validation import check_choice, check_device, check_int, check_number, check_output_folder
 from .datasets import EvalSample, load_dataset
 from .launch import Launch, check_shared, joined, stop_if_failed
@@ -293,6 +295,12 @@ def check_fits(em: EvalModel, settings: Sequence[MethodSetting], data: dict[str,
         if schedule is None:
             continue
         stages = schedule.resolve(em.adapter.num_layers)
+        for _, stage in stages:
+            if stage.merges_on == "vision_tower":
+                try:
+                    check_tower(em.adapter, stage.merging.keep)
+                except ValueError as err:
+                    raise ValueError(f"method {s.label!r}: {err}") from None
         for dataset_name, n_visual in first.items():
             n_in = n_visual
             for _, stage in stages:
@@ -409,6 +417,7 @@ def _run(launch: Launch, models: list[EvalModel], settings: list[MethodSetting],
             made[key] = prompt_inputs(em, batch)
         schedule = s.schedule()
         reuse[id(em)].active = reuse_images and not (schedule and schedule.reads_vision_tower)
+        reuse[id(em)].remember = not (schedule and schedule.changes_vision_tower)
         torch.manual_seed(seed)
         rows = evaluate_batch(em, s, batch, mode, positions, scoring=scorer, inputs=made[key])
         used = positions or (schedule.positions if schedule else "keep")

@@ -22,12 +22,13 @@ from ..hooks import HookSet
 from ..layout import SampleGrid
 from ..tracking import Tracker, tracker_for
 from ..validation import check_choice
-from .merging import MergeInputs, MergeMap
+from .merging import MERGE_TARGETS, MergeInputs, MergeMap
 from .schedule import Schedule, Stage
 from .scorers import ScoreInputs
 from .selectors import SampleSelection
 from .signals import DecoderAttention
 from .states import rotated_keys, sample_embeddings, sample_states
+from .tower_merging import TowerMerging, check_tower
 from .views import MODES, POSITIONS, call_slots, pruned_view, slot_mask
 
 IMPLEMENTATIONS = ("sdpa", "eager")
@@ -105,6 +106,8 @@ class PruningEngine:
             raise ValueError(f"model family {self.adapter.family!r}: its projector does not map each visual token on "
                              "its own, so a merge on the projector's input cannot run; merging before the projector "
                              "supports the families 'llava', 'llava_next'")
+        self._tower_schedules = {s: check_tower(self.adapter, stage.merging.keep)
+                                 for s, (_, stage) in enumerate(self.stages) if stage.merges_on == "vision_tower"}
         self.records: list[PruneRecord] = []
         self.hooks = HookSet()
 
@@ -135,6 +138,10 @@ class PruningEngine:
         self._features = None
         self._embeddings = None
         self._probing = False
+        self._towers = {s: TowerMerging(adapter, r, self.stages[s][1].merging.proportional)
+                        for s, r in self._tower_schedules.items()}
+        for tower in self._towers.values():
+            tower.install(hooks)
 
         def armed() -> bool:
             call = self.tracker.call
@@ -238,6 +245,7 @@ class PruningEngine:
             head_dim = self.adapter.vision_geometry().head_dim
             keys = [k.cpu().unflatten(-1, (-1, head_dim))
                     for k in patches_to_tokens(self._vision_keys[self._vision_layer(stage.merging.keys_layer)], layout)]
+        clusters = self._towers[s].clusters(layout) if s in self._towers else [None] * len(counts)
         kept, sequence, merges = [], [], []
         for b, n in enumerate(counts):
             grid = layout.samples[b]
@@ -248,12 +256,13 @@ class PruningEngine:
                 cand = candidates[b, :n] & group
                 k = stage.budget(int(cand.sum()), int(group.sum()))
                 selection = SampleSelection(scores[b, :n], cand, grid, None if features is None else features[b],
-                                            None if states is None else states[b])
+                                            None if states is None else states[b], clusters[b])
                 parts.append(torch.sort(stage.selector.select(selection, k).cpu()).values)
                 if stage.merging is not None:
                     maps.append(stage.merging.merge(MergeInputs(parts[-1], cand, scores[b, :n],
                                                                None if keys is None else keys[b],
-                                                               None if states is None else states[b], k)))
+                                                               None if states is None else states[b], k,
+                                                               clusters[b])))
             kept.append(torch.sort(torch.cat(parts)).values)
             merges.append(MergeMap.concat(maps) if maps else None)
             sequence.append(kept[-1][torch.argsort(scores[b, kept[-1]].nan_to_num(nan=float("-inf")),
@@ -296,7 +305,7 @@ class PruningEngine:
         embeddings = lm_call.embeddings
         v = self._stage_for_layer(0, embeddings)
         view, call = tracker.views[v], tracker.call
-        merges = self.records[-1].stages[0].merges
+        merges = self._applied_merges(0)
         if merges is not None and call.is_prefill:
             embeddings = self._merged_embeddings(embeddings, merges, self.stages[0][1].merges_on)
             lm_call.replace_embeddings(embeddings)
@@ -346,7 +355,7 @@ class PruningEngine:
             kv_index, kv_valid, q_index, q_position = (t.to(hidden.device) for t in
                                                        call_slots(view, call, tracker.prompt.length))
             if call.is_prefill and v != prev:
-                merges = self.records[-1].stages[v - 1].merges
+                merges = self._applied_merges(v - 1)
                 if merges is not None:
                     hidden = _merged_slots(hidden, tracker.views[prev], merges)
                 if self.mode == "remove":
@@ -355,6 +364,12 @@ class PruningEngine:
             return adapter.layer_inputs(layer_call, hidden, mask, q_position)
 
         return hook
+
+    def _applied_merges(self, s: int) -> list[MergeMap] | None:
+        """Stage ``s``'s merges for the engine to apply (None without a merge, or where the vision tower
+        merged already: ToMe's map is a record)."""
+        applies = self.stages[s][1].merges_on in MERGE_TARGETS
+        return self.records[-1].stages[s].merges if applies else None
 
     def _merged_embeddings(self, embeddings: torch.Tensor, merges: list[MergeMap], on: str) -> torch.Tensor:
         """The language model's input with each kept visual token's merged state: merged projector outputs

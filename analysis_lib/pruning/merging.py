@@ -3,9 +3,11 @@
 A merge is linear and computed from the states before it: kept token t becomes x_t + Σ w·x_s over its
 (target t, source s, weight w) triples (s may be t itself: -0.5 on t and 0.5 on s averages the two).
 Removed tokens then disappear exactly as with pruning. Where it acts (``acts_on``): "projector_input"
-(the features the projector reads, re-projected per token; stages before the LLM only) or "states" (the
-projector outputs before the LLM, the hidden states inside it). Mask-mode reference: every slot stays,
-kept tokens carry the merged states and removed ones are masked. All weights zero = plain pruning.
+(the features the projector reads, re-projected per token; stages before the LLM only), "states" (the
+projector outputs before the LLM, the hidden states inside it), or "vision_tower" (ToMe: merged inside
+the tower already, ``tower_merging.py``; the engine records the map and never applies it again).
+Mask-mode reference: every slot stays, kept tokens carry the merged states and removed ones are masked.
+All weights zero = plain pruning.
 
 This module also holds the selection halves of the merging methods (VisionZip, PruMerge, PruMerge+).
 """
@@ -75,6 +77,7 @@ class MergeInputs:
     keys: torch.Tensor | None = None  # [N, heads, head_dim] vision-tower keys, NaN rows for tokens without a patch
     states: SampleStates | None = None  # the LLM's states where the stage prunes (if its scorer or selector reads them)
     budget: int | None = None  # the stage's budget k for this sample (crop)
+    clusters: object = None  # ToMe's TowerClusters (``tower_merging.py``), merges made inside the vision tower
 
 
 class Merger(Protocol):

@@ -20,6 +20,7 @@ from .merging import ContextualMerge, DominantContextual, NeighbourMerge, Outlie
 from .scorers import (DensityPeakScorer, FoPruSignificance, RandomScorer, TextAttentionScorer,
                       VisionAttentionScorer)
 from .sparsevlm import OFFICIAL_COUNTS, REFERENCE_TOKENS, RaterAttention, Recycling, stage_counts
+from .tower_merging import Representatives, ToMe
 from .selectors import (DIVERSE_ORDERS, Grid, ImportantDiverse, MaxMinDiversity, PivotDuplicates, Quartile, Region,
                         Rows, TopK, Union)
 
@@ -272,6 +273,21 @@ def prumerge_plus(keep: int | float = 0, neighbours: int = 32, attention: str = 
                      TopAndSpread())
 
 
+def tome(keep: int | float = 64, proportional: bool = True) -> Schedule:
+    """ToMe (Bolya et al.) inside the CLIP vision tower, as VisPruner's Table 1 baseline (128/64/32 of 576):
+    every tower layer up to the feature layer merges r tokens between its attention and its MLP by
+    bipartite soft matching of the head-mean keys (class token protected, size-weighted means,
+    ``proportional`` attention adding log(size) to the key logits), r as even as possible over those layers
+    so that exactly ``keep`` patches per crop reach the projector (a count, or a fraction of the patches per
+    crop; LLaVA-NeXT: every crop keeps as many, newline tokens kept). The LLM gets one token per cluster,
+    the representative (its surviving patch) carrying the merged state. LLaVA and LLaVA-NeXT only.
+    Positions re-indexed. See ``tower_merging.py`` for the readings."""
+    if not isinstance(proportional, bool):
+        raise ValueError(f"proportional={proportional!r}: must be True or False")
+    return Schedule((Stage(0, selector=Representatives(), merging=ToMe(keep, proportional)),), name="tome",
+                    positions="reindex")
+
+
 def random_prune(K: int | float = 0, R: float = 0.5, seed: int = 0) -> Schedule:
     """Drop the fraction R of visual tokens at random (seeded) after layer K (0 = before the LLM)."""
     return Schedule((Stage(K, RandomScorer(seed), _ratio(R)),), name="random")
@@ -371,6 +387,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("visionzip", visionzip),
     Method("prumerge", prumerge),
     Method("prumerge_plus", prumerge_plus),
+    Method("tome", tome),
     Method("random", random_prune),
     Method("before_llm", before_llm),
     Method("text_only", text_only),

@@ -12,6 +12,7 @@ from ..layout import SampleGrid, Segment
 from .schedule import Schedule
 from .selectors import SampleSelection
 from .states import SampleStates
+from .tower_merging import keep_count, merge_schedule
 
 
 def plain_grid(rows: int, cols: int) -> SampleGrid:
@@ -48,8 +49,24 @@ def nominal_kept(schedule: Schedule, num_layers: int, grid: tuple[int, int], dra
             features = torch.randn(n, 8, generator=generator) if stage.needs_features else None
             states = _random_states(n, generator) if stage.needs_states else None
             k = stage.budget(int(candidates.sum()), n)
-            kept = stage.selector.select(SampleSelection(scores, candidates, sample, features, states), k)
+            if stage.merges_on == "vision_tower":  # ToMe: the tower's budget, exact
+                kept = torch.arange(keep_count(stage.merging.keep, n))
+            else:
+                kept = stage.selector.select(SampleSelection(scores, candidates, sample, features, states), k)
             candidates = torch.zeros(n, dtype=torch.bool)
             candidates[kept] = True
             totals[s] += kept.numel()
     return [(layer, round(total / draws)) for (layer, _), total in zip(resolved, totals)]
+
+
+def tower_tokens(schedule: Schedule, patches: int, layers: int, feature_layer: int) -> list[tuple[int, int]]:
+    """(tokens attended, tokens after the merge) per tower layer of one crop of ``patches`` patches (+ [CLS]):
+    ToMe's per-layer counts for a schedule that merges in the tower, the unmerged counts otherwise."""
+    tokens, out = patches + 1, []
+    merging = [stage.merging for stage in schedule.stages if stage.merges_on == "vision_tower"]
+    rs = merge_schedule(patches, merging[0].keep, feature_layer + 1) if merging else []
+    for i in range(layers):
+        r = rs[i] if i < len(rs) else 0
+        out.append((tokens, tokens - r))
+        tokens -= r
+    return out

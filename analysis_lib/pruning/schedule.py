@@ -149,8 +149,9 @@ class Schedule:
             if probe != layer and (layer != 0 or i != 0):
                 raise ValueError(f"score_layer={stage.score_layer!r}: scoring at a later layer than the pruning "
                                  "layer is only supported for a first stage at layer 0")
-            if stage.merges_on == "projector_input" and layer != 0:
-                raise ValueError(f"merging {stage.merging.name!r} acts on the projector's input and needs a stage at "
+            if stage.merges_on in ("projector_input", "vision_tower") and layer != 0:
+                where = "the projector's input" if stage.merges_on == "projector_input" else "the vision tower"
+                raise ValueError(f"merging {stage.merging.name!r} acts on {where} and needs a stage at "
                                  f"layer 0 (before the language model), not layer {layer}")
             if stage.order == "score" and (layer != 0 or len(self.stages) > 1):
                 raise ValueError("order='score' (no reordering) is only supported for a single stage at layer 0")
@@ -158,10 +159,17 @@ class Schedule:
 
     @property
     def reads_vision_tower(self) -> bool:
-        """Whether a stage reads the vision tower's attention, keys or features: the tower must then run,
-        hooked, for every prompt, and its output cannot be reused from another setting's run."""
-        return any(stage.scorer.needs_vision_attention or stage.needs_features
-                   or (stage.merging is not None and stage.merging.needs_keys) for stage in self.stages)
+        """Whether a stage reads the vision tower's attention, keys or features, or merges in it: the tower
+        must then run, hooked, for every prompt, and its output cannot be reused from another setting's run."""
+        return self.changes_vision_tower or any(
+            stage.scorer.needs_vision_attention or stage.needs_features
+            or (stage.merging is not None and stage.merging.needs_keys) for stage in self.stages)
+
+    @property
+    def changes_vision_tower(self) -> bool:
+        """Whether a stage merges inside the vision tower (ToMe): its encoding differs from the plain tower's,
+        so no later setting may reuse it."""
+        return any(stage.merges_on == "vision_tower" for stage in self.stages)
 
     @staticmethod
     def score_layer(stage: Stage, layer: int, num_layers: int) -> int:

@@ -27,6 +27,7 @@ class SampleSelection:
     grid: SampleGrid
     features: torch.Tensor | None = None  # [N, C], NaN rows for tokens without a patch
     states: SampleStates | None = None  # the LLM's states where the stage prunes (``needs_states``)
+    clusters: object = None  # ToMe's TowerClusters (``tower_merging.py``) for a stage merged in the vision tower
 
 
 class Selector(Protocol):

@@ -44,7 +44,7 @@ def select_raters(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     R = softmax over the text of V·Tᵀ, averaged over the visual tokens; raters are the text tokens with R
     above its mean (official forward: ``m_v_t = v_t @ t_t.T``, ``softmax(2).mean(1)``, ``> mean``), chosen
     once per prompt on the embeddings before layer 0 and used at every stage. "Text" is every token after
-    the image (the question and the assistant prompt), as the official ``hidden_states[:, text_token_start:]``.
+    the image (the question and the assistant prompt), as the official code slices the states from its text start.
     When no token is above the mean (one text token, or all equal) every text token rates: the official
     code would then score with an empty set (NaN); this reading is ours.
     """
