@@ -191,7 +191,7 @@ def counted():
 
 
 def test_every_method_of_both_tables_has_a_count_rule():
-    table1 = {"fastv", "vispruner", "visionzip", "prumerge_plus", "divprune", "dart", "sparsevlm", "random"}
+    table1 = {"fastv", "vispruner", "visionzip", "prumerge_plus", "divprune", "dart", "sparsevlm", "tome", "random"}
     assert set(compare.SUPPORTED) | table1 | {"prumerge"} == set(compare.COUNTED)
     assert not set(compare.COUNT_RULES) & set(compare.DIRECT_COUNTS)
     assert set(compare.DIRECT_COUNTS.values()) <= set(compare.COUNT_PARAMETERS)
@@ -234,8 +234,8 @@ def test_solve_count_lands_inside_the_plateau_and_takes_the_closest_when_none_gi
 def test_bad_counts_are_rejected():
     with pytest.raises(ValueError, match="method='fastvv'"):
         compare.count_arms(["fastvv"], [64], GEO)
-    with pytest.raises(ValueError, match="method='tome'.*allowed.*'divprune', 'dart'"):  # not implemented
-        compare.count_arms(["fastv", "tome"], [64], GEO)
+    with pytest.raises(ValueError, match="method='uniform'.*allowed.*'divprune', 'dart'"):  # a stride fixes its count
+        compare.count_arms(["fastv", "uniform"], [64], GEO)
     with pytest.raises(ValueError, match="kept count 576"):
         compare.count_arms(["fastv"], [576], GEO)
     with pytest.raises(ValueError, match="kept count 6.5"):
@@ -274,7 +274,7 @@ def test_count_table_and_differences_from_the_rows():
     assert "feather 1.00 [0.44, 1.00] (count varies by sample), fastv 0.00" in text
     assert "whose 95% interval excludes zero: feather +1.00 [+1.00, +1.00] on localization at 16 tokens" in text
     assert "feather at 16 (mean 15.9 kept)" in text
-    assert "Table 1's ToMe and SparseVLM are not implemented here" in text
+    assert "not implemented" not in text and "except that" not in text  # no layer-mean method among these
     shaped = compare.paper_shape(compare.count_table(rows), "paper_count")
     assert list(shaped.index) == ["unpruned", "fastv", "feather"]
     assert list(shaped.columns) == [("localization", 576), ("other tasks", 576), ("localization", 64),
@@ -317,13 +317,17 @@ def test_paper_and_count_arms_on_the_embedded_model(embedded, tmp_path):
     arms = compare.count_arms(list(compare.COUNTED), [64], geo)
     rows = compare.evaluate_arms(em, samples[:3], arms, tmp_path, batch_size=3)
     last = rows[rows.name != "unpruned"].groupby("name").kept_tokens.agg(["min", "max"])
-    exact = last.drop(index=["feather", "fopru_row"])
-    assert len(exact) == len(compare.COUNTED) - 2
+    exact = last.drop(index=["feather", "fopru_row", "sparsevlm", "tome"])
+    assert len(exact) == len(compare.COUNTED) - 4
     assert (exact["min"] == 16).all() and (exact["max"] == 16).all(), last
+    # SparseVLM's 64 is a mean over layers: 4 + 1 recycled after its last stage; ToMe's 3 merging layers reach 18
+    assert last.loc["sparsevlm"].tolist() == [5, 5] and last.loc["tome"].tolist() == [18, 18]
     assert abs(last.loc["feather", "min"] - 16) <= 1 and abs(last.loc["feather", "max"] - 16) <= 1
     assert last.loc["fopru_row"].tolist() == [12, 12]
     table = compare.count_table(rows).set_index("name")
     assert table.loc["vispruner"].same_count.all() and not table.loc["fopru_row"].same_count.any()
+    assert table.loc["sparsevlm"].same_count.all() and not table.loc["tome"].same_count.any()
+    assert compare.fewest_kept("tome", geo) == 18 and compare.fewest_kept("vispruner", geo) == 1
     paper = compare.paper_arms(["fastv", "vispruner", "prumerge"])
     table = compare.paper_table(compare.evaluate_arms(em, samples[:3], paper, tmp_path, batch_size=3), paper, 6)
     kept = table[table.family == "all tasks"].set_index("name").kept_tokens.to_dict()

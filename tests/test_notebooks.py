@@ -56,8 +56,8 @@ def test_collect_rejects_bad_parameters(change, message):
     ("06_methods", {"kept_counts": [64, 576]}, r"kept_counts=\[64, 576\]: token counts of the paper's 576"),
     ("06_methods", {"kept_counts": []}, "kept_counts=\\[\\]"),
     ("06_methods", {"reference": "knn"}, "reference='knn'"),
-    ("06_methods", {"reference": "pyramiddrop"}, "reference='pyramiddrop'.*allowed.*'vispruner', 'visionzip'"),
-    ("06_methods", {"count_methods": ["fastv", "tome"]}, "count_methods='tome'.*allowed.*visionzip"),
+    ("06_methods", {"reference": "pyramiddrop"}, "reference='pyramiddrop'.*allowed.*'visionzip', 'vispruner'"),
+    ("06_methods", {"count_methods": ["fastv", "uniform"]}, "count_methods='uniform'.*allowed.*visionzip"),
     ("07_efficiency", {"keep_fractions": [0.0]}, "keep_fractions=0.0"),
 ])
 def test_each_notebook_checks_its_own_parameters(name, change, message):
@@ -142,8 +142,9 @@ def test_06_methods_on_ci_writes_each_comparison_with_intervals(ci_batch):
         assert interval | {"difference", "excludes_zero"} <= set(pd.read_parquet(tables / f"{name}.parquet"))
     counts = pd.read_parquet(tables / "matched_counts.parquet")
     assert set(counts[counts.name != "unpruned"].kept_count) == {16}  # 64 of 576 on 12x12
-    assert counts[counts.name != "unpruned"].same_count.all()
-    assert {"visionzip", "dart"} <= set(counts.name)  # a merging method and an in-LLM one (count_methods)
+    exact = counts[~counts.name.isin(["unpruned", "tome"])]
+    assert exact.same_count.all() and not counts[counts.name == "tome"].same_count.any()  # 18: a 4-layer tower
+    assert {"visionzip", "dart", "tome", "sparsevlm"} <= set(counts.name)  # merging, in-LLM, in the tower
     paper = pd.read_parquet(tables / "paper_settings.parquet").set_index("name")
     assert 1 <= paper.loc["prumerge_plus", "kept_tokens"].min() < 144  # its adaptive count, measured
     assert "prumerge" in set(pd.read_parquet(tables / "accuracy_by_family.parquet").name)

@@ -30,7 +30,8 @@ Two comparisons that a shallow model does not distort stand next to it (arms of 
   always hit a count exactly; ``count_table``'s ``same_count`` says, from the rows' real counts, whether
   every sample did. SparseVLM counts its budget as its paper and Table 1 do, the mean visual tokens over the
   layers (``LAYER_MEAN_COUNTS``): it keeps fewer after its last stage, and ``same_count`` compares its rows
-  with that nominal last count. Table 1's ToMe is not implemented (``NOT_IMPLEMENTED``).
+  with that nominal last count. ToMe merges at most half the tokens of each tower layer: below what a shallow
+  tower reaches (``fewest_kept``) it keeps the fewest it can, and ``same_count`` says so.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ from ..evaluation.datasets import EvalSample
 from ..evaluation.runner import NO_PRUNING, EvalModel, MethodSetting, prompt_inputs
 from ..flops import LMDims, schedule_flops
 from ..pruning import METHODS, get_method, nominal_kept
+from ..pruning.tower_merging import TOWER_FAMILIES, max_reduction
 from ..figures import draw_intervals, reference_band
 from ..stats import Interval, describe
 from ..validation import check_choice, check_range
@@ -73,6 +75,7 @@ class Geometry:
     grid: tuple[int, int]
     n_text: int
     same_tokens: bool = True  # every prompt has the grid's visual tokens (False: LLaVA-NeXT's varying crops)
+    tower_layers: int | None = None  # vision-tower layers up to the one the projector reads (ToMe merges in them)
 
     @property
     def n_visual(self) -> int:
@@ -116,7 +119,8 @@ def geometry(em: EvalModel, samples: Sequence[EvalSample], batch_size: int = 8) 
         segment = layout.samples[0].segments[0]
         grid = grid or (segment.rows, segment.cols)
     geo = Geometry(LMDims.from_config(em.model.config), grid, round(float(np.mean(n_text))))
-    return replace(geo, same_tokens=counts == {geo.n_visual})
+    tower = em.adapter.vision_feature_encoder_layer + 1 if em.adapter.family in TOWER_FAMILIES else None
+    return replace(geo, same_tokens=counts == {geo.n_visual}, tower_layers=tower)
 
 
 def final_kept(setting: MethodSetting, geo: Geometry) -> int:
@@ -375,13 +379,12 @@ COUNT_RULES: dict[str, tuple[str, float, float]] = {
 # name -> its parameter that takes the token count itself (exact on any grid, nothing to solve; a COUNT_PARAMETERS
 # name, so its published count is scaled too).
 DIRECT_COUNTS: dict[str, str] = {"vispruner": "keep", "visionzip": "keep", "prumerge": "keep", "prumerge_plus": "keep",
-                                  "sparsevlm": "keep"}
+                                  "sparsevlm": "keep", "tome": "keep"}
 COUNTED = (*COUNT_RULES, *DIRECT_COUNTS)  # the methods ``count_arms`` takes
 # Methods whose count is the mean visual tokens over the layers (their paper's unit, as Table 1 uses it), not the
 # count after their last stage.
 LAYER_MEAN_COUNTS = ("sparsevlm",)
-# VisPruner Table 1's baselines that are not implemented here (named in ``count_summary``).
-NOT_IMPLEMENTED = ("ToMe",)
+
 
 
 def solve_count(count_of: Callable[[float], float], n: int, low: float, high: float, steps: int = 24,
@@ -424,6 +427,10 @@ def _count_setting(name: str, n: int, fraction: float, geo: Geometry, paper_dept
     in theory. A ``DIRECT_COUNTS`` method takes the paper's fraction where that keeps exactly ``n`` of every
     prompt: the same setting as its published one (``paper_setting``), so the run store runs it once."""
     if name in DIRECT_COUNTS:
+        fewest = fewest_kept(name, geo)
+        if n < fewest:  # out of reach: the closest count it can keep (``same_count`` then says so)
+            setting = _setting(name, paper_depth, **{DIRECT_COUNTS[name]: fewest})
+            return setting, final_kept(setting, geo)
         exact = geo.same_tokens and max(1, math.floor(fraction * geo.n_visual + 1e-9)) == n
         setting = _setting(name, paper_depth, **{DIRECT_COUNTS[name]: fraction if exact else n})
         return setting, final_kept(setting, geo)
@@ -434,6 +441,15 @@ def _count_setting(name: str, n: int, fraction: float, geo: Geometry, paper_dept
         return final_kept(_setting(name, paper_depth, **{**base, parameter: value}), geo)
     value = solve_count(count_of, n, low, high)
     return _setting(name, paper_depth, **{**base, parameter: value}), count_of(value)
+
+
+def fewest_kept(name: str, geo: Geometry) -> int:
+    """The fewest visual tokens ``name`` can keep on this model: ToMe merges at most half the tokens of each
+    tower layer, so a shallow tower (the embedded model's 3 merging layers: 18 of 144 patches) cannot go lower;
+    1 for every other method."""
+    if name != "tome" or geo.tower_layers is None:
+        return 1
+    return geo.n_visual - max_reduction(geo.n_visual + 1, geo.tower_layers)
 
 
 def count_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -725,8 +741,7 @@ def count_summary(table: pd.DataFrame, diffs: pd.DataFrame, reference: str) -> s
     pruned = table[table.name != UNPRUNED]
     base = table[table.name == UNPRUNED].set_index("family")
     lines = ["- **Matched kept-token counts** (VisPruner Table 1's shape: every method keeps the same number of visual "
-             "tokens after its last stage, its layers the paper's scaled by depth"
-             f"{_layer_mean_note(pruned)}; Table 1's {' and '.join(NOT_IMPLEMENTED)} is not implemented here):"]
+             f"tokens after its last stage, its layers the paper's scaled by depth{_layer_mean_note(pruned)}):"]
     for n, at in pruned.groupby("kept_count", sort=False):
         overall = at[at.family == ALL]
         lines.append(f"  - **{n} tokens** ({int(at.paper_count.iloc[0])} of {PAPER_TOKENS} scaled), measured FLOPs "
@@ -740,7 +755,7 @@ def count_summary(table: pd.DataFrame, diffs: pd.DataFrame, reference: str) -> s
                                        f"{reference} at matched counts on these samples") + ".")
     varied = pruned[(pruned.family == ALL) & ~pruned.same_count]
     if len(varied):
-        lines.append("  - Not the same count on every sample (whole rows, or a union whose size depends on the "
-                     "image): " + ", ".join(f"{r.name} at {r.kept_count} (mean {r.kept_tokens:.1f} kept)"
+        lines.append("  - Not the same count on every sample (whole rows, a union whose size depends on the image, "
+                     "or ToMe below what a shallow tower can merge to): " + ", ".join(f"{r.name} at {r.kept_count} (mean {r.kept_tokens:.1f} kept)"
                                             for r in varied.itertuples()) + ".")
     return "\n".join(lines)

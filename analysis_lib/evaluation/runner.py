@@ -39,7 +39,7 @@ from .. import __version__
 from ..adapters import ModelAdapter
 from ..flops import LMDims, schedule_flops
 from ..loading import DTYPES, check_device_map, load_vlm
-from ..pruning import PruneRecord, PruningEngine, get_method
+from ..pruning import METHODS, PruneRecord, PruningEngine, get_method
 from ..pruning.schedule import Schedule
 from ..pruning.tower_merging import check_tower
 from ..validation import check_choice, check_device, check_int, check_number, check_output_folder
@@ -67,8 +67,8 @@ class MethodSetting:
     def __post_init__(self):
         """Parameters in the method's signature order: settings equal up to order have one label (rows are
         stored and looked up by it)."""
-        if self.method != NO_PRUNING:
-            order = list(get_method(self.method).parameters)
+        if self.method in METHODS:  # not "none", nor a subclass's own schedule
+            order = list(METHODS[self.method].parameters)
             ranked = sorted(self.params, key=lambda k: order.index(k) if k in order else len(order))
             object.__setattr__(self, "params", {k: self.params[k] for k in ranked})
 

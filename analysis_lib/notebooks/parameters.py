@@ -58,12 +58,15 @@ OWN: dict[str, dict[str, object]] = {
     "06_methods": {"keep_fractions": [0.5, 0.25], "paper_depth": 32,
                    "methods": ["fastv", "pyramiddrop", "feather", "fopru", "fopru_row", "fopru_fastv", "vispruner",
                                "prumerge", "prumerge_plus", "random"], "examples": 4,
-                   # FEATHER's criteria (φ-R, φ_uniform, φ_KNN, φ-R + φ_uniform) at its settings: notebook 5
+                   # FEATHER's criteria (φ-R, φ_uniform, φ_KNN, φ-R + φ_uniform) at its settings: notebook 5; ToMe's
+                   # 64 of 576 is beyond a 4-layer tower (it halves at most per layer): in the matched counts
                    "paper_settings": ["fastv", "fastv_feather", "feather", "pyramiddrop", "fopru", "fopru_fastv",
-                                      "vispruner", "visionzip", "prumerge", "prumerge_plus", "divprune", "dart"],
+                                      "vispruner", "visionzip", "prumerge", "prumerge_plus", "sparsevlm", "divprune",
+                                      "dart"],
                    "paper_tokens": 576,
-                   # VisPruner Table 1's methods that exist here (random: in the matched-FLOPs comparison)
-                   "count_methods": ["fastv", "vispruner", "visionzip", "prumerge_plus", "divprune", "dart"],
+                   # VisPruner Table 1's methods in its order after the reference, then DivPrune and DART
+                   "count_methods": ["fastv", "tome", "sparsevlm", "prumerge_plus", "visionzip", "vispruner",
+                                     "divprune", "dart"],
                    "kept_counts": [128, 64, 32], "reference": "fastv"},
     "07_efficiency": {"keep_fractions": [0.5, 0.25, 0.1], "paper_depth": 32,
                       "methods": ["fastv", "feather", "fopru", "vispruner"], "repeats": 3, "new_tokens": 16,
