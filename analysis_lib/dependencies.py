@@ -41,7 +41,7 @@ TORCH = "torch==2.13.0"
 INVARIANT_TESTS = ("tests/test_engine.py", "tests/test_capture.py", "tests/test_adapters.py",
                    "tests/test_calls.py", "tests/test_offload.py", "tests/test_analyses_efficiency.py",
                    "tests/test_merging.py", "tests/test_diversity_methods.py", "tests/test_runner.py",
-                   "tests/test_tome.py")
+                   "tests/test_tome.py", "tests/test_sparsevlm.py")
 _LOCK_HEADER = """\
 # The locked install: every package of the environment that `make test` and `make reproduce` build
 # (torch first, then `-e .[{extras}]`), at the versions the whole test suite passed with.
