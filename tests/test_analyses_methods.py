@@ -271,7 +271,7 @@ def test_count_table_and_differences_from_the_rows():
     assert diffs.loc[("feather", "localization"), "excludes_zero"]
     text = compare.count_summary(compare.count_table(rows), compare.versus(rows, "fastv", "kept_count"), "fastv")
     assert "**16 tokens** (64 of 576 scaled)" in text
-    assert "feather 1.00 [0.44, 1.00] (count varies by sample), fastv 0.00" in text
+    assert "feather 1.00 [0.44, 1.00] (not the matched count on every sample), fastv 0.00" in text
     assert "whose 95% interval excludes zero: feather +1.00 [+1.00, +1.00] on localization at 16 tokens" in text
     assert "feather at 16 (mean 15.9 kept)" in text
     assert "not implemented" not in text and "except that" not in text  # no layer-mean method among these

@@ -747,7 +747,7 @@ def count_summary(table: pd.DataFrame, diffs: pd.DataFrame, reference: str) -> s
         lines.append(f"  - **{n} tokens** ({int(at.paper_count.iloc[0])} of {PAPER_TOKENS} scaled), measured FLOPs "
                      "reduction " + ", ".join(f"{r.name} {r.flops_reduction:.0%}" for r in overall.itertuples()) + ":")
         here = diffs[diffs.kept_count == n] if len(diffs) else diffs
-        lines += _family_lines(at, base, here, reference, "    ", "same_count", "count varies by sample")
+        lines += _family_lines(at, base, here, reference, "    ", "same_count", "not the matched count on every sample")
     shown = diffs[diffs.excludes_zero] if len(diffs) else diffs
     lines.append(f"  - Differences from {reference} whose 95% interval excludes zero: "
                  + ("; ".join(f"{_difference(r)} on {r.family} at {r.kept_count} tokens" for r in shown.itertuples())
