@@ -509,8 +509,7 @@ def accuracy_figure(by_family: pd.DataFrame) -> plt.Figure:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     unmatched = by_family[~by_family.matched & (by_family.family == LOCALIZATION)]
-    n = int(by_family[by_family.family == LOCALIZATION].samples.max())
-    note = f"{n} localization samples per point."
+    note = _samples_note(by_family)
     if len(unmatched):
         note += (" Not plotted, FastV's FLOPs out of reach at this depth without keeping fewer than "
                  f"{MIN_FINAL_KEPT} tokens: "
@@ -518,6 +517,13 @@ def accuracy_figure(by_family: pd.DataFrame) -> plt.Figure:
     fig.text(0.01, -0.04, textwrap.fill(note, 150), fontsize=6, ha="left", va="top")
     fig.tight_layout()
     return fig
+
+
+def _samples_note(table: pd.DataFrame) -> str:
+    """The samples behind each point of a figure's localization and other-task panels."""
+    counts = [f"{int(table[table.family == fam].samples.max())} {label}" for fam, label in
+              ((LOCALIZATION, "localization"), (OTHER, "other-task")) if (table.family == fam).any()]
+    return f"{' and '.join(counts)} samples per point."
 
 
 def _point(ax: plt.Axes, x: float, row: pd.DataFrame, colour, label: str | None = None) -> None:
@@ -550,9 +556,8 @@ def paper_figure(table: pd.DataFrame) -> plt.Figure:
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=6)
     axes[0].set_ylabel("accuracy (95% interval)")
     axes[0].legend(loc="lower left", frameon=False, fontsize=6)
-    n = int(table[table.family == LOCALIZATION].samples.max()) if (table.family == LOCALIZATION).any() else 0
-    fig.text(0.01, -0.02, f"Each method at its paper's setting, layers scaled by depth; {n} localization samples "
-             "per point.", fontsize=6, ha="left", va="top")
+    fig.text(0.01, -0.02, f"Each method at its paper's setting, layers scaled by depth; {_samples_note(table)}",
+             fontsize=6, ha="left", va="top")
     fig.tight_layout()
     return fig
 
@@ -582,7 +587,8 @@ def count_figure(table: pd.DataFrame) -> plt.Figure:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     varied = pruned[(pruned.family == ALL) & ~pruned.same_count]
-    note = "Every method keeps the same number of visual tokens after its last stage" + _layer_mean_note(pruned) + "."
+    note = ("Every method keeps the same number of visual tokens after its last stage" + _layer_mean_note(pruned)
+            + ". " + _samples_note(table))
     if len(varied):
         note += (" Not the same count on every sample: " + ", ".join(
             f"{r.name} at {r.kept_count} (mean {r.kept_tokens:.1f})" for r in varied.itertuples()) + ".")
