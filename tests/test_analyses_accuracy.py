@@ -1,6 +1,5 @@
 """Accuracy studies (analysis_lib.analyses.accuracy): the arms, the aggregations on hand-built rows, and one
 small evaluation on the embedded checkpoint (real pruning, a few samples)."""
-import json
 import math
 
 import matplotlib.pyplot as plt

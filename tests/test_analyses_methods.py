@@ -1,5 +1,4 @@
 """Methods at matched budgets (notebook 06): the matching logic, the aggregations and the figures."""
-import json
 import math
 from dataclasses import replace
 

@@ -15,7 +15,7 @@ from analysis_lib.pruning.selectors import SampleSelection
 from analysis_lib.pruning.sparsevlm import Recycling, rater_scores, recycle, select_raters, stage_counts
 from analysis_lib.pruning.states import SampleStates
 from test_engine import _language_model_kwargs
-from tiny_setup import batch_inputs, sample_inputs
+from tiny_setup import assert_cache_and_batch_agree, batch_inputs, sample_inputs
 
 # 6-layer tiny models: stages after layers 1, 3, 5; keep 0.5 → 78%, 52%, 29% of the tokens (+ recycled)
 TINY = {"keep": 0.5, "K1": 1, "K2": 3, "K3": 5}
@@ -202,24 +202,9 @@ def test_removal_equals_the_mask_reference(models, family, positions):
 @pytest.mark.parametrize("family", ["llava", "llava_next"])
 def test_generation_with_cache_equals_without_and_batch_equals_single(models, family):
     model = models[(family, "sdpa")]
-    inputs = batch_inputs(model, family)
-    schedule = get_method("sparsevlm").schedule(**TINY)
-
-    def generate(inp, cache=True):
-        with torch.no_grad(), PruningEngine(model, schedule) as engine:
-            out = model.generate(**inp, max_new_tokens=3, do_sample=False, use_cache=cache, pad_token_id=0,
-                                 return_dict_in_generate=True, output_scores=True)
-        return out.sequences[:, inp["input_ids"].shape[1]:], torch.stack(out.scores, dim=1), engine.records[-1]
-
-    tokens, scores, record = generate(inputs)
-    no_cache_tokens, no_cache_scores, _ = generate(inputs, cache=False)
-    assert torch.equal(tokens, no_cache_tokens)
-    torch.testing.assert_close(scores, no_cache_scores, atol=2e-5, rtol=1e-4)
-    for b in range(2):
-        single = {k: v for k, v in sample_inputs(inputs, b).items() if k != "position_ids"}
-        one_tokens, one_scores, one_record = generate(single)
-        assert torch.equal(tokens[b:b + 1], one_tokens)
-        torch.testing.assert_close(scores[b:b + 1], one_scores, atol=2e-5, rtol=1e-4)
+    record, singles = assert_cache_and_batch_agree(model, batch_inputs(model, family),
+                                                   get_method("sparsevlm").schedule(**TINY), new_tokens=3)
+    for b, one_record in enumerate(singles):
         for stage, one in zip(record.stages, one_record.stages):
             assert torch.equal(stage.kept[b], one.kept[0])
             assert stage.merges[b].triples() == one.merges[0].triples()

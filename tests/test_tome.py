@@ -12,7 +12,7 @@ from analysis_lib.hooks import HookSet, hook_count
 from analysis_lib.pruning import FixedScorer, PruningEngine, Schedule, Stage, get_method
 from analysis_lib.pruning.tower_merging import (TowerMerging, bipartite_matching, check_tower, merge_rows,
                                                 merge_schedule)
-from tiny_setup import batch_inputs, sample_inputs
+from tiny_setup import assert_cache_and_batch_agree, batch_inputs
 
 FAMILIES = ("llava", "llava_next")
 TOME = get_method("tome").schedule(keep=5)  # 16 patches per tiny crop -> 5, over tower layers 0 and 1
@@ -202,24 +202,9 @@ def test_the_record_puts_every_removed_token_in_one_cluster(models, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generation_with_cache_equals_without_and_batch_equals_single(models, family):
     model = models[(family, "sdpa")]
-    inputs = batch_inputs(model, family)
-
-    def generate(inp, cache=True):
-        with torch.no_grad(), PruningEngine(model, TOME) as engine:
-            out = model.generate(**inp, max_new_tokens=4, do_sample=False, use_cache=cache, pad_token_id=0,
-                                 return_dict_in_generate=True, output_scores=True)
-        return out.sequences[:, inp["input_ids"].shape[1]:], torch.stack(out.scores, dim=1), engine.records[-1]
-
-    tokens, scores, record = generate(inputs)
-    no_cache_tokens, no_cache_scores, _ = generate(inputs, cache=False)
-    assert torch.equal(tokens, no_cache_tokens)
-    torch.testing.assert_close(scores, no_cache_scores, atol=2e-5, rtol=1e-4)
-    for b in range(2):
-        single = {k: v for k, v in sample_inputs(inputs, b).items() if k != "position_ids"}
-        one_tokens, one_scores, one_record = generate(single)
-        assert torch.equal(tokens[b:b + 1], one_tokens)
-        torch.testing.assert_close(scores[b:b + 1], one_scores, atol=2e-5, rtol=1e-4)
-        assert record.stages[0].merges[b].triples() == one_record.stages[0].merges[0].triples()
+    record, singles = assert_cache_and_batch_agree(model, batch_inputs(model, family), TOME)
+    for b, one in enumerate(singles):
+        assert record.stages[0].merges[b].triples() == one.stages[0].merges[0].triples()
 
 
 def test_nominal_counts_and_tower_flops():

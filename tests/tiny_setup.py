@@ -1,6 +1,10 @@
-"""Tiny batches for the tests: left-padded pairs of samples, and one sample cut out of a batch."""
+"""Tiny batches for the tests: left-padded pairs of samples, one sample cut out of a batch, and generation under
+the engine checked for cache = no cache and batch = one by one."""
+import torch
+
 from analysis_lib.adapters import adapter_for
 from analysis_lib.adapters.calls import padded_position_ids
+from analysis_lib.pruning import PruningEngine
 from analysis_lib.tiny import tiny_inputs
 
 FAMILIES = {
@@ -38,3 +42,28 @@ def sample_inputs(inputs, b):
     if "position_ids" in inputs:
         out["position_ids"] = padded_position_ids(out["attention_mask"])
     return out
+
+
+def generate_pruned(model, inputs, schedule, cache=True, new_tokens=4):
+    """Greedy new tokens, per-step scores and the prompt's pruning record of one ``generate`` under the engine."""
+    with torch.no_grad(), PruningEngine(model, schedule) as engine:
+        out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, use_cache=cache, pad_token_id=0,
+                             return_dict_in_generate=True, output_scores=True)
+    return out.sequences[:, inputs["input_ids"].shape[1]:], torch.stack(out.scores, dim=1), engine.records[-1]
+
+
+def assert_cache_and_batch_agree(model, inputs, schedule, new_tokens=4):
+    """Generation with the KV cache equals generation without, and each sample of the batch equals its run
+    alone (tokens and scores); returns the batch's pruning record and each single run's."""
+    tokens, scores, record = generate_pruned(model, inputs, schedule, new_tokens=new_tokens)
+    no_cache_tokens, no_cache_scores, _ = generate_pruned(model, inputs, schedule, cache=False, new_tokens=new_tokens)
+    assert torch.equal(tokens, no_cache_tokens)
+    torch.testing.assert_close(scores, no_cache_scores, atol=2e-5, rtol=1e-4)
+    singles = []
+    for b in range(tokens.shape[0]):
+        single = {k: v for k, v in sample_inputs(inputs, b).items() if k != "position_ids"}
+        one_tokens, one_scores, one_record = generate_pruned(model, single, schedule, new_tokens=new_tokens)
+        assert torch.equal(tokens[b:b + 1], one_tokens)
+        torch.testing.assert_close(scores[b:b + 1], one_scores, atol=2e-5, rtol=1e-4)
+        singles.append(one_record)
+    return record, singles

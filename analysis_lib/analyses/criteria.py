@@ -11,7 +11,6 @@ Layers are given for a ``paper_depth``-layer model and scaled to the model by de
 """
 from __future__ import annotations
 
-import math
 import textwrap
 from collections.abc import Sequence
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
