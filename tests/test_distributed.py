@@ -184,7 +184,9 @@ def test_reproduce_under_torchrun_splits_the_arms_and_writes_the_tables_of_one_p
                       for f in (tmp_path / side / "figures").rglob("*.p*")} for side in ("one", "two")}
     assert figures["one"] == figures["two"] and len(figures["one"]) == 6
     rows = pd.read_parquet(tmp_path / "two" / "runs" / "02_where_pruning_hurts" / "results.parquet")
-    assert set(rows["rank"]) == {0, 1} and set(rows.world_size) == {2}, "both ranks computed batches"
+    # which rank computes which batch depends on when each rank's kernel starts (a rank takes over the batches of
+    # one not started yet); that both compute when they start together: test_two_ranks_under_torchrun_...
+    assert set(rows["rank"]) <= {0, 1} and set(rows.world_size) == {2}
     _same_rows(rows, pd.read_parquet(tmp_path / "one" / "runs" / "02_where_pruning_hurts" / "results.parquet"))
     executed = ROOT / "runs" / "notebooks" / profile.stem
     assert (executed / "02_where_pruning_hurts.ipynb").exists() and (executed / "rank-1").is_dir()
