@@ -6,7 +6,7 @@ import math
 import os
 import sys
 
-from .flops import FFN_MATRICES, PRESETS, preset_or_config, schedule_flops, tower_flops
+from .flops import FFN_MATRICES, PRESETS, preset_or_config, schedule_flops, tower_flops, tower_reduction
 from .pruning.methods import METHODS, get_method
 from .pruning.nominal import nominal_kept, tower_tokens
 from .validation import check_int
@@ -93,12 +93,12 @@ def print_tower_flops(preset, schedule) -> None:
     """The vision tower's FLOPs under a schedule that merges in it (ToMe), against the unmerged tower."""
     tower = preset.tower
     tokens = tower_tokens(schedule, preset.n_visual, tower.layers, tower.feature_layer)
+    reduction = tower_reduction(tower, tokens)
     merged = tower_flops(tower, tokens)
-    plain = tower_flops(tower, [(preset.n_visual + 1,) * 2] * tower.layers)
     print(f"vision tower (d={tower.hidden}, m={tower.intermediate}, {tower.layers} layers): tokens per layer "
           f"{' '.join(str(n) for n, _ in tokens)} -> {tokens[-1][1]}")
-    print(f"vision tower FLOPs: {merged / 1e12:.3f} T of {plain / 1e12:.3f} T -> reduction "
-          f"{100 * (1 - merged / plain):.1f}% (reported apart from the language model's)")
+    print(f"vision tower FLOPs: {merged / 1e12:.3f} T of {merged / (1 - reduction) / 1e12:.3f} T -> reduction "
+          f"{100 * reduction:.1f}% (reported apart from the language model's)")
 
 
 def methods_command(_args: argparse.Namespace) -> None:

@@ -76,6 +76,13 @@ def tower_flops(dims: TowerDims, tokens: Sequence[tuple[int, int]]) -> int:
     return sum(4 * n * d * d + 2 * n * n * d + 2 * after * d * m for n, after in tokens)
 
 
+def tower_reduction(dims: TowerDims, tokens: Sequence[tuple[int, int]]) -> float:
+    """1 - the tower's FLOPs over ``tokens`` (``tower_flops``) / those of the unmerged tower, which keeps the
+    first layer's tokens throughout."""
+    plain = tower_flops(dims, [(tokens[0][0],) * 2] * dims.layers)
+    return 1.0 - tower_flops(dims, tokens) / plain
+
+
 @dataclass(frozen=True)
 class ModelPreset:
     """A model's LM shapes and visual-token layout: ``n_visual`` tokens on a ``grid`` (rows, cols).

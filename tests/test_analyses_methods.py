@@ -253,7 +253,7 @@ def _counted_rows() -> pd.DataFrame:
             ("other tasks", g, s) for s, g in zip(other, ["colour", "colour", "shape", "shape"])]
         rows += [{"dataset": "synthetic", "sample_id": f"s{i}", "name": name, "kept_count": n, "paper_count": paper,
                   "nominal_kept": n, "family": fam, "task_name": task, "score": float(s), "kept_tokens": k,
-                  "flops_reduction": 0.5} for i, ((fam, task, s), k) in enumerate(zip(scores, kept))]
+                  "flops_reduction": 0.5, "tower_flops_reduction": 0.0} for i, ((fam, task, s), k) in enumerate(zip(scores, kept))]
     return pd.DataFrame(rows)
 
 
@@ -326,6 +326,9 @@ def test_paper_and_count_arms_on_the_embedded_model(embedded, tmp_path):
     table = compare.count_table(rows).set_index("name")
     assert table.loc["vispruner"].same_count.all() and not table.loc["fopru_row"].same_count.any()
     assert table.loc["sparsevlm"].same_count.all() and not table.loc["tome"].same_count.any()
+    # the tower's saving: ToMe's own (3 merging layers of 4 down to 18 patches), nothing for the others
+    assert 0.3 < table.loc["tome"].tower_flops_reduction.min() < 0.9
+    assert (table.drop(index="tome").tower_flops_reduction == 0).all()
     assert compare.fewest_kept("tome", geo) == 18 and compare.fewest_kept("vispruner", geo) == 1
     paper = compare.paper_arms(["fastv", "vispruner", "prumerge"])
     table = compare.paper_table(compare.evaluate_arms(em, samples[:3], paper, tmp_path, batch_size=3), paper, 6)

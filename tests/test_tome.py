@@ -2,16 +2,20 @@
 definitions (proportional attention included), the engine's invariants, the record, refusals and the runner's
 encoding reuse."""
 import math
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
 from analysis_lib.adapters import adapter_for
+from analysis_lib.evaluation.runner import run_grid, tower_flops_reduction
+from analysis_lib.flops import PRESETS, TowerDims, tower_flops, tower_reduction
 from analysis_lib.hooks import HookSet, hook_count
 from analysis_lib.pruning import FixedScorer, PruningEngine, Schedule, Stage, get_method
-from analysis_lib.pruning.tower_merging import (TowerMerging, bipartite_matching, check_tower, merge_rows,
-                                                merge_schedule)
+from analysis_lib.pruning.nominal import nominal_kept, tower_tokens
+from analysis_lib.pruning.tower_merging import (Representatives, ToMe, TowerMerging, bipartite_matching, check_tower,
+                                                merge_rows, merge_schedule)
 from tiny_setup import assert_cache_and_batch_agree, batch_inputs
 
 FAMILIES = ("llava", "llava_next")
@@ -208,8 +212,6 @@ def test_generation_with_cache_equals_without_and_batch_equals_single(models, fa
 
 
 def test_nominal_counts_and_tower_flops():
-    from analysis_lib.flops import PRESETS, tower_flops
-    from analysis_lib.pruning.nominal import nominal_kept, tower_tokens
     schedule = get_method("tome").schedule()
     assert nominal_kept(schedule, 32, (24, 24)) == [(0, 64)]
     tower = PRESETS["llava-1.5-7b"].tower
@@ -219,6 +221,19 @@ def test_nominal_counts_and_tower_flops():
     assert tower_flops(tower, tokens) == sum(4 * n * d * d + 2 * n * n * d + 2 * a * d * m for n, a in tokens)
     plain = tower_tokens(get_method("fastv").schedule(), 576, tower.layers, tower.feature_layer)
     assert plain == [(577, 577)] * 24
+    assert tower_reduction(tower, tokens) == 1 - tower_flops(tower, tokens) / tower_flops(tower, plain)
+    assert round(tower_reduction(tower, tokens), 3) == 0.485 and tower_reduction(tower, plain) == 0
+
+
+def test_rows_carry_the_towers_flops_reduction(models):
+    """A ToMe row's tower saving is its schedule's (the model's own tower dims and patches); 0 without ToMe."""
+    model = models[("llava", "sdpa")]
+    em = SimpleNamespace(model=model, adapter=adapter_for(model))
+    dims = TowerDims.from_config(model.config)
+    assert (dims.layers, dims.feature_layer) == (3, 1)  # the tiny tower: layers 0 and 1 merge
+    expected = tower_reduction(dims, tower_tokens(TOME, 16, dims.layers, dims.feature_layer))
+    assert tower_flops_reduction(em, TOME) == expected > 0
+    assert tower_flops_reduction(em, get_method("fastv").schedule()) == 0 == tower_flops_reduction(em, None)
 
 
 # ---- refusals ------------------------------------------------------------------------------------------------
@@ -247,7 +262,6 @@ def test_bad_parameters_are_refused_naming_the_allowed_values(models, params, me
 
 
 def test_a_tower_merge_needs_a_stage_before_the_llm():
-    from analysis_lib.pruning.tower_merging import Representatives, ToMe
     with pytest.raises(ValueError, match="acts on the vision tower and needs a stage at layer 0"):
         Schedule((Stage(2, selector=Representatives(), merging=ToMe(5)),)).resolve(6)
 
@@ -257,7 +271,6 @@ def test_a_tower_merge_needs_a_stage_before_the_llm():
 def test_the_runner_never_shares_a_merged_encoding(model, tmp_path):
     """A ToMe setting neither reuses the plain encoding nor leaves its merged one to the next setting: the
     rows are the same whichever order the grid runs them in."""
-    from analysis_lib.evaluation.runner import run_grid
     columns = ["setting", "sample_id", "prediction", "score", "kept"]
 
     def rows(order, folder):

@@ -360,11 +360,24 @@ def evaluate_arms(em: EvalModel, samples: list[EvalSample], arms: Sequence[study
 MEASURED = ["accuracy", "ci_low", "ci_high", "samples", "flops_reduction", "kept_tokens"]
 
 
+def _with_tower(table: pd.DataFrame, rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``table`` with each setting's vision-tower FLOPs reduction (``tower_flops_reduction``: nonzero for ToMe,
+    which merges inside the tower; eq. 1's ``flops_reduction`` counts the language model only)."""
+    tower = rows.groupby(keys, sort=False).tower_flops_reduction.mean().reset_index()
+    return table.merge(tower, on=keys, how="left")
+
+
+def _flops(row) -> str:
+    """A setting's measured FLOPs reduction, with the vision tower's where it has one."""
+    tower = f" (vision tower {row.tower_flops_reduction:.0%})" if row.tower_flops_reduction > 0 else ""
+    return f"{row.flops_reduction:.0%}{tower}"
+
+
 def paper_table(rows: pd.DataFrame, arms: Sequence[study.Arm], depth: int) -> pd.DataFrame:
     """Per published setting and family: accuracy with its 95% interval and samples, the mean measured FLOPs
-    reduction and visual tokens kept after the last stage, the published parameters (``published``, JSON), the
-    scaled setting and the model layers it prunes at."""
-    table = study.accuracy_table(rows, ["name"], "family")[["name", "family", *MEASURED]]
+    reduction (and the vision tower's, ``_with_tower``) and visual tokens kept after the last stage, the published
+    parameters (``published``, JSON), the scaled setting and the model layers it prunes at."""
+    table = _with_tower(study.accuracy_table(rows, ["name"], "family")[["name", "family", *MEASURED]], rows, ["name"])
     settings = arm_frame(arms, depth)
     settings.insert(1, "published", [json.dumps(published(n)[1]) if n != UNPRUNED else "{}" for n in settings.name])
     return table.merge(settings, on="name", how="left")
@@ -454,10 +467,10 @@ def fewest_kept(name: str, geo: Geometry) -> int:
 
 def count_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per method, kept count and family: accuracy with its 95% interval and samples, the mean measured FLOPs
-    reduction and tokens kept after the last stage, and ``same_count``: every sample kept exactly
+    reduction (and the vision tower's, ``_with_tower``) and tokens kept after the last stage, and ``same_count``: every sample kept exactly
     ``kept_count`` (the rows' real kept counts; for ``LAYER_MEAN_COUNTS`` methods, their nominal last count)."""
     keys = ["name", "kept_count"]
-    table = study.accuracy_table(rows, keys, "family")[[*keys, "family", *MEASURED]]
+    table = _with_tower(study.accuracy_table(rows, keys, "family")[[*keys, "family", *MEASURED]], rows, keys)
     expected = rows.kept_count.where(~rows.name.isin(LAYER_MEAN_COUNTS), rows.nominal_kept)
     same = rows.assign(same_count=rows.kept_tokens == expected).groupby(keys, sort=False).same_count.all()
     coords = rows.drop_duplicates(keys)[[*keys, "paper_count", "nominal_kept"]]
@@ -725,7 +738,7 @@ def paper_summary(table: pd.DataFrame) -> str:
     base = table[table.name == UNPRUNED].set_index("family")
     lines = ["- **The papers' own settings** (layers as fractions of the papers' 32, token counts of "
              f"{PAPER_TOKENS}; each keeps its own budget, so this ranks settings, not methods at one budget): "
-             + ", ".join(f"{r.name} {r.flops_reduction:.0%} FLOPs reduction, {r.kept_tokens:.0f} tokens kept"
+             + ", ".join(f"{r.name} {_flops(r)} FLOPs reduction, {r.kept_tokens:.0f} tokens kept"
                          for r in overall.itertuples()) + _adaptive_note(overall.name) + "."]
     return "\n".join(lines + _family_lines(table[table.name != UNPRUNED], base, pd.DataFrame(), "", "  "))
 
@@ -751,7 +764,7 @@ def count_summary(table: pd.DataFrame, diffs: pd.DataFrame, reference: str) -> s
     for n, at in pruned.groupby("kept_count", sort=False):
         overall = at[at.family == ALL]
         lines.append(f"  - **{n} tokens** ({int(at.paper_count.iloc[0])} of {PAPER_TOKENS} scaled), measured FLOPs "
-                     "reduction " + ", ".join(f"{r.name} {r.flops_reduction:.0%}" for r in overall.itertuples()) + ":")
+                     "reduction " + ", ".join(f"{r.name} {_flops(r)}" for r in overall.itertuples()) + ":")
         here = diffs[diffs.kept_count == n] if len(diffs) else diffs
         lines += _family_lines(at, base, here, reference, "    ", "same_count", "not the matched count on every sample")
     shown = diffs[diffs.excludes_zero] if len(diffs) else diffs

@@ -37,9 +37,10 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..adapters import ModelAdapter
-from ..flops import LMDims, schedule_flops
+from ..flops import LMDims, TowerDims, schedule_flops, tower_reduction
 from ..loading import DTYPES, check_device_map, load_vlm
 from ..pruning import METHODS, PruneRecord, PruningEngine, get_method
+from ..pruning.nominal import tower_tokens
 from ..pruning.schedule import Schedule
 from ..pruning.tower_merging import check_tower
 from ..validation import check_choice, check_device, check_int, check_number, check_output_folder
@@ -172,7 +173,7 @@ def score_fields(sample: EvalSample, box_format: str, style: PromptStyle) -> dic
 
 def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str], predictions: list[str],
                  record: PruneRecord | None, inputs, timings: list[float], new_tokens: int,
-                 scoring: Scoring) -> list[dict]:
+                 scoring: Scoring, tower_saving: float) -> list[dict]:
     dims = _dims(em.model)
     layout = record.layout if record else em.adapter.inputs_layout(inputs)
     prefill = 1000 * timings[0] if timings else float("nan")
@@ -201,6 +202,7 @@ def _sample_rows(em: EvalModel, samples: Sequence[EvalSample], texts: list[str],
                 em.adapter.family, em.processor.image_processor, *sample.image.size)),
             "flops_reduction": schedule_flops(dims, n_visual, n_text, stages).reduction,
             "flops_reduction_swiglu": schedule_flops(dims, n_visual, n_text, stages, ffn_matrices=3).reduction,
+            "tower_flops_reduction": tower_saving,
             "batch_prefill_ms": prefill, "batch_decode_ms_per_token": decode,
             "batch_total_ms": 1000 * sum(timings), "generated_tokens": new_tokens,
         })
@@ -248,7 +250,18 @@ def evaluate_batch(em: EvalModel, setting: MethodSetting, samples: Sequence[Eval
     generated = output[:, inputs["input_ids"].shape[1]:]
     predictions = [t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
     record = engine.records[0] if engine else None
-    return _sample_rows(em, samples, texts, predictions, record, inputs, list(timings), new_tokens, scoring)
+    return _sample_rows(em, samples, texts, predictions, record, inputs, list(timings), new_tokens, scoring,
+                        tower_flops_reduction(em, schedule))
+
+
+def tower_flops_reduction(em: EvalModel, schedule: Schedule | None) -> float:
+    """The vision tower's FLOPs reduction under ``schedule``: 0 unless it merges inside the tower (ToMe), whose
+    per-layer token counts are fixed by its budget (``flops.tower_flops``; reported apart from eq. 1)."""
+    if schedule is None or not schedule.changes_vision_tower:
+        return 0.0
+    dims = TowerDims.from_config(em.model.config)
+    return tower_reduction(dims, tower_tokens(schedule, em.adapter.patches_per_crop, dims.layers,
+                                              dims.feature_layer))
 
 
 def _slug(text: str) -> str:
