@@ -18,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from ..validation import check_choice, check_range
+from ..validation import check_choice, check_int, check_range
 from .scorers import VISION_LAYERS
 from .selectors import SampleSelection, _ranked
 from .signals import Reads
@@ -241,8 +241,7 @@ class NeighbourMerge:
     keys_layer: str = "last"
 
     def __post_init__(self):
-        if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or self.neighbours < 1:
-            raise ValueError(f"neighbours={self.neighbours!r}: must be an integer >= 1")
+        check_int("neighbours", self.neighbours, 1)
         check_choice("acts_on", self.acts_on, MERGE_TARGETS)
         check_choice("keys_layer", self.keys_layer, VISION_LAYERS)
 

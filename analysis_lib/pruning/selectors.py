@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from ..layout import SampleGrid
-from ..validation import check_choice, check_range
+from ..validation import check_choice, check_int, check_range
 from .signals import Reads
 from .states import SampleStates
 
@@ -71,8 +71,7 @@ class Grid(Reads):
     needs_budget: bool = False
 
     def __post_init__(self):
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
-            raise ValueError(f"stride={self.stride!r}: must be an integer >= 1")
+        check_int("stride", self.stride, 1)
         if not isinstance(self.offset, int) or not 0 <= self.offset < self.stride:
             raise ValueError(f"offset={self.offset!r}: must be an integer in 0..{self.stride - 1}")
 
@@ -254,8 +253,7 @@ class ImportantDiverse(Reads):
 
     def __post_init__(self):
         check_range("important", self.important, 0.0, 1.0)
-        if isinstance(self.per_round, bool) or not isinstance(self.per_round, int) or self.per_round < 1:
-            raise ValueError(f"per_round={self.per_round!r}: must be an integer >= 1")
+        check_int("per_round", self.per_round, 1)
         check_choice("order", self.order, DIVERSE_ORDERS)
 
     def _pool(self, sample: SampleSelection, usable: torch.Tensor) -> torch.Tensor:
@@ -378,10 +376,8 @@ class PivotDuplicates(Reads):
     needs_states = True
 
     def __post_init__(self):
-        for name in ("image_pivots", "text_pivots"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}={value!r}: must be an integer >= 0")
+        check_int("image_pivots", self.image_pivots, 0)
+        check_int("text_pivots", self.text_pivots, 0)
         if self.image_pivots + self.text_pivots == 0:
             raise ValueError("image_pivots=0, text_pivots=0: at least one pivot is needed")
 

@@ -84,29 +84,44 @@ def recycle(deleted: torch.Tensor, scores: torch.Tensor, states: torch.Tensor, r
     gives the densest token its row's largest distance, the official code the matrix's: both make it the
     top-scored centre, so the centres are the same.
     """
-    empty = Recycled(deleted[:0], MergeMap(deleted[:0], deleted[:0], torch.zeros(0)))
+    pool = recycled_pool(deleted, scores, ratio)
+    if pool.numel() == 0:
+        return Recycled(pool, cluster_merge(pool, pool, states))  # nothing recycled: an empty merge
+    c = int(pool.numel() / cluster_size) + 1
+    ranked = torch.argsort(density_peaks(states[pool].double(), c, "plain").double(), descending=True, stable=True)
+    centres = pool[torch.sort(ranked[:c]).values]  # distance ties go to the earlier centre
+    return Recycled(centres, cluster_merge(pool, centres, states))
+
+
+def recycled_pool(deleted: torch.Tensor, scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """The top int(d·ratio) + 1 (at most d) of the d ``deleted`` tokens by score, in image order (density
+    ties then go to the earlier token); none when ``ratio`` is 0."""
     if deleted.numel() == 0 or ratio == 0:
-        return empty
+        return deleted[:0]
     m = min(int(deleted.numel() * ratio + 1e-9) + 1, deleted.numel())
     order = torch.argsort(scores[deleted].double(), descending=True, stable=True)
-    pool = torch.sort(deleted[order[:m]]).values  # image order: density ties go to the earlier token
-    c = int(m / cluster_size) + 1
+    return torch.sort(deleted[order[:m]]).values
+
+
+def cluster_merge(pool: torch.Tensor, centres: torch.Tensor, states: torch.Tensor) -> MergeMap:
+    """Every ``pool`` token joins its nearest centre (hidden-state distance; ``centres`` ⊆ ``pool``, sorted);
+    the merge makes each centre the mean of its cluster (1/size on each member, 1/size - 1 on itself)."""
+    if centres.numel() == 0:
+        return MergeMap(pool[:0], pool[:0], torch.zeros(0))
     rows = states[pool].double()
-    ranked = torch.argsort(density_peaks(rows, c, "plain").double(), descending=True, stable=True)
-    centre_rows = torch.sort(ranked[:c]).values  # distance ties go to the earlier centre
+    centre_rows = torch.searchsorted(pool, centres)
     nearest = torch.cdist(rows, rows[centre_rows]).argmin(dim=1)
-    nearest[centre_rows] = torch.arange(c)
+    nearest[centre_rows] = torch.arange(centres.numel())
     targets, sources, weights = [], [], []
-    for j, centre in enumerate(pool[centre_rows].tolist()):
+    for j, centre in enumerate(centres.tolist()):
         members = pool[nearest == j]
         if members.numel() > 1:
             size = members.numel()
             targets += [centre] * size
             sources += members.tolist()
-            weights += [1.0 / size - (1.0 if s == centre else 0.0) for s in members.tolist()]
-    merge = MergeMap(torch.tensor(targets, dtype=torch.long), torch.tensor(sources, dtype=torch.long),
-                     torch.tensor(weights, dtype=torch.float32))
-    return Recycled(pool[centre_rows], merge)
+            weights += [1.0 / size - (1.0 if t == centre else 0.0) for t in members.tolist()]
+    return MergeMap(torch.tensor(targets, dtype=torch.long), torch.tensor(sources, dtype=torch.long),
+                    torch.tensor(weights, dtype=torch.float32))
 
 
 #: every text token after the image, each row on its own (their mean is never taken as one query)
@@ -164,14 +179,14 @@ class Recycling(Reads):
         check_range("recycle", self.ratio, 0.0, 1.0)
         check_int("cluster_size", self.cluster_size, 1)
 
-    def _recycle(self, scores: torch.Tensor, candidates: torch.Tensor, hidden: torch.Tensor,
-                 k: int) -> tuple[torch.Tensor, Recycled]:
-        kept, deleted = _top(scores, candidates, k)
-        return kept, recycle(deleted, scores, hidden, self.ratio, self.cluster_size)
-
     def select(self, sample: SampleSelection, k: int | None) -> torch.Tensor:
-        kept, recycled = self._recycle(sample.scores, sample.candidates, sample.states.visual, k)
-        return torch.sort(torch.cat([kept, recycled.centres])).values
+        kept, deleted = _top(sample.scores, sample.candidates, k)
+        centres = recycle(deleted, sample.scores, sample.states.visual, self.ratio, self.cluster_size).centres
+        return torch.sort(torch.cat([kept, centres])).values
 
     def merge(self, sample: MergeInputs) -> MergeMap:
-        return self._recycle(sample.scores, sample.candidates, sample.states.visual, sample.budget)[1].merge
+        """The clusters of the centres ``select`` kept (the kept tokens beyond the top k), without choosing
+        them again."""
+        top, deleted = _top(sample.scores, sample.candidates, sample.budget)
+        centres = sample.kept[~torch.isin(sample.kept, top)]
+        return cluster_merge(recycled_pool(deleted, sample.scores, self.ratio), centres, sample.states.visual)
